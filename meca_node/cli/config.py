@@ -1,0 +1,185 @@
+"""Configuration: defaults < TOML file < environment (MECA_*) < command-line flags.
+
+Every option is listed in :data:`OPTIONS` with its default and meaning; the loader
+records where each effective value came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from meca_node import wire
+
+
+class ConfigError(Exception):
+    """A config value is invalid; the message names the key, the source and the fix."""
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    kind: str  # str | int | float | bool | list | path
+    default: Any
+    doc: str
+
+
+_CAPS = wire.Caps()
+OPTIONS: tuple[Option, ...] = (
+    Option("data_dir", "path", None, "where the node keeps its key, token and state "
+           "(default: the platform's user data dir)"),
+    Option("roles", "list", ["client"], "roles this node plays: provider, client, developer"),
+    Option("listen", "list", ["/ip4/0.0.0.0/tcp/4601"], "multiaddrs to listen on"),
+    Option("announce", "list", [], "multiaddrs to announce instead of the listen addresses"),
+    Option("bootstrap", "list", [], "peers to connect to at start, /p2p/<peer id> multiaddrs"),
+    Option("genesis", "path", None, "network genesis file (default: genesis.json in data_dir)"),
+    Option("mdns", "bool", False, "find peers on the local network with mDNS"),
+    Option("control_port", "int", 0, "port of the control API on 127.0.0.1 (0: any free one)"),
+    Option("advert_interval_s", "float", 30.0, "seconds between HostAdverts"),
+    Option("price", "int", 0, "price per job in the smallest unit (providers)"),
+    Option("log_level", "str", "info", "debug, info, warning or error"),
+    Option("skew_s", "int", 120, "accept message timestamps within this many seconds of ours"),
+    Option("gossip_rate_per_s", "float", 5.0, "gossip messages per second allowed per signer"),
+    Option("gossip_burst", "int", 20, "gossip burst allowed per signer"),
+    Option("caps.gossip_message", "int", _CAPS.gossip_message, "max gossip message bytes"),
+    Option("caps.stream_frame", "int", _CAPS.stream_frame, "max stream frame bytes"),
+    Option("caps.job_inline", "int", _CAPS.job_inline, "max inline job input/output bytes"),
+    Option("caps.block_send", "int", _CAPS.block_send, "max block bytes we send"),
+    Option("caps.block_accept", "int", _CAPS.block_accept, "max block bytes we accept"),
+    Option("caps.wantlist", "int", _CAPS.wantlist, "max wantlist entries per peer"),
+    Option("caps.image", "int", _CAPS.image, "max image bytes"),
+    Option("caps.queue", "int", _CAPS.queue, "max entries in any queue"),
+)
+_BY_KEY = {o.key: o for o in OPTIONS}
+_ROLES = ("provider", "client", "developer")
+
+
+def env_name(key: str) -> str:
+    return "MECA_" + key.replace(".", "_").upper()
+
+
+@dataclass
+class Config:
+    values: dict[str, Any]
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    @property
+    def data_dir(self) -> Path:
+        return self.values["data_dir"]
+
+    @property
+    def genesis_path(self) -> Path:
+        return self.values["genesis"] or self.data_dir / "genesis.json"
+
+    @property
+    def caps(self) -> wire.Caps:
+        return wire.Caps(**{k.split(".", 1)[1]: v for k, v in self.values.items()
+                            if k.startswith("caps.")})
+
+
+def _coerce(opt: Option, value: Any, source: str) -> Any:
+    where = f"{opt.key} (from {source})"
+    try:
+        if opt.kind == "list":
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError("expected a list of strings")
+            return list(value)
+        if opt.kind == "bool":
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError("expected true or false")
+            if not isinstance(value, bool):
+                raise ValueError("expected true or false")
+            return value
+        if opt.kind == "int":
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            out = int(value)
+            if isinstance(value, float) and value != out:
+                raise ValueError("expected an integer")
+            if out < 0:
+                raise ValueError("must be >= 0")
+            return out
+        if opt.kind == "float":
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            out = float(value)
+            if out <= 0:
+                raise ValueError("must be > 0")
+            return out
+        if opt.kind == "path":
+            return None if value in (None, "") else Path(str(value)).expanduser()
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        return value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config key {where}: {exc}; got {value!r}") from None
+
+
+def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in doc.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def load_config(config_file: Path | None, env: Mapping[str, str],
+                flags: Mapping[str, Any]) -> Config:
+    """Build the effective config; ``flags`` holds only options given on the command line."""
+    values: dict[str, Any] = {o.key: o.default for o in OPTIONS}
+    sources = {o.key: "default" for o in OPTIONS}
+
+    def apply(layer: Mapping[str, Any], source: str) -> None:
+        for key, value in layer.items():
+            opt = _BY_KEY.get(key)
+            if opt is None:
+                raise ConfigError(f"unknown config key {key!r} (from {source}); known keys: "
+                                  f"{', '.join(sorted(_BY_KEY))}")
+            values[key] = _coerce(opt, value, source)
+            sources[key] = source
+
+    env_layer = {o.key: env[env_name(o.key)] for o in OPTIONS if env_name(o.key) in env}
+    data_dir_hint = flags.get("data_dir") or env_layer.get("data_dir")
+    if config_file is None and data_dir_hint:
+        candidate = Path(str(data_dir_hint)).expanduser() / "config.toml"
+        config_file = candidate if candidate.exists() else None
+    if config_file is not None:
+        try:
+            doc = tomllib.loads(Path(config_file).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {config_file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+        apply(_flatten(doc), f"file {config_file}")
+    apply(env_layer, "env")
+    apply({k: v for k, v in flags.items() if v is not None}, "flag")
+    if values["data_dir"] is None:
+        values["data_dir"] = Path(platformdirs.user_data_dir("meca-node"))
+    bad = [r for r in values["roles"] if r not in _ROLES]
+    if bad or not values["roles"]:
+        raise ConfigError(f"config key roles (from {sources['roles']}): unknown role(s) {bad}; "
+                          f"use {', '.join(_ROLES)}")
+    values["roles"] = list(dict.fromkeys(values["roles"]))
+    if values["log_level"].lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"config key log_level (from {sources['log_level']}): use debug, "
+                          "info, warning or error")
+    return Config(values, sources)

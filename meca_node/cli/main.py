@@ -1,0 +1,268 @@
+"""Command definitions. Each command parses, loads config, calls a layer, prints; no logic."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from meca_node import wire
+from meca_node.cli.config import OPTIONS, ConfigError, env_name, load_config
+from meca_node.cli.logs import setup_logging
+from meca_node.control import ControlClient, ControlError
+from meca_node.core import Identity, public_key_of_peer_id
+from meca_node.store import KeyFileError, atomic_write, load_or_create_key
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="meca-node: a peer-to-peer edge-compute node.")
+network_app = typer.Typer(no_args_is_help=True, help="Create and inspect network genesis files.")
+app.add_typer(network_app, name="network")
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="node data directory "
+                                                 f"(env {env_name('data_dir')})")]
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML config file")]
+JsonOut = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _config(config_file: Path | None, **flags):
+    try:
+        return load_config(config_file, os.environ, flags)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _identity(data_dir: Path) -> tuple[Identity, bool]:
+    try:
+        return load_or_create_key(data_dir)
+    except (KeyFileError, OSError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def _load_genesis(path: Path) -> wire.Genesis:
+    try:
+        return wire.genesis_from_json(path.read_bytes())
+    except FileNotFoundError:
+        raise _fail(f"no network genesis at {path}. Create one with `meca-node network init "
+                    "--name NAME` or pass `--genesis FILE` of the network to join.") from None
+    except wire.WireError as exc:
+        raise _fail(f"genesis file {path} is invalid: {exc}") from None
+
+
+@app.command()
+def start(
+    role: Annotated[Optional[list[str]], typer.Option(
+        "--role", help="provider, client or developer (repeatable)")] = None,
+    data_dir: DataDir = None,
+    listen: Annotated[Optional[list[str]], typer.Option(
+        help="multiaddr to listen on (repeatable), e.g. /ip4/127.0.0.1/tcp/0")] = None,
+    announce: Annotated[Optional[list[str]], typer.Option(help="multiaddr to announce")] = None,
+    bootstrap: Annotated[Optional[list[str]], typer.Option(
+        help="peer to join, /ip4/../tcp/../p2p/<peer id> (repeatable)")] = None,
+    genesis: Annotated[Optional[Path], typer.Option(help="network genesis file")] = None,
+    config: ConfigFile = None,
+    mdns: Annotated[Optional[bool], typer.Option("--mdns/--no-mdns",
+                                                 help="mDNS discovery on the LAN")] = None,
+    control_port: Annotated[Optional[int], typer.Option(help="control API port")] = None,
+    advert_interval: Annotated[Optional[float], typer.Option(
+        help="seconds between adverts")] = None,
+    log_level: Annotated[Optional[str], typer.Option(help="debug|info|warning|error")] = None,
+    json_logs: Annotated[Optional[bool], typer.Option(
+        "--json-logs/--pretty-logs", help="log format (default: JSON unless on a terminal)")]
+        = None,
+) -> None:
+    """Start a node: join the network, gossip signed adverts, serve the control API."""
+    import trio
+
+    from meca_node.cli.runner import run_node
+
+    cfg = _config(config, roles=role, data_dir=data_dir, listen=listen, announce=announce,
+                  bootstrap=bootstrap, genesis=genesis, mdns=mdns, control_port=control_port,
+                  advert_interval_s=advert_interval, log_level=log_level)
+    setup_logging(cfg["log_level"], json_logs)
+    identity, created = _identity(cfg.data_dir)
+    if created:
+        err.print(f"created node key {cfg.data_dir / 'node.key'}")
+    genesis_file = _load_genesis(cfg.genesis_path)
+    from meca_node.net import parse_addrs, parse_peer_addr
+
+    try:
+        parse_addrs(cfg["listen"] + cfg["announce"])
+        for b in cfg["bootstrap"]:
+            parse_peer_addr(b)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        trio.run(run_node, cfg, identity, genesis_file)
+    except OSError as exc:
+        raise _fail(f"network error at start: {exc} (is the listen address free?)", 1) \
+            from None
+    raise typer.Exit(0)
+
+
+@app.command("id")
+def show_id(data_dir: DataDir = None, config: ConfigFile = None, json_out: JsonOut = False):
+    """Print this node's peer id and public key (creating the key on first use)."""
+    cfg = _config(config, data_dir=data_dir)
+    identity, _ = _identity(cfg.data_dir)
+    if json_out:
+        out.print_json(data={"peer_id": identity.peer_id,
+                             "public_key": identity.public_key.hex()})
+    else:
+        print(f"peer id:    {identity.peer_id}")
+        print(f"public key: {identity.public_key.hex()}")
+
+
+def _parse_alloc(item: str) -> tuple[bytes, int]:
+    key, sep, amount = item.partition("=")
+    if not sep:
+        raise ValueError(f"--alloc {item!r}: expected KEY=AMOUNT")
+    key = key.strip()
+    try:
+        raw = bytes.fromhex(key) if len(key) == 64 else public_key_of_peer_id(key)
+    except ValueError:
+        raise ValueError(f"--alloc {item!r}: KEY must be a 64-hex public key or an Ed25519 "
+                         "peer id (see `meca-node id`)") from None
+    try:
+        value = int(amount)
+    except ValueError:
+        raise ValueError(f"--alloc {item!r}: AMOUNT must be a whole number") from None
+    return raw, value
+
+
+@network_app.command("init")
+def network_init(
+    name: Annotated[str, typer.Option(help="network name")],
+    alloc: Annotated[Optional[list[str]], typer.Option(
+        help="initial balance KEY=AMOUNT (public key hex or peer id; repeatable)")] = None,
+    out_file: Annotated[Optional[Path], typer.Option(
+        "--out", help="where to write the genesis (default: genesis.json in the data dir)")]
+        = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
+    data_dir: DataDir = None, config: ConfigFile = None,
+):
+    """Create a network: a genesis file signed by this node's key (the founder)."""
+    cfg = _config(config, data_dir=data_dir)
+    identity, _ = _identity(cfg.data_dir)
+    try:
+        allocs = [_parse_alloc(a) for a in alloc or []]
+        g = wire.make_genesis(name, identity.signing_key, time.time_ns() // 1_000_000, allocs)
+    except (ValueError, wire.WireError) as exc:
+        raise _fail(str(exc)) from None
+    path = out_file or cfg.data_dir / "genesis.json"
+    if path.exists() and not force:
+        raise _fail(f"{path} exists; pass --force to replace it or --out elsewhere")
+    atomic_write(path, g.to_json().encode())
+    print(f"network {name!r}: id {g.network_id.hex()}")
+    print(f"genesis written to {path} (founder {identity.peer_id}, "
+          f"{len(allocs)} allocation(s), supply {g.total_supply})")
+
+
+@network_app.command("show")
+def network_show(genesis: Annotated[Path, typer.Argument(help="genesis file")],
+                 json_out: JsonOut = False):
+    """Verify a genesis file and print its network id and allocations."""
+    g = _load_genesis(genesis)
+    if json_out:
+        print(g.to_json(), end="")
+        return
+    print(f"network {g.name!r}  id {g.network_id.hex()}")
+    print(f"founder {g.founder.hex()}  created {g.created}  supply {g.total_supply}")
+    for a in g.alloc:
+        print(f"  {a.key.hex()}  {a.amount}")
+
+
+def _client(data_dir: Path | None, config: Path | None) -> ControlClient:
+    cfg = _config(config, data_dir=data_dir)
+    try:
+        return ControlClient(cfg.data_dir)
+    except ControlError as exc:
+        raise _fail(str(exc), 1) from None
+
+
+def _get(client: ControlClient, path: str) -> dict:
+    try:
+        return client.get(path)
+    except ControlError as exc:
+        raise _fail(str(exc), 1) from None
+
+
+@app.command()
+def status(data_dir: DataDir = None, config: ConfigFile = None, json_out: JsonOut = False):
+    """Show a running node's state: peers, adverts, gossip accepted and dropped by reason."""
+    s = _get(_client(data_dir, config), "/v1/status")
+    if json_out:
+        out.print_json(data=s)
+        return
+    out.print(f"[bold]{s['peer_id']}[/]  roles {', '.join(s['roles'])}  up {s['uptime_s']} s")
+    out.print(f"network {s['network']['name']!r} ({s['network']['id'][:16]})")
+    for a in s["addrs"]:
+        out.print(f"  {a}", highlight=False)
+    out.print(f"peers connected {s['peers_connected']}, adverts known {s['adverts_known']}, "
+              f"adverts sent {s['adverts_sent']}")
+    table = Table("gossip", "count", title=None)
+    for kind, n in sorted(s["gossip"]["accepted"].items()):
+        table.add_row(f"accepted {kind}", str(n))
+    for reason, n in sorted(s["gossip"]["dropped"].items()):
+        table.add_row(f"[red]dropped {reason}[/]", str(n))
+    if table.row_count:
+        out.print(table)
+    for peer, why in s.get("cut_off", {}).items():
+        out.print(f"[red]cut off[/] {peer}: {why}")
+
+
+@app.command()
+def peers(data_dir: DataDir = None, config: ConfigFile = None, json_out: JsonOut = False):
+    """List connected peers and the signed adverts this node has seen."""
+    p = _get(_client(data_dir, config), "/v1/peers")
+    if json_out:
+        out.print_json(data=p)
+        return
+    table = Table("peer id", "roles", "arch", "cpus", "mem MiB", "gpus", "price", "advert age",
+                  "connected")
+    for a in sorted(p["adverts"], key=lambda a: a["peer_id"]):
+        table.add_row(a["peer_id"], ",".join(a["roles"]), a["arch"], str(a["cpu_count"]),
+                      str(a["mem_mib"]), str(a["gpus"]), str(a["price"]), f"{a['age_s']} s",
+                      "yes" if a["connected"] else "no")
+    out.print(table)
+    advertised = {a["peer_id"] for a in p["adverts"]}
+    for pid in sorted(set(p["connected"]) - advertised):
+        out.print(f"connected, no advert yet: {pid}")
+
+
+@app.command()
+def demo(nodes: Annotated[int, typer.Option(min=2, max=8, help="how many nodes")] = 3,
+         timeout: Annotated[float, typer.Option(help="seconds to wait for the mesh")] = 30.0,
+         keep: Annotated[Optional[Path], typer.Option(
+             help="keep node data dirs and logs in this folder")] = None):
+    """Run a local network: N nodes on 127.0.0.1 find each other, exchange signed adverts, stop."""
+    from meca_node.sim.demo import run_demo
+
+    raise typer.Exit(run_demo(nodes, timeout, keep, out))
+
+
+@app.command("config-keys")
+def config_keys():
+    """List every config key, its default, and its environment variable."""
+    for o in OPTIONS:
+        print(f"{o.key:24} {env_name(o.key):30} default {json.dumps(o.default)!s:28} {o.doc}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

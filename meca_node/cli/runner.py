@@ -1,0 +1,77 @@
+"""``meca-node start``: compose the adapters around a :class:`~meca_node.node.Node` and run it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+import trio
+
+from meca_node import wire
+from meca_node.cli.config import Config
+from meca_node.control import serve_control
+from meca_node.core import Identity
+from meca_node.net import NetConfig, open_net
+from meca_node.node import Node, NodeSettings, OsRandom, SystemClock
+from meca_node.runtime import detect_hardware, machine_arch
+
+log = logging.getLogger("meca_node.cli")
+
+#: after SIGINT/SIGTERM, the process exits within this many seconds whatever hangs
+SHUTDOWN_DEADLINE_S = 4.0
+
+
+def net_config(cfg: Config) -> NetConfig:
+    caps = cfg.caps
+    return NetConfig(listen=tuple(cfg["listen"]), announce=tuple(cfg["announce"]),
+                     bootstrap=tuple(cfg["bootstrap"]), mdns=cfg["mdns"],
+                     max_rpc=max(4 * caps.gossip_message, 256 * 1024),
+                     max_frame=caps.stream_frame, queue=caps.queue)
+
+
+def node_settings(cfg: Config) -> NodeSettings:
+    return NodeSettings(roles=tuple(cfg["roles"]), advert_interval_s=cfg["advert_interval_s"],
+                        price=cfg["price"], skew_ms=cfg["skew_s"] * 1000,
+                        rate_per_s=cfg["gossip_rate_per_s"], burst=cfg["gossip_burst"],
+                        caps=cfg.caps)
+
+
+async def run_node(cfg: Config, identity: Identity, genesis: wire.Genesis) -> None:
+    stop_requested = threading.Event()
+    async with open_net(identity.seed, net_config(cfg)) as net:
+        node = Node(node_settings(cfg), identity, genesis, net, SystemClock(), OsRandom(),
+                    detect_hardware(cfg.data_dir), machine_arch())
+        routes = {"GET /v1/status": node.status, "GET /v1/peers": node.peers}
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            port = await nursery.start(serve_control, cfg.data_dir, routes, cfg["control_port"])
+            print(f"meca-node {identity.peer_id} on network {genesis.name!r} "
+                  f"({genesis.network_id.hex()[:16]})", flush=True)
+            for addr in net.listen_addrs():
+                print(f"  listening on {addr}", flush=True)
+            print(f"  control API http://127.0.0.1:{port} (token in "
+                  f"{cfg.data_dir / 'control.token'})", flush=True)
+            print("  ready; Ctrl-C to stop", flush=True)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("received %s, stopping", signal.Signals(signum).name)
+                    stop_requested.set()
+                    _arm_deadline()
+                    nursery.cancel_scope.cancel()
+                    break
+
+
+def _arm_deadline() -> None:
+    """py-libp2p can hang in its own shutdown; never let that keep the process alive."""
+
+    def _force() -> None:
+        sys.stderr.write("meca-node: shutdown took too long; exiting anyway\n")
+        sys.stderr.flush()
+        os._exit(0)
+
+    timer = threading.Timer(SHUTDOWN_DEADLINE_S, _force)
+    timer.daemon = True
+    timer.start()

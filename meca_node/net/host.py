@@ -1,0 +1,360 @@
+"""The libp2p host of a node: TCP + Noise + yamux, gossipsub, dialing, mDNS, streams.
+
+This is the only package that imports libp2p. It knows nothing of tasks: it moves
+bytes, and hands gossip to a validator callback before anything is forwarded.
+Traps of py-libp2p 0.8.1 handled here (see shared notes): one connection per peer
+(else every dial waits 250 ms), a 1 s gossipsub heartbeat (default 120 s), its
+per-peer publish limit raised (ours is per signer, in ``core``), subscription
+queues sized to our queue cap (default 32), services entered before ``host.run``
+so the host stops first.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.discovery.events.peerDiscovery import peerDiscovery
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+import libp2p.pubsub.pubsub as _pubsub_module
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.tools.anyio_service import background_trio_service
+
+from meca_node.net.framing import FrameError, read_frame, write_frame
+
+log = logging.getLogger("meca_node.net")
+
+#: (topic, data, origin peer id) -> accept?
+Validator = Callable[[str, bytes, str], bool]
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4601",)
+    announce: tuple[str, ...] = ()
+    bootstrap: tuple[str, ...] = ()
+    mdns: bool = False
+    max_rpc: int = 1024 * 1024
+    max_frame: int = 1024 * 1024
+    queue: int = 1024
+    heartbeat_s: int = 1
+    dial_timeout_s: float = 5.0
+    backoff_min_s: float = 1.0
+    backoff_max_s: float = 30.0
+    max_wanted_peers: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class GossipMessage:
+    topic: str
+    data: bytes
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerView:
+    peer_id: str
+    addrs: tuple[str, ...]
+
+
+@dataclass
+class _Wanted:
+    info: PeerInfo
+    source: str
+    backoff_s: float
+    next_try: float = 0.0
+    failures: int = 0
+    last_error: str = ""
+
+
+def parse_peer_addr(addr: str) -> PeerInfo:
+    """A multiaddr with ``/p2p/<peer id>``; ``ValueError`` saying what is missing otherwise."""
+    try:
+        ma = multiaddr.Multiaddr(addr)
+    except Exception as exc:
+        raise ValueError(f"{addr!r} is not a multiaddr ({exc})") from None
+    try:
+        return info_from_p2p_addr(ma)
+    except Exception:
+        raise ValueError(f"{addr!r} must end with /p2p/<peer id> (as printed by the node "
+                         "at start)") from None
+
+
+class Libp2pNet:
+    """A running host. Create it with :func:`open_net`."""
+
+    def __init__(self, host, pubsub: Pubsub, config: NetConfig, nursery: trio.Nursery) -> None:
+        self._host = host
+        self._pubsub = pubsub
+        self._config = config
+        self._nursery = nursery
+        self._wanted: dict[ID, _Wanted] = {}
+        self._discovered_send, self._discovered_recv = trio.open_memory_channel[PeerInfo](64)
+        self._blocked: set[ID] = set()
+
+    # -- identity and peers -------------------------------------------------
+    @property
+    def peer_id(self) -> str:
+        return self._host.get_id().to_base58()
+
+    def listen_addrs(self) -> list[str]:
+        return [str(a) for a in self._host.get_addrs()]
+
+    def connected_peers(self) -> list[PeerView]:
+        store = self._host.get_peerstore()
+        out = []
+        for pid in self._host.get_connected_peers():
+            try:
+                addrs = tuple(str(a) for a in store.addrs(pid))
+            except Exception:
+                addrs = ()
+            out.append(PeerView(pid.to_base58(), addrs))
+        return out
+
+    def dial_state(self) -> list[dict]:
+        now = time.monotonic()
+        return [{"peer_id": pid.to_base58(), "source": w.source, "failures": w.failures,
+                 "retry_in_s": round(max(0.0, w.next_try - now), 1), "last_error": w.last_error}
+                for pid, w in self._wanted.items()]
+
+    def want(self, addr: str, source: str = "bootstrap") -> None:
+        """Keep a connection to ``addr`` (``/p2p/`` multiaddr), redialing with backoff."""
+        self._want(parse_peer_addr(addr), source)
+
+    def _want(self, info: PeerInfo, source: str) -> None:
+        if info.peer_id == self._host.get_id() or info.peer_id in self._blocked:
+            return
+        if info.peer_id in self._wanted:
+            return
+        if len(self._wanted) >= self._config.max_wanted_peers:
+            log.warning("not tracking more than %d peers; ignoring %s",
+                        self._config.max_wanted_peers, info.peer_id)
+            return
+        self._wanted[info.peer_id] = _Wanted(info, source, self._config.backoff_min_s)
+
+    async def block(self, peer_id: str, why: str) -> None:
+        """Cut a misbehaving peer off: no more gossip from it, connection closed, no redial."""
+        pid = ID.from_base58(peer_id)
+        if pid in self._blocked:
+            return
+        self._blocked.add(pid)
+        self._wanted.pop(pid, None)
+        self._pubsub.add_to_blacklist(pid)
+        log.warning("cut off peer %s: %s", peer_id, why)
+        with trio.move_on_after(2):
+            try:
+                await self._host.disconnect(pid)
+            except Exception as exc:  # already gone is fine
+                log.debug("disconnect %s: %s", peer_id, exc)
+
+    def is_blocked(self, peer_id: str) -> bool:
+        return ID.from_base58(peer_id) in self._blocked
+
+    # -- gossip ---------------------------------------------------------------
+    def set_validator(self, topic: str, fn: Validator) -> None:
+        def _validate(_forwarder: ID, msg) -> bool:
+            try:
+                origin = ID(msg.from_id).to_base58()
+            except Exception:
+                return False
+            return fn(topic, bytes(msg.data), origin)
+
+        self._pubsub.set_topic_validator(topic, _validate, False)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        await self._pubsub.publish(topic, data)
+
+    async def subscribe(self, topic: str) -> AsyncIterator[GossipMessage]:
+        # py-libp2p reads this module constant when it opens the subscription queue
+        _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = self._config.queue
+        sub = await self._pubsub.subscribe(topic)
+        return _iterate(sub, topic)
+
+    # -- streams ----------------------------------------------------------------
+    def set_stream_handler(self, protocol: str,
+                           handler: Callable[[FramedStream], Awaitable[None]]) -> None:
+        async def _handle(stream) -> None:
+            framed = FramedStream(stream, self._config.max_frame)
+            try:
+                await handler(framed)
+            except FrameError as exc:
+                log.info("peer %s broke %s framing: %s", framed.remote_peer, protocol, exc)
+                await framed.reset()
+            finally:
+                await framed.close()
+
+        self._host.set_stream_handler(protocol, _handle)
+
+    async def open_stream(self, peer_id: str, protocol: str) -> FramedStream:
+        stream = await self._host.new_stream(ID.from_base58(peer_id), [protocol])
+        return FramedStream(stream, self._config.max_frame)
+
+    # -- services -------------------------------------------------------------
+    async def _dial_loop(self) -> None:
+        """Connect to wanted peers and reconnect dropped ones, with capped exponential backoff."""
+        while True:
+            now = time.monotonic()
+            connected = set(self._host.get_connected_peers())
+            for pid, w in list(self._wanted.items()):
+                if pid in connected:
+                    w.backoff_s, w.failures = self._config.backoff_min_s, 0
+                    continue
+                if w.next_try > now:
+                    continue
+                try:
+                    with trio.fail_after(self._config.dial_timeout_s):
+                        await self._host.connect(w.info)
+                    log.info("connected to %s (%s)", pid.to_base58(), w.source)
+                    w.failures, w.last_error = 0, ""
+                    w.backoff_s = self._config.backoff_min_s
+                except Exception as exc:  # dial errors are many types; we only retry
+                    w.failures += 1
+                    w.last_error = f"{type(exc).__name__}: {exc}"[:200]
+                    w.next_try = now + w.backoff_s * random.uniform(0.8, 1.2)
+                    w.backoff_s = min(w.backoff_s * 2, self._config.backoff_max_s)
+                    log.debug("dial %s failed (%s); retry in %.1fs", pid, w.last_error,
+                              w.next_try - now)
+            await trio.sleep(0.5)
+
+    async def _discovery_loop(self) -> None:
+        async for info in self._discovered_recv:
+            if info.peer_id not in self._wanted:
+                log.info("mDNS found %s", info.peer_id.to_base58())
+            self._want(info, "mdns")
+
+    def _on_discovered(self, info: PeerInfo, token: trio.lowlevel.TrioToken) -> None:
+        """Called by zeroconf from its own thread."""
+        try:
+            trio.from_thread.run_sync(self._discovered_send.send_nowait, info, trio_token=token)
+        except (trio.WouldBlock, trio.RunFinishedError, trio.BrokenResourceError,
+                trio.ClosedResourceError):
+            pass
+        except RuntimeError:  # already in the trio thread
+            try:
+                self._discovered_send.send_nowait(info)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+
+async def _iterate(sub, topic: str) -> AsyncIterator[GossipMessage]:
+    while True:
+        msg = await sub.get()
+        try:
+            origin = ID(msg.from_id).to_base58()
+        except Exception:
+            continue
+        yield GossipMessage(topic, bytes(msg.data), origin)
+
+
+class FramedStream:
+    """A libp2p stream carrying length-prefixed frames under a size cap."""
+
+    def __init__(self, stream, max_frame: int) -> None:
+        self._stream = stream
+        self.max_frame = max_frame
+
+    @property
+    def remote_peer(self) -> str:
+        try:
+            return self._stream.muxed_conn.peer_id.to_base58()
+        except Exception:
+            return "?"
+
+    async def send(self, data: bytes) -> None:
+        await write_frame(self._stream, data, self.max_frame)
+
+    async def receive(self) -> bytes | None:
+        return await read_frame(self._stream, self.max_frame)
+
+    async def close(self) -> None:
+        try:
+            await self._stream.close()
+        except Exception:
+            pass
+
+    async def reset(self) -> None:
+        try:
+            await self._stream.reset()
+        except Exception:
+            pass
+
+
+def _gossipsub(config: NetConfig) -> GossipSub:
+    return GossipSub(
+        protocols=[PROTOCOL_ID_V11, PROTOCOL_ID],
+        degree=6, degree_low=4, degree_high=12,
+        heartbeat_interval=config.heartbeat_s,
+        heartbeat_initial_delay=0.1,
+        time_to_live=60,
+        # py-libp2p counts every relayed message per peer and silently stops relaying
+        # above 10/s; flood control is ours, per signer, in the gossip gate.
+        max_messages_per_topic_per_second=10_000.0,
+        # all peers of a loopback test share one IP; diversity grafting only adds churn
+        eclipse_protection_enabled=False,
+    )
+
+
+@asynccontextmanager
+async def open_net(seed: bytes, config: NetConfig) -> AsyncIterator[Libp2pNet]:
+    """Start the host from the node's 32-byte Ed25519 seed; stop it on exit."""
+    key_pair = create_new_key_pair(seed)
+    listen = [multiaddr.Multiaddr(a) for a in config.listen]
+    announce = [multiaddr.Multiaddr(a) for a in config.announce] or None
+    host = new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(
+            key_pair, noise_privkey=create_x25519_key_pair().private_key)},
+        muxer_preference="YAMUX",
+        listen_addrs=listen,
+        announce_addrs=announce,
+        enable_mDNS=config.mdns,
+        connection_config=ConnectionConfig(max_connections_per_peer=1),
+    )
+    router = _gossipsub(config)
+    pubsub = Pubsub(host, router, max_inbound_rpc_size=config.max_rpc)
+    token = trio.lowlevel.current_trio_token()
+    async with background_trio_service(pubsub), background_trio_service(router):
+        async with host.run(listen):
+            async with trio.open_nursery() as nursery:
+                net = Libp2pNet(host, pubsub, config, nursery)
+                for addr in config.bootstrap:
+                    net.want(addr)
+
+                def handler(info: PeerInfo) -> None:
+                    net._on_discovered(info, token)
+
+                if config.mdns:
+                    peerDiscovery.register_peer_discovered_handler(handler)
+                try:
+                    nursery.start_soon(net._dial_loop)
+                    nursery.start_soon(net._discovery_loop)
+                    yield net
+                finally:
+                    if config.mdns:
+                        peerDiscovery.unregister_peer_discovered_handler(handler)
+                    nursery.cancel_scope.cancel()
+
+
+def parse_addrs(addrs: Sequence[str]) -> list[multiaddr.Multiaddr]:
+    """Parse listen/announce multiaddrs; ``ValueError`` naming the bad one."""
+    out = []
+    for a in addrs:
+        try:
+            out.append(multiaddr.Multiaddr(a))
+        except Exception as exc:
+            raise ValueError(f"{a!r} is not a multiaddr ({exc})") from None
+    return out

@@ -1,0 +1,200 @@
+"""The node driver: gossip validation and intake, periodic adverts, status.
+
+Everything long-lived runs under the nursery of :meth:`Node.run`, started with
+``nursery.start`` so callers continue only once the node is subscribed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+
+import trio
+
+from meca_node import wire
+from meca_node.core import GateConfig, GossipGate, Identity, PeerBook, peer_id_of
+from meca_node.node.ports import Clock, Network, Random
+
+log = logging.getLogger("meca_node.node")
+
+#: drops that an honest peer never causes; enough of them from one origin cuts it off
+_STRIKE_REASONS = frozenset({"malformed", "bad_signature", "wrong_topic", "stale", "future",
+                             "replay", "wrong_network"})
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    roles: tuple[str, ...] = ("client",)
+    advert_interval_s: float = 30.0
+    price: int = 0
+    skew_ms: int = 120_000
+    rate_per_s: float = 5.0
+    burst: int = 20
+    strikes_before_cutoff: int = 32
+    caps: wire.Caps = field(default_factory=wire.Caps)
+
+
+class Node:
+    """One meca-node: validates gossip, keeps a peer book, gossips its signed HostAdvert."""
+
+    def __init__(self, settings: NodeSettings, identity: Identity, genesis: wire.Genesis,
+                 net: Network, clock: Clock, rand: Random, hardware: wire.Hardware,
+                 arch: str) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.genesis = genesis
+        self.net = net
+        self.clock = clock
+        self.rand = rand
+        self.hardware = hardware
+        self.arch = arch
+        self.gate = GossipGate(GateConfig(
+            network_id=genesis.network_id, max_message=settings.caps.gossip_message,
+            skew_ms=settings.skew_ms, rate_per_s=settings.rate_per_s, burst=settings.burst))
+        self.peerbook = PeerBook()
+        self.adverts_sent = 0
+        self.advert_seen = trio.Event()  # set whenever a new advert arrives (then replaced)
+        self._started_mono = time.monotonic()
+        self._accepted: OrderedDict[bytes, wire.Envelope] = OrderedDict()
+        self._logged: set[tuple[str, str]] = set()
+        self._strikes: Counter[str] = Counter()
+        self._cut_off: dict[str, str] = {}
+        self._nursery: trio.Nursery | None = None
+
+    # -- gossip intake ------------------------------------------------------------
+    def _validate(self, topic: str, data: bytes, origin: str) -> bool:
+        """Gossipsub validator: runs before a message is delivered or forwarded."""
+        if origin == self.net.peer_id:
+            return True  # our own publish; we signed it
+        if origin in self._cut_off:
+            return False
+        verdict = self.gate.check(data, topic, self.clock.now_ms())
+        if verdict.ok:
+            self._accepted[data] = verdict.envelope  # type: ignore[assignment]
+            while len(self._accepted) > self.settings.caps.queue:
+                self._accepted.popitem(last=False)
+            return True
+        reason = verdict.reason or "?"
+        if (reason, origin) not in self._logged and len(self._logged) < 4096:
+            self._logged.add((reason, origin))
+            log.warning("dropped gossip on %s from %s: %s (%s); further drops of this kind "
+                        "from this peer are only counted", topic, origin, reason, verdict.detail)
+        if reason == "oversize":
+            self._cut(origin, f"sent a {len(data)}-byte message over the "
+                              f"{self.settings.caps.gossip_message}-byte cap")
+        elif reason in _STRIKE_REASONS:
+            self._strikes[origin] += 1
+            if self._strikes[origin] >= self.settings.strikes_before_cutoff:
+                self._cut(origin, f"{self._strikes[origin]} invalid messages")
+        return False
+
+    def _cut(self, origin: str, why: str) -> None:
+        if origin in self._cut_off or self._nursery is None:
+            return
+        self._cut_off[origin] = why
+        self._nursery.start_soon(self.net.block, origin, why)
+
+    async def _consume(self, topic: str, messages) -> None:
+        async for msg in messages:
+            if msg.origin == self.net.peer_id:
+                continue
+            env = self._accepted.pop(msg.data, None)
+            if env is None:
+                continue  # evicted under load; it was counted when validated
+            self._handle(env)
+
+    def _handle(self, env: wire.Envelope) -> None:
+        if isinstance(env.body, wire.HostAdvert):
+            if self.peerbook.observe(env, self.clock.now_ms()):
+                self.advert_seen.set()
+                self.advert_seen = trio.Event()
+        # TaskOffer, Receipt and FraudProof handling arrive with their issues
+
+    # -- adverts ----------------------------------------------------------------
+    def make_advert(self) -> wire.HostAdvert:
+        hw = self.hardware
+        return wire.HostAdvert(
+            roles=self.settings.roles, arch=self.arch, hardware=hw,
+            free=wire.Resources(cpu_milli=hw.cpu_count * 1000, mem_mib=hw.mem_mib,
+                                gpu_count=len(hw.gpus)),
+            price=self.settings.price, environments=(), cached_images=(), queue=0,
+            addrs=tuple(self.net.listen_addrs()[:16]))
+
+    def seal(self, body) -> bytes:
+        return wire.seal(body, key=self.identity.signing_key, net=self.genesis.network_id,
+                         ts=self.clock.now_ms(), nonce=self.rand.token_bytes(16))
+
+    async def publish_advert(self) -> None:
+        await self.net.publish(wire.TOPIC_ADVERTS, self.seal(self.make_advert()))
+        self.adverts_sent += 1
+
+    async def _advert_loop(self) -> None:
+        """Advertise at start, every interval, and soon after new peers connect."""
+        interval = self.settings.advert_interval_s
+        tick = min(1.0, interval)
+        last = -interval
+        known: set[str] = set()
+        while True:
+            now = trio.current_time()
+            peers = {p.peer_id for p in self.net.connected_peers()}
+            grew = bool(peers - known)
+            known = peers
+            if now - last >= interval or grew:
+                if grew:
+                    # let gossipsub graft the new peer into the mesh first (1 s heartbeat)
+                    await trio.sleep(1.2)
+                try:
+                    await self.publish_advert()
+                except Exception as exc:  # publishing with no peers yet is not fatal
+                    log.debug("advert publish failed: %s", exc)
+                last = trio.current_time()
+            await trio.sleep(tick)
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for topic in wire.TOPICS:
+                self.net.set_validator(topic, self._validate)
+                messages = await self.net.subscribe(topic)
+                nursery.start_soon(self._consume, topic, messages)
+            nursery.start_soon(self._advert_loop)
+            task_status.started()
+
+    # -- views for the control API ---------------------------------------------------
+    def status(self) -> dict:
+        now = self.clock.now_ms()
+        return {
+            "peer_id": self.identity.peer_id,
+            "public_key": self.identity.public_key.hex(),
+            "network": {"name": self.genesis.name, "id": self.genesis.network_id.hex()},
+            "roles": list(self.settings.roles),
+            "addrs": self.net.listen_addrs(),
+            "uptime_s": round(time.monotonic() - self._started_mono, 1),
+            "peers_connected": len(self.net.connected_peers()),
+            "adverts_known": len(self.peerbook.fresh(now, 3 * int(
+                self.settings.advert_interval_s * 1000) + self.settings.skew_ms)),
+            "adverts_sent": self.adverts_sent,
+            "gossip": {"accepted": dict(self.gate.stats.accepted),
+                       "dropped": dict(self.gate.stats.dropped)},
+            "cut_off": dict(self._cut_off),
+        }
+
+    def peers(self) -> dict:
+        now = self.clock.now_ms()
+        connected = {p.peer_id: list(p.addrs) for p in self.net.connected_peers()}
+        adverts = []
+        for a in self.peerbook.fresh(now, 10**12):
+            adverts.append({
+                "peer_id": a.peer_id, "roles": list(a.advert.roles), "arch": a.advert.arch,
+                "cpu_count": a.advert.hardware.cpu_count, "mem_mib": a.advert.hardware.mem_mib,
+                "gpus": len(a.advert.hardware.gpus), "price": a.advert.price,
+                "age_s": round((now - a.ts) / 1000, 1), "connected": a.peer_id in connected,
+                "addrs": list(a.advert.addrs),
+            })
+        return {"connected": connected, "adverts": adverts}
+
+    def advert_peer_ids(self) -> set[str]:
+        return {peer_id_of(a.signer) for a in self.peerbook.fresh(self.clock.now_ms(), 10**12)}

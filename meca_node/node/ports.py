@@ -1,0 +1,38 @@
+"""The small interfaces the node drives; adapters (``net``, in-memory fakes) implement them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol, Sequence
+
+
+class GossipMessageLike(Protocol):
+    topic: str
+    data: bytes
+    origin: str
+
+
+class PeerLike(Protocol):
+    peer_id: str
+    addrs: Sequence[str]
+
+
+class Network(Protocol):
+    """Gossip plus peer management, as :class:`meca_node.net.Libp2pNet` provides it."""
+
+    @property
+    def peer_id(self) -> str: ...
+    def listen_addrs(self) -> list[str]: ...
+    def connected_peers(self) -> Sequence[PeerLike]: ...
+    def set_validator(self, topic: str, fn: Callable[[str, bytes, str], bool]) -> None: ...
+    async def publish(self, topic: str, data: bytes) -> None: ...
+    async def subscribe(self, topic: str) -> AsyncIterator[GossipMessageLike]: ...
+    async def block(self, peer_id: str, why: str) -> None: ...
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int: ...
+
+
+class Random(Protocol):
+    def token_bytes(self, n: int) -> bytes: ...

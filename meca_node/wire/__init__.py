@@ -1,0 +1,40 @@
+"""Wire formats: canonical CBOR, signed envelopes, message bodies, genesis, caps.
+
+Pure and synchronous: no I/O. Every decoder raises only :class:`WireError`.
+"""
+
+from ._caps import Caps, GiB, KiB, MiB
+from ._cbor import decode as cbor_decode
+from ._cbor import encode as cbor_encode
+from ._envelope import (
+    BODY_VERSION, ENVELOPE_VERSION, Envelope, decode_body, encode_body, open_envelope, seal,
+    type_id,
+)
+from ._errors import WireError
+from ._genesis import Alloc, Genesis, genesis_from_json, make_genesis
+from ._messages import (
+    BODY_TYPES, FRAUD_KINDS, JOB_REJECT_REASONS, JOB_STAGES, ROLES, Environment, FraudProof,
+    Gpu, Hardware, HostAdvert, JobAccept, JobProgress, JobReject, JobRequest, JobResult,
+    Receipt, Resources, ResultCommit, TaskOffer,
+)
+
+TOPIC_ADVERTS = "meca/adverts/1"
+TOPIC_OFFERS = "meca/offers/1"
+TOPIC_RECEIPTS = "meca/receipts/1"
+TOPICS = (TOPIC_ADVERTS, TOPIC_OFFERS, TOPIC_RECEIPTS)
+#: which message types may travel on which gossip topic
+TOPIC_TYPES: dict[str, frozenset[str]] = {
+    TOPIC_ADVERTS: frozenset({"HostAdvert"}),
+    TOPIC_OFFERS: frozenset({"TaskOffer"}),
+    TOPIC_RECEIPTS: frozenset({"Receipt", "FraudProof"}),
+}
+
+__all__ = [
+    "Alloc", "BODY_TYPES", "BODY_VERSION", "Caps", "ENVELOPE_VERSION", "Envelope",
+    "Environment", "FRAUD_KINDS", "FraudProof", "Genesis", "GiB", "Gpu", "Hardware",
+    "HostAdvert", "JOB_REJECT_REASONS", "JOB_STAGES", "JobAccept", "JobProgress", "JobReject",
+    "JobRequest", "JobResult", "KiB", "MiB", "ROLES", "Receipt", "Resources", "ResultCommit",
+    "TOPICS", "TOPIC_ADVERTS", "TOPIC_OFFERS", "TOPIC_RECEIPTS", "TOPIC_TYPES", "TaskOffer",
+    "WireError", "cbor_decode", "cbor_encode", "decode_body", "encode_body", "genesis_from_json",
+    "make_genesis", "open_envelope", "seal", "type_id",
+]
