@@ -26,6 +26,7 @@ def setup_logging(level: str = "info", json_logs: bool | None = None) -> None:
     logging.getLogger("libp2p").setLevel("DEBUG" if level.lower() == "debug" else "CRITICAL")
     logging.getLogger("zeroconf").setLevel("WARNING" if level.lower() == "debug" else "ERROR")
     logging.getLogger("httpx").setLevel("WARNING")
+    logging.getLogger("multiaddr").setLevel("WARNING")
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -107,9 +107,11 @@ def start(
         raise _fail(str(exc)) from None
     try:
         trio.run(run_node, cfg, identity, genesis_file)
-    except OSError as exc:
-        raise _fail(f"network error at start: {exc} (is the listen address free?)", 1) \
-            from None
+    except* OSError as group:
+        first = group.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise _fail(f"the node could not start: {first}", 1) from None
     raise typer.Exit(0)
 
 

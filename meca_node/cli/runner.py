@@ -40,7 +40,22 @@ def node_settings(cfg: Config) -> NodeSettings:
 
 
 async def run_node(cfg: Config, identity: Identity, genesis: wire.Genesis) -> None:
-    stop_requested = threading.Event()
+    """Run until SIGINT/SIGTERM (caught from the very start, so an early signal stops it too)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(_stop_on_signal, signals, outer.cancel_scope)
+            await _serve(cfg, identity, genesis)
+
+
+async def _stop_on_signal(signals, scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        _arm_deadline()
+        scope.cancel()
+        return
+
+
+async def _serve(cfg: Config, identity: Identity, genesis: wire.Genesis) -> None:
     async with open_net(identity.seed, net_config(cfg)) as net:
         node = Node(node_settings(cfg), identity, genesis, net, SystemClock(), OsRandom(),
                     detect_hardware(cfg.data_dir), machine_arch())
@@ -55,13 +70,6 @@ async def run_node(cfg: Config, identity: Identity, genesis: wire.Genesis) -> No
             print(f"  control API http://127.0.0.1:{port} (token in "
                   f"{cfg.data_dir / 'control.token'})", flush=True)
             print("  ready; Ctrl-C to stop", flush=True)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    log.info("received %s, stopping", signal.Signals(signum).name)
-                    stop_requested.set()
-                    _arm_deadline()
-                    nursery.cancel_scope.cancel()
-                    break
 
 
 def _arm_deadline() -> None:

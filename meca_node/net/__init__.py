@@ -2,11 +2,11 @@
 
 from meca_node.net.framing import FrameError, read_frame, write_frame
 from meca_node.net.host import (
-    FramedStream, GossipMessage, Libp2pNet, NetConfig, PeerView, open_net, parse_addrs,
+    FramedStream, GossipMessage, Libp2pNet, NetConfig, NetStartError, PeerView, open_net, parse_addrs,
     parse_peer_addr,
 )
 
 __all__ = [
-    "FrameError", "FramedStream", "GossipMessage", "Libp2pNet", "NetConfig", "PeerView",
+    "FrameError", "FramedStream", "GossipMessage", "Libp2pNet", "NetConfig", "NetStartError", "PeerView",
     "open_net", "parse_addrs", "parse_peer_addr", "read_frame", "write_frame",
 ]

@@ -42,6 +42,10 @@ log = logging.getLogger("meca_node.net")
 Validator = Callable[[str, bytes, str], bool]
 
 
+class NetStartError(OSError):
+    """The host could not start as configured (e.g. a listen address is in use)."""
+
+
 @dataclass(frozen=True)
 class NetConfig:
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4601",)
@@ -97,11 +101,10 @@ def parse_peer_addr(addr: str) -> PeerInfo:
 class Libp2pNet:
     """A running host. Create it with :func:`open_net`."""
 
-    def __init__(self, host, pubsub: Pubsub, config: NetConfig, nursery: trio.Nursery) -> None:
+    def __init__(self, host, pubsub: Pubsub, config: NetConfig) -> None:
         self._host = host
         self._pubsub = pubsub
         self._config = config
-        self._nursery = nursery
         self._wanted: dict[ID, _Wanted] = {}
         self._discovered_send, self._discovered_recv = trio.open_memory_channel[PeerInfo](64)
         self._blocked: set[ID] = set()
@@ -237,17 +240,21 @@ class Libp2pNet:
             self._want(info, "mdns")
 
     def _on_discovered(self, info: PeerInfo, token: trio.lowlevel.TrioToken) -> None:
-        """Called by zeroconf from its own thread."""
+        """Called by zeroconf from its own thread (or from the trio thread).
+
+        Never waits for the trio thread: at shutdown that thread joins zeroconf's
+        threads, and a blocking hand-over (``trio.from_thread.run_sync``) would deadlock.
+        """
         try:
-            trio.from_thread.run_sync(self._discovered_send.send_nowait, info, trio_token=token)
-        except (trio.WouldBlock, trio.RunFinishedError, trio.BrokenResourceError,
-                trio.ClosedResourceError):
+            token.run_sync_soon(self._deliver_discovered, info)
+        except trio.RunFinishedError:
             pass
-        except RuntimeError:  # already in the trio thread
-            try:
-                self._discovered_send.send_nowait(info)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+
+    def _deliver_discovered(self, info: PeerInfo) -> None:
+        try:
+            self._discovered_send.send_nowait(info)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
 
 async def _iterate(sub, topic: str) -> AsyncIterator[GossipMessage]:
@@ -327,26 +334,38 @@ async def open_net(seed: bytes, config: NetConfig) -> AsyncIterator[Libp2pNet]:
     router = _gossipsub(config)
     pubsub = Pubsub(host, router, max_inbound_rpc_size=config.max_rpc)
     token = trio.lowlevel.current_trio_token()
-    async with background_trio_service(pubsub), background_trio_service(router):
-        async with host.run(listen):
-            async with trio.open_nursery() as nursery:
-                net = Libp2pNet(host, pubsub, config, nursery)
-                for addr in config.bootstrap:
-                    net.want(addr)
+    net = Libp2pNet(host, pubsub, config)
+    for addr in config.bootstrap:
+        net.want(addr)
 
-                def handler(info: PeerInfo) -> None:
-                    net._on_discovered(info, token)
+    def handler(info: PeerInfo) -> None:
+        net._on_discovered(info, token)
 
-                if config.mdns:
-                    peerDiscovery.register_peer_discovered_handler(handler)
-                try:
-                    nursery.start_soon(net._dial_loop)
-                    nursery.start_soon(net._discovery_loop)
-                    yield net
-                finally:
-                    if config.mdns:
-                        peerDiscovery.unregister_peer_discovered_handler(handler)
-                    nursery.cancel_scope.cancel()
+    # py-libp2p starts mDNS inside host.run and reports each peer once, when first seen:
+    # a handler registered after host.run has started misses the peers already on the LAN.
+    if config.mdns:
+        peerDiscovery.register_peer_discovered_handler(handler)
+    try:
+        async with background_trio_service(pubsub), background_trio_service(router):
+            async with host.run(listen):
+                bound = host.get_transport_addrs()
+                if len(bound) < len(listen):
+                    # py-libp2p logs a failed listen and carries on; a node nobody can
+                    # reach is worse than one that does not start
+                    raise NetStartError(
+                        f"could not listen on all of {', '.join(config.listen)} (bound: "
+                        f"{', '.join(map(str, bound)) or 'none'}); is the port in use or the "
+                        "address not on this machine? Choose another with --listen")
+                async with trio.open_nursery() as nursery:
+                    try:
+                        nursery.start_soon(net._dial_loop)
+                        nursery.start_soon(net._discovery_loop)
+                        yield net
+                    finally:
+                        nursery.cancel_scope.cancel()
+    finally:
+        if config.mdns:
+            peerDiscovery.unregister_peer_discovered_handler(handler)
 
 
 def parse_addrs(addrs: Sequence[str]) -> list[multiaddr.Multiaddr]:

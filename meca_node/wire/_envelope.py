@@ -75,7 +75,8 @@ def open_envelope(data: bytes, *, max_size: int) -> Envelope:
     obj = _cbor.decode(data)
     if not isinstance(obj, dict):
         raise WireError("malformed", "envelope must be a map")
-    if "v" in obj and obj["v"] != ENVELOPE_VERSION:
+    # ``type(...) is not int``: CBOR true decodes to Python True, which equals 1
+    if "v" in obj and (type(obj["v"]) is not int or obj["v"] != ENVELOPE_VERSION):
         raise WireError("unsupported_version",
                         f"envelope version {obj['v']!r}; this node speaks {ENVELOPE_VERSION}")
     if set(obj) != _KEYS:

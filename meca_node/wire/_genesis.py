@@ -103,7 +103,7 @@ def genesis_from_json(text: str | bytes) -> Genesis:
         doc = json.loads(text)
         if not isinstance(doc, dict):
             raise ValueError("top level must be an object")
-        if doc.get("v") != GENESIS_VERSION:
+        if type(doc.get("v")) is not int or doc["v"] != GENESIS_VERSION:  # not true, not 1.0
             raise WireError("unsupported_version", f"genesis version {doc.get('v')!r}")
         alloc = [(bytes.fromhex(a["key"]), a["amount"]) for a in doc["alloc"]]
         name, created = doc["name"], doc["created"]
