@@ -59,7 +59,8 @@ async def _serve(cfg: Config, identity: Identity, genesis: wire.Genesis) -> None
     async with open_net(identity.seed, net_config(cfg)) as net:
         node = Node(node_settings(cfg), identity, genesis, net, SystemClock(), OsRandom(),
                     detect_hardware(cfg.data_dir), machine_arch())
-        routes = {"GET /v1/status": node.status, "GET /v1/peers": node.peers}
+        routes = {"GET /v1/status": node.status,
+                  "GET /v1/peers": lambda: {**node.peers(), "dialing": net.dial_state()}}
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             port = await nursery.start(serve_control, cfg.data_dir, routes, cfg["control_port"])

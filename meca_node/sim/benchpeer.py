@@ -299,6 +299,7 @@ class Peer:
         self.events: dict[str, float] = {"start": time.time()}
         self.node: BenchNode | None = None
         self.pad = 0
+        self.cpu_marks: dict[str, list[float]] = {}
 
     def _write(self, name: str, doc: dict) -> None:
         atomic_write(self.run_dir / name, json.dumps(doc).encode())
@@ -349,6 +350,7 @@ class Peer:
                     "addrs": net.listen_addrs(), "t": time.time()})
                 go = await self._warm_up(node, net)
                 self.events["go_seen"] = time.time()
+                nursery.start_soon(self._cpu_marks, go)
                 if baseline and self.index == baseline["sender"]:  # first, on a quiet system
                     await self._baseline_send(net, go, plan["peers"][baseline["receiver"]])
                 await self._publish_share(node, net, go)
@@ -356,6 +358,15 @@ class Peer:
                 self._write(f"result-{self.index}.json", self._result(node, net))
                 _arm_deadline()  # py-libp2p can hang in its own shutdown
                 nursery.cancel_scope.cancel()
+
+    async def _cpu_marks(self, go: dict) -> None:
+        """CPU seconds used by this process at each phase boundary (for the harness)."""
+        span = self.messages / self.rate
+        for name, t in (("baseline_start", go["tb0"]), ("baseline_end", go["tb0"] + span),
+                        ("gossip_start", go["t0"]), ("gossip_end", go["t0"] + span)):
+            await _sleep_until(t)
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            self.cpu_marks[name] = [time.time(), ru.ru_utime + ru.ru_stime]
 
     async def _warm_up(self, node: BenchNode, net) -> dict:
         """Publish warm-ups until the harness says go; report once we heard every peer."""
@@ -454,6 +465,7 @@ class Peer:
             "peers_connected": len(net.connected_peers()),
             "mesh_sizes": mesh,
             "cpu_s": {"user": ru.ru_utime, "system": ru.ru_stime},
+            "cpu_marks": self.cpu_marks,
             "max_rss_mib": round(ru.ru_maxrss / 1024, 1),
             "events": self.events,
             "pad": self.pad,

@@ -122,10 +122,9 @@ class Cluster:
             self.prepare()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MECA_")}
         for node in self.nodes:
-            log = node.log_path.open("ab")
-            node.proc = subprocess.Popen(node.args, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env)
-            log.close()
+            with node.log_path.open("ab") as log:
+                node.proc = subprocess.Popen(node.args, stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + ready_timeout_s
         for node in self.nodes:
             self._wait_ready(node, deadline)
@@ -145,6 +144,21 @@ class Cluster:
                 raise ClusterError(f"node{node.index} not ready in time; log {node.log_path}\n"
                                    f"{self.tail(node)}")
             time.sleep(0.1)  # bounded poll of another process's readiness
+
+    def kill(self, node: ClusterNode) -> None:
+        """SIGKILL one node (a crash: no goodbye to its peers) and reap it."""
+        assert node.proc is not None
+        node.proc.kill()
+        node.proc.wait(timeout=10)
+
+    def restart(self, node: ClusterNode, ready_timeout_s: float = 30.0) -> None:
+        """Start a stopped node again with the same key, address and data dir."""
+        assert node.proc is not None and node.proc.poll() is not None
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MECA_")}
+        with node.log_path.open("ab") as log:
+            node.proc = subprocess.Popen(node.args, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env)
+        self._wait_ready(node, time.monotonic() + ready_timeout_s)
 
     # -- observation ------------------------------------------------------------------
     def seen_by(self, node: ClusterNode) -> set[str]:
