@@ -1,0 +1,158 @@
+"""Two network namespaces joined by a veth pair, for tests that need multicast (mDNS).
+
+``lo`` has no multicast here, so mDNS tests run each node in its own namespace, the two
+joined by a veth pair with an address from a private subnet that exists only inside
+those namespaces. The veth is created directly inside the namespaces, so nothing
+appears in (or is routed from) the host's namespace. Needs root and iproute2 (``ip``).
+
+Used by ``test_mdns_netns.py``, which loads it by path (tests/ has no packages)::
+
+    pair = create_pair()            # meca-t-<pid>-<n>-a / -b, veth0 on both sides
+    try:
+        subprocess.Popen(pair.a.exec_argv([sys.executable, ...]))
+    finally:
+        delete_pair(pair)           # deleting a namespace deletes its veth end
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+
+#: iproute2 answers in milliseconds; a hung ``ip`` is a broken host, not a slow one
+IP_TIMEOUT_S = 10.0
+_counter = itertools.count()
+
+
+class NetnsError(Exception):
+    """An ``ip`` command failed; the message has the command and its stderr."""
+
+
+def unavailable_reason() -> str | None:
+    """Why namespaces cannot be made here (not root, no ``ip``), or None if they can."""
+    reasons = []
+    if os.geteuid() != 0:
+        reasons.append(f"needs root to create network namespaces (euid {os.geteuid()})")
+    if shutil.which("ip") is None:
+        reasons.append("iproute2 `ip` command not found on PATH")
+    return "; ".join(reasons) or None
+
+
+def ip(*args: str, ns: str | None = None, check: bool = True) -> str:
+    """Run ``ip [-n NS] ARGS``; its stdout, or :class:`NetnsError`."""
+    argv = ["ip", *(["-n", ns] if ns else []), *args]
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=IP_TIMEOUT_S,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise NetnsError(f"`{' '.join(argv)}` did not answer in {IP_TIMEOUT_S} s") from None
+    if check and r.returncode != 0:
+        raise NetnsError(f"`{' '.join(argv)}` failed ({r.returncode}): {r.stderr.strip()}")
+    return r.stdout
+
+
+@dataclass(frozen=True)
+class End:
+    """One side: a namespace, its veth device and its address on the pair's subnet."""
+
+    ns: str
+    dev: str
+    addr: str
+    prefix_len: int
+
+    def exec_argv(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside this namespace (``ip netns exec`` execs it: same pid)."""
+        return ["ip", "netns", "exec", self.ns, *argv]
+
+    def link_flags(self) -> set[str]:
+        """The flags ``ip link`` shows for the veth, e.g. {'BROADCAST','MULTICAST','UP'}."""
+        out = ip("-o", "link", "show", "dev", self.dev, ns=self.ns)
+        start, end = out.index("<"), out.index(">")
+        return set(out[start + 1:end].split(","))
+
+    def multicast_groups(self) -> set[str]:
+        """IPv4 multicast groups joined on the veth (``ip maddr``), e.g. {'224.0.0.251'}."""
+        out = ip("maddr", "show", "dev", self.dev, ns=self.ns)
+        return {line.split()[1] for line in out.splitlines()
+                if line.strip().startswith("inet ")}
+
+
+@dataclass(frozen=True)
+class Pair:
+    a: End
+    b: End
+
+    @property
+    def namespaces(self) -> tuple[str, str]:
+        return self.a.ns, self.b.ns
+
+
+def existing_namespaces() -> set[str]:
+    return {line.split()[0] for line in ip("netns", "list").splitlines() if line.strip()}
+
+
+def create_pair(prefix: str = "meca-t", dev: str = "veth0", up_timeout_s: float = 5.0) -> Pair:
+    """Two fresh namespaces ``<prefix>-<pid>-<n>-a/-b`` joined by a veth pair.
+
+    Each has ``lo`` up, the veth up with MULTICAST on, an address 10.77.<random>.1/24 or
+    .2/24, and a route 224.0.0.0/4 on the veth so multicast leaves through it. On any
+    failure what was made is removed again and :class:`NetnsError` raised.
+    """
+    tag = f"{prefix}-{os.getpid()}-{next(_counter)}"
+    net = f"10.77.{random.randint(1, 254)}"
+    pair = Pair(End(f"{tag}-a", dev, f"{net}.1", 24), End(f"{tag}-b", dev, f"{net}.2", 24))
+    taken = existing_namespaces() & set(pair.namespaces)
+    if taken:
+        raise NetnsError(f"namespaces {sorted(taken)} exist already (left by a killed run? "
+                         f"remove with `ip netns del NAME`)")
+    made: list[str] = []
+    try:
+        for end in (pair.a, pair.b):
+            ip("netns", "add", end.ns)
+            made.append(end.ns)
+        ip("link", "add", pair.a.dev, "netns", pair.a.ns, "type", "veth",
+           "peer", "name", pair.b.dev, "netns", pair.b.ns)
+        for end in (pair.a, pair.b):
+            ip("link", "set", "lo", "up", ns=end.ns)
+            ip("addr", "add", f"{end.addr}/{end.prefix_len}", "dev", end.dev, ns=end.ns)
+            ip("link", "set", end.dev, "multicast", "on", "up", ns=end.ns)
+            ip("route", "add", "224.0.0.0/4", "dev", end.dev, ns=end.ns)
+        _wait_up(pair, up_timeout_s)
+    except BaseException:
+        _delete(made)
+        raise
+    return pair
+
+
+def _wait_up(pair: Pair, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        flags = {end.ns: end.link_flags() for end in (pair.a, pair.b)}
+        if all({"UP", "LOWER_UP", "MULTICAST"} <= f for f in flags.values()):
+            return
+        if time.monotonic() > deadline:
+            raise NetnsError(f"veth not up with MULTICAST after {timeout_s} s: {flags}")
+        time.sleep(0.05)  # bounded poll of the kernel's link state
+
+
+def _delete(namespaces: list[str]) -> list[str]:
+    errors = []
+    for ns in namespaces:
+        try:
+            ip("netns", "del", ns)
+        except NetnsError as exc:
+            errors.append(str(exc))
+    return errors
+
+
+def delete_pair(pair: Pair) -> None:
+    """Delete both namespaces (and with them the veth); NetnsError if one is left."""
+    errors = _delete([ns for ns in pair.namespaces if ns in existing_namespaces()])
+    left = existing_namespaces() & set(pair.namespaces)
+    if errors or left:
+        raise NetnsError(f"could not delete namespaces {sorted(left)}: {errors}")
