@@ -17,8 +17,8 @@ from meca_node.wire import Envelope, WireError
 
 #: every reason a message can be dropped, in the order the gate checks them
 DROP_REASONS = (
-    "oversize", "malformed", "unsupported_version", "unknown_type", "wrong_topic",
-    "wrong_network", "bad_signature", "stale", "future", "replay", "banned", "rate_limited",
+    "oversize", "malformed", "unsupported_version", "unknown_type", "bad_signature",
+    "wrong_topic", "wrong_network", "stale", "future", "banned", "replay", "rate_limited",
 )
 
 

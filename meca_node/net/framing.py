@@ -42,7 +42,7 @@ async def write_frame(stream: _Stream, data: bytes, max_frame: int) -> None:
 async def read_frame(stream: _Stream, max_frame: int) -> bytes | None:
     """Read one frame; ``None`` at a clean end of stream before a frame starts."""
     length = 0
-    for shift in range(0, 64, 7):
+    for shift in range(0, 63, 7):  # unsigned-varint spec: at most 9 bytes, minimal
         b = await _read_exact(stream, 1, allow_eof=(shift == 0))
         if b is None:
             return None
@@ -50,6 +50,8 @@ async def read_frame(stream: _Stream, max_frame: int) -> bytes | None:
         if length > max_frame:
             raise FrameError(f"peer announced a frame of more than {max_frame} bytes")
         if not b[0] & 0x80:
+            if b[0] == 0 and shift:
+                raise FrameError("length prefix is not minimally encoded")
             break
     else:
         raise FrameError("length prefix longer than 9 bytes")

@@ -53,6 +53,10 @@ def seal(body: Any, *, key: SigningKey, net: bytes, ts: int, nonce: bytes) -> by
     """Sign ``body`` into an envelope and return its canonical bytes."""
     if len(net) != 32 or len(nonce) != 16:
         raise ValueError("net must be 32 bytes and nonce 16 bytes")
+    if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts < 2**63:
+        raise ValueError("ts must be a non-negative integer (ms since the epoch)")
+    # what every receiver would refuse (over a cap, say) is refused here, before signing
+    from_obj(type(body), to_obj(body))
     unsigned = {
         "v": ENVELOPE_VERSION,
         "net": net,

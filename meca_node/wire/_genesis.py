@@ -78,8 +78,12 @@ def make_genesis(name: str, founder: SigningKey, created: int,
 
 
 def _check_fields(name: str, created: int, alloc: list[tuple[bytes, int]]) -> None:
-    if not isinstance(name, str) or not 0 < len(name) <= 128:
-        raise WireError("malformed", "genesis name must be 1..128 characters")
+    try:  # the cap counts UTF-8 bytes, as every text cap (CDDL .size) does
+        name_size = len(name.encode("utf-8")) if isinstance(name, str) else 0
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): not text CBOR can carry
+        name_size = 0
+    if not 0 < name_size <= 128:
+        raise WireError("malformed", "genesis name must be 1..128 bytes of UTF-8 text")
     if isinstance(created, bool) or not isinstance(created, int) or created < 0:
         raise WireError("malformed", "genesis created must be a non-negative integer (ms)")
     if len(alloc) > MAX_ALLOCS:
@@ -93,6 +97,8 @@ def _check_fields(name: str, created: int, alloc: list[tuple[bytes, int]]) -> No
         if key in seen:
             raise WireError("malformed", f"genesis allocates to key {key.hex()} twice")
         seen.add(key)
+    if sum(amount for _key, amount in alloc) >= 2**63:
+        raise WireError("malformed", "genesis total supply must stay below 2**63")
 
 
 def genesis_from_json(text: str | bytes) -> Genesis:

@@ -238,8 +238,9 @@ class FraudProof:
     TYPE: ClassVar[str] = "FraudProof"
     kind: str = capped(16)
     account: bytes
-    first: bytes = capped(32768)
-    second: bytes = capped(32768)
+    # two envelopes must fit one 64 KiB gossip message with room for the proof's own envelope
+    first: bytes = capped(16384)
+    second: bytes = capped(16384)
 
     def __post_init__(self) -> None:
         _length(32, account=self.account)

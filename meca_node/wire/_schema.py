@@ -98,8 +98,9 @@ def _from(tp: Any, value: Any, where: str, maximum: int | None) -> Any:
         if not isinstance(value, str):
             raise WireError("malformed", f"{where}: expected a text string")
         cap = maximum if maximum is not None else MAX_STR
-        if len(value) > cap:
-            raise WireError("malformed", f"{where}: text of {len(value)} chars > cap {cap}")
+        size = len(value.encode("utf-8"))  # caps count bytes, as CDDL's .size does
+        if size > cap:
+            raise WireError("malformed", f"{where}: text of {size} bytes > cap {cap}")
         return value
     if tp is bytes:
         if not isinstance(value, bytes):

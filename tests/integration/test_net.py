@@ -69,5 +69,7 @@ async def test_read_frame_rejects_long_prefix_and_truncation():
         await read_frame(Bytes(b"\xff" * 10), max_frame=2**62)
     with pytest.raises(FrameError):
         await read_frame(Bytes(encode_uvarint(5) + b"abc"), max_frame=10)
+    with pytest.raises(FrameError):  # 5 as 0x85 0x00: not the shortest form
+        await read_frame(Bytes(b"\x85\x00abcde"), max_frame=10)
     assert await read_frame(Bytes(b""), max_frame=10) is None
     assert await read_frame(Bytes(encode_uvarint(0)), max_frame=10) == b""
