@@ -135,7 +135,7 @@ def test_control_api_needs_the_token_and_binds_loopback_only(tmp_path):
         status = run("status", "--data-dir", str(tmp_path))
         assert "peers connected 0" in status.stdout
         peers = json.loads(run("peers", "--json", "--data-dir", str(tmp_path)).stdout)
-        assert peers == {"connected": {}, "adverts": []}
+        assert peers == {"connected": {}, "adverts": [], "dialing": []}
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
