@@ -6,18 +6,24 @@ The peer is a real node as far as gossip goes: our libp2p host (:func:`meca_node
 with the NetConfig the real node uses (see :func:`bench_net_config`), and a
 :class:`meca_node.node.Node` whose own validator (``Node._validate`` -> ``GossipGate.check``:
 envelope decode, Ed25519 signature, topic, network, clock skew, replay and per-signer rate
-checks) runs on every message before gossipsub delivers or forwards it. Only two things of the
-node are changed: it sends no HostAdverts (the benchmark controls all traffic), and it records
-the wall-clock time at which each benchmark message reaches it.
+checks) runs on every message before gossipsub delivers or forwards it. What differs from
+``meca-node start``: the node sends no HostAdverts (the benchmark controls all traffic), the
+gate's per-signer rate limit comes from the plan (raised so that the benchmark's own rate is
+never throttled), and the wall-clock time at which each benchmark message reaches the node's
+intake (``Node._handle``, after validation) is recorded.
+
+Experiments (``--gossipsub``, ``--netconfig``, ``--env``, ``--patch`` of the harness) change
+gossipsub arguments, NetConfig fields, environment variables or py-libp2p functions in these
+processes only, to measure candidate changes for ``meca_node/net/host.py``.
 
 Coordination with the harness is by files in the run directory (all times are ``time.time()``,
 every process is on the same machine):
 
 1. the peer writes ``ready-I.json`` once it is subscribed and listening;
 2. it publishes a signed warm-up ``TaskOffer`` every ``warmup_interval_s`` and writes
-   ``mesh-I.json`` once it has received a warm-up from every other peer;
-3. the harness writes ``go.json`` (absolute send times); the peer stops warming up; if it is
-   the baseline sender it first runs the one-hop stream baseline (from ``tb0``); then every
+   ``mesh-I.json`` once it has received a warm-up from every other peer; it stops
+   warming up when the harness writes ``warmup-stop.json`` (every peer heard every other);
+3. the harness writes ``go.json`` (absolute send times); if the peer is the baseline sender it first runs the one-hop stream baseline (from ``tb0``); then every
    peer publishes its share of the messages (message k is sent by peer ``k % N`` at
    ``t0 + k / rate``);
 4. at ``t_end`` it writes ``result-I.json`` and exits.
@@ -88,6 +94,11 @@ def install_gossipsub_overrides(params: dict) -> None:
     host_module.GossipSub = patched  # type: ignore[assignment]
 
 
+def _libp2p_pubsub_modules():
+    """py-libp2p's pubsub and gossipsub modules, as loaded by ``meca_node.net.host``."""
+    return sys.modules["libp2p.pubsub.pubsub"], sys.modules["libp2p.pubsub.gossipsub"]
+
+
 def _patch_spr_cache() -> None:
     """Verify each peer's signed peer record once, not on every pubsub RPC.
 
@@ -95,8 +106,7 @@ def _patch_spr_cache() -> None:
     verifies it (Ed25519) on every RPC it receives; this caches the verdict per
     (peer, record bytes) and the outgoing record per host. Experiment only.
     """
-    pubsub_mod = sys.modules[host_module.Pubsub.__module__]
-    gossipsub_mod = sys.modules[host_module.GossipSub.__module__]
+    pubsub_mod, gossipsub_mod = _libp2p_pubsub_modules()
     original_consume = pubsub_mod.maybe_consume_signed_record
     seen: dict[tuple[bytes, bytes], bool] = {}
 
@@ -140,8 +150,7 @@ def _patch_trace() -> None:
     number of copies received, outbound RPCs dropped on full per-peer queues, and IWANT /
     IHAVE traffic.
     """
-    pubsub_mod = sys.modules[host_module.Pubsub.__module__]
-    gossipsub_mod = sys.modules[host_module.GossipSub.__module__]
+    pubsub_mod, gossipsub_mod = _libp2p_pubsub_modules()
     TRACE.update(copies=0, first_arrival={}, dropped_rpcs=0, dropped_publish=0,
                  iwant_received_ids=0, ihave_received_ids=0, rpcs_written=0,
                  max_write_ms=0.0)
@@ -370,7 +379,8 @@ class Peer:
 
     async def _warm_up(self, node: BenchNode, net) -> dict:
         """Publish warm-ups until the harness says go; report once we heard every peer."""
-        deadline = time.time() + float(self.plan["mesh_timeout_s"]) + 60.0
+        deadline = time.time() + float(self.plan["mesh_timeout_s"]) + 120.0
+        warming = True
         go_path = self.run_dir / "go.json"
         reported = False
         next_warm = time.time()
@@ -389,7 +399,9 @@ class Peer:
             now = time.time()
             if now > deadline:
                 raise TimeoutError("no go.json from the harness in time")
-            if now >= next_warm:
+            if not warming or (self.run_dir / "warmup-stop.json").exists():
+                warming = False  # every peer heard every other; let the system go quiet
+            elif now >= next_warm:
                 next_warm = now + float(self.plan["warmup_interval_s"])
                 if net.connected_peers():
                     name = f"{WARM_PREFIX}{self.index}:{k}"
@@ -415,13 +427,20 @@ class Peer:
 
     async def _baseline_send(self, net, go: dict, receiver: dict) -> None:
         tb0 = float(go["tb0"])
-        await _sleep_until(tb0 - 2.0)
-        try:
-            with trio.fail_after(10):
-                stream = await net.open_stream(receiver["peer_id"], BASELINE_PROTOCOL)
-        except Exception as exc:
-            self.baseline_errors.append(f"open_stream: {type(exc).__name__}: {exc}")
-            return
+        await _sleep_until(tb0 - 2.5)
+        stream = None
+        while stream is None:  # the connection may be between redials; retry a while
+            try:
+                with trio.fail_after(5):
+                    stream = await net.open_stream(receiver["peer_id"], BASELINE_PROTOCOL)
+            except Exception as exc:
+                connected = receiver["peer_id"] in {p.peer_id for p in net.connected_peers()}
+                self.baseline_errors.append(f"open_stream at {time.time() - tb0:+.1f} s "
+                                            f"(connected={connected}): "
+                                            f"{type(exc).__name__}: {exc}")
+                if time.time() > tb0 + 5.0:
+                    return
+                await trio.sleep(0.5)
         try:
             pad = b"\0" * max(0, self.size - 16)
             for k in range(self.messages):
