@@ -6,7 +6,6 @@ records where each effective value came from.
 
 from __future__ import annotations
 
-import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field

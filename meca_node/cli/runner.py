@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import sys
-import threading
 
 import trio
 
@@ -15,13 +12,11 @@ from meca_node.cli.config import Config
 from meca_node.control import serve_control
 from meca_node.core import Identity
 from meca_node.net import NetConfig, open_net
-from meca_node.node import Node, NodeSettings, OsRandom, SystemClock
+from meca_node.node import Node, NodeSettings, OsRandom, SystemClock, arm_exit_deadline
 from meca_node.runtime import detect_hardware, machine_arch
 
 log = logging.getLogger("meca_node.cli")
 
-#: after SIGINT/SIGTERM, the process exits within this many seconds whatever hangs
-SHUTDOWN_DEADLINE_S = 4.0
 
 
 def net_config(cfg: Config) -> NetConfig:
@@ -50,7 +45,7 @@ async def run_node(cfg: Config, identity: Identity, genesis: wire.Genesis) -> No
 async def _stop_on_signal(signals, scope: trio.CancelScope) -> None:
     async for signum in signals:
         log.info("received %s, stopping", signal.Signals(signum).name)
-        _arm_deadline()
+        arm_exit_deadline("meca-node")
         scope.cancel()
         return
 
@@ -73,14 +68,3 @@ async def _serve(cfg: Config, identity: Identity, genesis: wire.Genesis) -> None
             print("  ready; Ctrl-C to stop", flush=True)
 
 
-def _arm_deadline() -> None:
-    """py-libp2p can hang in its own shutdown; never let that keep the process alive."""
-
-    def _force() -> None:
-        sys.stderr.write("meca-node: shutdown took too long; exiting anyway\n")
-        sys.stderr.flush()
-        os._exit(0)
-
-    timer = threading.Timer(SHUTDOWN_DEADLINE_S, _force)
-    timer.daemon = True
-    timer.start()

@@ -40,7 +40,6 @@ import resource
 import signal
 import struct
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -50,7 +49,7 @@ from meca_node import wire
 from meca_node.core import peer_id_of
 from meca_node.net import NetConfig, open_net
 import meca_node.net.host as host_module
-from meca_node.node import Node, NodeSettings, OsRandom, SystemClock
+from meca_node.node import Node, NodeSettings, OsRandom, SystemClock, arm_exit_deadline
 from meca_node.store import atomic_write, load_key
 
 log = logging.getLogger("meca_node.benchpeer")
@@ -59,8 +58,6 @@ TOPIC = wire.TOPIC_OFFERS
 BENCH_PREFIX = "bench:"
 WARM_PREFIX = "warm:"
 BASELINE_PROTOCOL = "/meca/bench-baseline/1"
-#: the process exits within this many seconds after its results are written, hang or not
-SHUTDOWN_DEADLINE_S = 4.0
 
 
 def bench_net_config(listen: str, bootstrap: list[str], caps: wire.Caps,
@@ -275,15 +272,6 @@ def wire_signer_peer(env: wire.Envelope) -> str:
     return peer_id_of(env.signer)
 
 
-def _arm_deadline() -> None:
-    def _force() -> None:
-        sys.stderr.write("benchpeer: shutdown took too long; exiting anyway\n")
-        sys.stderr.flush()
-        os._exit(0)
-
-    timer = threading.Timer(SHUTDOWN_DEADLINE_S, _force)
-    timer.daemon = True
-    timer.start()
 
 
 async def _sleep_until(t_wall: float) -> None:
@@ -365,7 +353,7 @@ class Peer:
                 await self._publish_share(node, net, go)
                 await _sleep_until(go["t_end"])
                 self._write(f"result-{self.index}.json", self._result(node, net))
-                _arm_deadline()  # py-libp2p can hang in its own shutdown
+                arm_exit_deadline("benchpeer")  # py-libp2p can hang in its own shutdown
                 nursery.cancel_scope.cancel()
 
     async def _cpu_marks(self, go: dict) -> None:
@@ -499,7 +487,7 @@ async def _main(plan: dict, index: int) -> None:
         async def _signals() -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
-                    _arm_deadline()
+                    arm_exit_deadline("benchpeer")
                     nursery.cancel_scope.cancel()
                     return
 
@@ -524,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"benchpeer {args.index} failed: {type(exc).__name__}: {exc}\n")
         import traceback
         traceback.print_exception(exc, file=sys.stderr)
-        _arm_deadline()
+        arm_exit_deadline("benchpeer")
         return 3
     return 0
 
