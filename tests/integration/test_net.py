@@ -29,7 +29,7 @@ async def test_framed_echo_and_oversized_frame_is_refused():
 
         async def liar(stream):
             await stream._stream.write(encode_uvarint(10_000) + b"y" * 100)
-            await trio.sleep(5)
+            await trio.sleep_forever()  # hold the stream open; cancelled when the host stops
 
         a.set_stream_handler("/meca/test-echo/1.0.0", echo)
         a.set_stream_handler("/meca/test-liar/1.0.0", liar)
