@@ -24,8 +24,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="meca-node: a peer-to-peer edge-compute node.")
 network_app = typer.Typer(no_args_is_help=True, help="Create and inspect network genesis files.")
 app.add_typer(network_app, name="network")
+task_app = typer.Typer(no_args_is_help=True, help="Develop tasks: init and validate task folders.")
+app.add_typer(task_app, name="task")
 out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="node data directory "
                                                  f"(env {env_name('data_dir')})")]
@@ -254,6 +256,65 @@ def demo(nodes: Annotated[int, typer.Option(min=2, max=8, help="how many nodes")
     from meca_node.sim.demo import run_demo
 
     raise typer.Exit(run_demo(nodes, timeout, keep, out))
+
+
+@task_app.command("init")
+def task_init(
+    folder: Annotated[Path, typer.Argument(help="folder to create")],
+    template: Annotated[str, typer.Option(help="template: python (the guide's Flask echo)")]
+        = "python",
+    name: Annotated[Optional[str], typer.Option(help="task name (default: the folder name)")]
+        = None,
+):
+    """Write a working task folder (the guide's Flask echo app)."""
+    from meca_node.cli.templates import TEMPLATES
+
+    files = TEMPLATES.get(template)
+    if files is None:
+        raise _fail(f"unknown template {template!r}; choose from {', '.join(TEMPLATES)}")
+    if folder.exists() and any(folder.iterdir()):
+        raise _fail(f"{folder} exists and is not empty; choose a new folder")
+    for rel, content in files.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content.replace("{name}", name or folder.resolve().name))
+    print(f"wrote task folder {folder} ({len(files)} files, template {template}); check it "
+          f"with: meca-node task validate {folder}")
+
+
+@task_app.command("validate")
+def task_validate(folder: Annotated[Path, typer.Argument(help="task folder")],
+                  json_out: JsonOut = False):
+    """Check a task folder against the task format; exit 0 when valid, 2 when not."""
+    from meca_node.core.task import TaskInvalid
+    from meca_node.store.taskdir import read_task_folder
+
+    try:
+        spec = read_task_folder(folder)
+    except NotADirectoryError as exc:
+        raise _fail(str(exc)) from None
+    except TaskInvalid as exc:
+        if json_out:
+            out.print_json(data={"valid": False, "problems": [
+                {"file": p.file, "field": p.field, "message": p.message, "fix": p.fix}
+                for p in exc.problems]})
+        else:
+            err.print(f"[bold red]{folder} is not a valid task[/] "
+                      f"({len(exc.problems)} problem(s)):", highlight=False)
+            for p in exc.problems:
+                err.print(f"  - {p}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    r = spec.resources
+    if json_out:
+        out.print_json(data={"valid": True, "name": spec.name, "resources": {
+            "cpu": r.cpu, "mem": r.mem_mib, "use_gpu": r.use_gpu, "gpu_count": r.gpu_count},
+            "warnings": [str(w) for w in spec.warnings]})
+        return
+    for w in spec.warnings:
+        err.print(f"warning: {w}", highlight=False, markup=False)
+    print(f"{folder}: valid task {spec.name!r}: cpu {r.cpu:g}, mem {r.mem_mib} MiB, "
+          f"gpu {r.gpu_count if r.use_gpu else 'none'}; example input {len(spec.example_input)} "
+          f"bytes, output {len(spec.example_output)} bytes")
 
 
 @app.command("config-keys")
