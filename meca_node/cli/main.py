@@ -317,6 +317,67 @@ def task_validate(folder: Annotated[Path, typer.Argument(help="task folder")],
           f"bytes, output {len(spec.example_output)} bytes")
 
 
+def _spec_or_exit(folder: Path):
+    from meca_node.core.task import TaskInvalid
+    from meca_node.store.taskdir import read_task_folder
+
+    try:
+        return read_task_folder(folder)
+    except NotADirectoryError as exc:
+        raise _fail(str(exc)) from None
+    except TaskInvalid as exc:
+        err.print(f"[bold red]{folder} is not a valid task[/] ({len(exc.problems)} problem(s)):",
+                  highlight=False)
+        for p in exc.problems:
+            err.print(f"  - {p}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+
+
+@task_app.command("test")
+def task_test(folder: Annotated[Path, typer.Argument(help="task folder")],
+              quiet: Annotated[bool, typer.Option(help="hide the build output")] = False):
+    """Validate, build, run in the sandbox, POST example_input.bin, compare the reply."""
+    import trio
+
+    from meca_node.node.developer import test_task
+    from meca_node.runtime.executor import (
+        DockerExecutor, EngineUnavailable, TaskRunError, connect,
+    )
+    from meca_node.store.taskdir import folder_digest
+
+    spec = _spec_or_exit(folder)
+    try:
+        executor = DockerExecutor(connect())
+    except EngineUnavailable as exc:
+        raise _fail(str(exc), 1) from None
+
+    def on_event(kind: str, text: str) -> None:
+        if kind == "build-log":
+            if not quiet:
+                err.print(f"  {text}", highlight=False, markup=False)
+        else:
+            err.print(f"==> {text}", highlight=False, markup=False)
+
+    try:
+        report = trio.run(test_task, spec, folder, folder_digest(folder), executor, on_event)
+    except TaskRunError as exc:
+        err.print(f"[bold red]task test failed ({exc.stage}):[/] {exc}", highlight=False)
+        if exc.logs:
+            err.print("last lines of its output:", highlight=False)
+            err.print(exc.logs, highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    t = report.timings_s
+    print(f"image {report.tag} ({report.image_id[:19]})")
+    print(f"timings: build {t['build']:.2f} s, start to meca-init-done "
+          f"{t['start_to_init']:.2f} s, start to first answer {t['start_to_first_answer']:.2f} s,"
+          f" request {t['request'] * 1000:.1f} ms")
+    if not report.ok:
+        err.print("[bold red]reply differs from example_output.bin[/]", highlight=False)
+        err.print(report.mismatch, highlight=False, markup=False)
+        raise typer.Exit(1)
+    print(f"PASS: the reply equals example_output.bin ({len(report.reply)} bytes)")
+
+
 @app.command("config-keys")
 def config_keys():
     """List every config key, its default, and its environment variable."""

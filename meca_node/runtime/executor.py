@@ -1,0 +1,252 @@
+"""Run task containers on the local Docker engine, in the sandbox of ``sandbox.py``.
+
+Docker SDK calls block, so each runs in a worker thread (``trio.to_thread``). A run
+always removes its container, also when cancelled (the removal is shielded).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+import httpx
+import trio
+from docker.types import DeviceRequest
+
+from meca_node.core.task import TaskResources
+from meca_node.runtime.sandbox import (
+    APP_PORT, LABEL, NETWORK, SandboxLimits, container_options,
+)
+
+log = logging.getLogger("meca_node.runtime")
+INIT_LINE = "meca-init-done"
+
+
+class EngineUnavailable(Exception):
+    """No Docker engine answers; the message says how to start one."""
+
+
+class TaskRunError(Exception):
+    """A task failed at ``stage`` (build, start, init, request, output); ``logs`` are its last lines."""
+
+    def __init__(self, stage: str, message: str, logs: str = "") -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.logs = logs
+
+
+@dataclass
+class Running:
+    container_id: str
+    address: str
+    started_mono: float
+    init_s: float
+
+
+def connect() -> docker.DockerClient:
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+        return client
+    except Exception as exc:
+        raise EngineUnavailable(
+            f"no Docker engine answers ({exc}). Start one with scripts/setup.sh, or point "
+            "DOCKER_HOST at a running (e.g. rootless) engine") from None
+
+
+class DockerExecutor:
+    def __init__(self, client: docker.DockerClient, limits: SandboxLimits | None = None,
+                 network: str = NETWORK, init_timeout_s: float = 60.0,
+                 answer_timeout_s: float = 30.0, request_timeout_s: float = 300.0,
+                 max_output: int = 16 * 1024 * 1024) -> None:
+        self.client = client
+        self.limits = limits or SandboxLimits()
+        self.network = network
+        self.init_timeout_s = init_timeout_s
+        self.answer_timeout_s = answer_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.max_output = max_output
+
+    # -- set-up -----------------------------------------------------------------------
+    async def prepare(self) -> None:
+        """Create the internal (no egress) network and remove orphans of dead owners."""
+        await trio.to_thread.run_sync(self._prepare)
+
+    def _prepare(self) -> None:
+        nets = self.client.networks.list(names=[self.network])
+        if not any(n.name == self.network for n in nets):
+            self.client.networks.create(self.network, driver="bridge", internal=True,
+                                        labels={LABEL: "1"}, check_duplicate=True)
+        for c in self.client.containers.list(all=True, filters={"label": LABEL}):
+            owner = c.labels.get(f"{LABEL}.pid", "")
+            if owner.isdigit() and int(owner) != os.getpid() and _alive(int(owner)):
+                continue
+            log.info("removing orphan container %s", c.short_id)
+            try:
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+
+    # -- images -------------------------------------------------------------------------
+    async def build(self, folder: Path, tag: str,
+                    on_line: Callable[[str], None] | None = None,
+                    buildargs: dict[str, str] | None = None) -> str:
+        """Build ``folder`` as ``tag``; live output goes to ``on_line``; returns the image id."""
+        return await trio.to_thread.run_sync(self._build, folder, tag, on_line, buildargs)
+
+    def _build(self, folder, tag, on_line, buildargs) -> str:
+        lines: list[str] = []
+        image_id = None
+        try:
+            stream = self.client.api.build(path=str(folder), tag=tag, rm=True, forcerm=True,
+                                           decode=True, buildargs=buildargs or {},
+                                           labels={LABEL: "1"}, network_mode="host")
+            for chunk in stream:
+                if "stream" in chunk:
+                    for line in chunk["stream"].splitlines():
+                        lines.append(line)
+                        if on_line:
+                            on_line(line)
+                if "aux" in chunk and "ID" in chunk["aux"]:
+                    image_id = chunk["aux"]["ID"]
+                if "error" in chunk:
+                    step = next((ln for ln in reversed(lines) if ln.startswith("Step ")), "")
+                    raise TaskRunError("build", f"build failed at {step or 'an early step'}: "
+                                       f"{chunk['error'].strip()}", "\n".join(lines[-20:]))
+        except docker.errors.APIError as exc:
+            raise TaskRunError("build", f"build failed: {exc.explanation or exc}",
+                               "\n".join(lines[-20:])) from None
+        if image_id is None:
+            image_id = self.client.images.get(tag).id
+        return image_id
+
+    # -- runs ---------------------------------------------------------------------------
+    @asynccontextmanager
+    async def run(self, image: str, resources: TaskResources) -> AsyncIterator[Running]:
+        """Start the task, wait until it is ready, yield it; always remove the container."""
+        options = container_options(image, resources, self.limits, self.network,
+                                    labels={f"{LABEL}.pid": str(os.getpid())})
+        if "device_requests" in options:
+            options["device_requests"] = [DeviceRequest(**d)
+                                          for d in options["device_requests"]]
+        container = await trio.to_thread.run_sync(self._create, options)
+        try:
+            yield await self._start(container)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._remove, container)
+
+    def _create(self, options):
+        try:
+            return self.client.containers.create(**options)
+        except docker.errors.ImageNotFound:
+            raise TaskRunError("start", f"image {options['image']} is not on this host") \
+                from None
+        except docker.errors.APIError as exc:
+            raise TaskRunError("start", f"cannot create the container: "
+                               f"{exc.explanation or exc}") from None
+
+    def _remove(self, container) -> None:
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            log.warning("could not remove container %s: %s", container.short_id, exc)
+
+    async def _start(self, container) -> Running:
+        t0 = time.monotonic()
+        try:
+            await trio.to_thread.run_sync(container.start)
+        except docker.errors.APIError as exc:
+            raise TaskRunError("start", f"cannot start the container: "
+                               f"{exc.explanation or exc}") from None
+        with trio.move_on_after(self.init_timeout_s) as scope:
+            while True:
+                state, logs = await trio.to_thread.run_sync(self._state_and_logs, container)
+                if any(line.strip() == INIT_LINE for line in logs.splitlines()):
+                    break
+                if state["Status"] in ("exited", "dead"):
+                    raise self._died(state, logs, "before printing meca-init-done")
+                await trio.sleep(0.05)  # poll the engine; bounded by init_timeout_s
+        if scope.cancelled_caught:
+            _, logs = await trio.to_thread.run_sync(self._state_and_logs, container)
+            raise TaskRunError("init", f"the app did not print {INIT_LINE!r} within "
+                               f"{self.init_timeout_s:g} s", _tail(logs))
+        address = await trio.to_thread.run_sync(self._address, container)
+        return Running(container.id, address, t0, time.monotonic() - t0)
+
+    def _state_and_logs(self, container) -> tuple[dict, str]:
+        container.reload()
+        logs = container.logs(stdout=True, stderr=True, tail=2000).decode("utf-8", "replace")
+        return container.attrs["State"], logs
+
+    def _died(self, state: dict, logs: str, when: str) -> TaskRunError:
+        if state.get("OOMKilled"):
+            return TaskRunError("start", f"the app ran out of memory {when} (limit "
+                                "from config.json resource.mem)", _tail(logs))
+        return TaskRunError("start", f"the app exited with code {state.get('ExitCode')} {when}",
+                            _tail(logs))
+
+    def _address(self, container) -> str:
+        container.reload()
+        ip = container.attrs["NetworkSettings"]["Networks"][self.network]["IPAddress"]
+        return f"http://{ip}:{APP_PORT}/"
+
+    async def request(self, running: Running, body: bytes) -> tuple[bytes, float]:
+        """POST ``body`` to the app; retries until the port answers (bounded). Returns
+        (reply, seconds for this request)."""
+        deadline = trio.current_time() + self.answer_timeout_s
+        async with httpx.AsyncClient(timeout=self.request_timeout_s) as http:
+            while True:
+                t0 = time.monotonic()
+                try:
+                    return await self._post(http, running.address, body), time.monotonic() - t0
+                except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+                    if trio.current_time() > deadline:
+                        container = await trio.to_thread.run_sync(
+                            self.client.containers.get, running.container_id)
+                        state, logs = await trio.to_thread.run_sync(self._state_and_logs,
+                                                                    container)
+                        if state["Status"] in ("exited", "dead"):
+                            raise self._died(state, logs, "while serving") from None
+                        raise TaskRunError("request", f"the app printed {INIT_LINE!r} but "
+                                           f"nothing answered on port {APP_PORT} within "
+                                           f"{self.answer_timeout_s:g} s ({exc})",
+                                           _tail(logs)) from None
+                    await trio.sleep(0.05)  # the app may print the line before binding
+
+    async def _post(self, http: httpx.AsyncClient, url: str, body: bytes) -> bytes:
+        async with http.stream("POST", url, content=body,
+                               headers={"content-type": "application/json"}) as resp:
+            out = bytearray()
+            async for chunk in resp.aiter_raw():
+                out += chunk
+                if len(out) > self.max_output:
+                    raise TaskRunError("output", f"the reply is larger than the cap of "
+                                       f"{self.max_output} bytes")
+            if resp.status_code != 200:
+                raise TaskRunError("request", f"the app answered HTTP {resp.status_code}: "
+                                   f"{bytes(out[:500])!r}")
+            return bytes(out)
+
+
+def _tail(logs: str, lines: int = 20) -> str:
+    return "\n".join(logs.splitlines()[-lines:])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True

@@ -1,0 +1,37 @@
+"""The sandbox options every task container gets, and the reply comparison (no engine)."""
+
+from __future__ import annotations
+
+from meca_node.core.compare import explain_mismatch
+from meca_node.core.task import TaskResources
+from meca_node.runtime.sandbox import (
+    LABEL, NETWORK, SandboxLimits, container_options, gpu_device_requests,
+)
+
+
+def test_limits_and_hardening():
+    o = container_options("img", TaskResources(0.25, 96, False, 0), SandboxLimits())
+    assert o["nano_cpus"] == 250_000_000
+    assert o["mem_limit"] == o["memswap_limit"] == "96m"  # no swap beyond the limit
+    assert o["pids_limit"] == 256
+    assert o["cap_drop"] == ["ALL"]
+    assert o["security_opt"] == ["no-new-privileges:true"]
+    assert o["read_only"] is True and "/tmp" in o["tmpfs"]
+    assert o["network"] == NETWORK and o["labels"][LABEL] == "1"
+    assert "ports" not in o and "volumes" not in o and "privileged" not in o
+    assert "device_requests" not in o
+
+
+def test_gpu_device_request():
+    r = TaskResources(1, 128, True, 2)
+    assert gpu_device_requests(r) == [{"driver": "nvidia", "count": 2,
+                                       "capabilities": [["gpu"]]}]
+    assert container_options("img", r, SandboxLimits())["device_requests"] == \
+        gpu_device_requests(r)
+
+
+def test_mismatch_text_diff_and_hex():
+    text = explain_mismatch(b"hello\nworld\n", b"hello\nthere\n")
+    assert "first difference at byte 6" in text and "-world" in text and "+there" in text
+    binary = explain_mismatch(b"\x00\x01", b"\x00\x02\x03")
+    assert "(hex)" in binary and "00 01" in binary and "00 02 03" in binary
