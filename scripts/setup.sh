@@ -3,7 +3,7 @@
 # and skips what is already done, so a second run takes about a second.
 #
 #   scripts/setup.sh                      # venv + project, Docker engine, iproute2
-#   MECA_SKIP_DOCKER=1 scripts/setup.sh   # skip the Docker engine step
+#   MECA_SKIP_DOCKER=1 scripts/setup.sh   # skip the Docker engine and base-image steps
 #
 # Python packages come from pip's own configuration (pip.conf); this script
 # never names a package index.
@@ -195,6 +195,11 @@ else
     step "Docker engine"
     ensure_docker
     docker_summary="Docker $(docker info --format '{{.ServerVersion}}' 2>/dev/null || echo '?') running"
+    # base images for task folders (python:3.9-slim stand-in, busybox) built offline from
+    # Debian packages; about 90 s the first time, under a second when up to date
+    step "Offline base images (scripts/base-images.sh)"
+    bash "$REPO_ROOT/scripts/base-images.sh" || die "building the offline base images failed (see above); fix the cause and re-run scripts/setup.sh"
+    docker_summary="$docker_summary, base images ready"
 fi
 
 # -------------------------------------------------------------- iproute2 ----
