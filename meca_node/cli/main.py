@@ -286,24 +286,7 @@ def task_init(
 def task_validate(folder: Annotated[Path, typer.Argument(help="task folder")],
                   json_out: JsonOut = False):
     """Check a task folder against the task format; exit 0 when valid, 2 when not."""
-    from meca_node.core.task import TaskInvalid
-    from meca_node.store.taskdir import read_task_folder
-
-    try:
-        spec = read_task_folder(folder)
-    except NotADirectoryError as exc:
-        raise _fail(str(exc)) from None
-    except TaskInvalid as exc:
-        if json_out:
-            out.print_json(data={"valid": False, "problems": [
-                {"file": p.file, "field": p.field, "message": p.message, "fix": p.fix}
-                for p in exc.problems]})
-        else:
-            err.print(f"[bold red]{folder} is not a valid task[/] "
-                      f"({len(exc.problems)} problem(s)):", highlight=False)
-            for p in exc.problems:
-                err.print(f"  - {p}", highlight=False, markup=False)
-        raise typer.Exit(2) from None
+    spec = _spec_or_exit(folder, json_out)
     r = spec.resources
     if json_out:
         out.print_json(data={"valid": True, "name": spec.name, "resources": {
@@ -317,7 +300,8 @@ def task_validate(folder: Annotated[Path, typer.Argument(help="task folder")],
           f"bytes, output {len(spec.example_output)} bytes")
 
 
-def _spec_or_exit(folder: Path):
+def _spec_or_exit(folder: Path, json_out: bool = False):
+    """The validated task, or exit 2 listing every problem (as JSON with ``json_out``)."""
     from meca_node.core.task import TaskInvalid
     from meca_node.store.taskdir import read_task_folder
 
@@ -326,11 +310,66 @@ def _spec_or_exit(folder: Path):
     except NotADirectoryError as exc:
         raise _fail(str(exc)) from None
     except TaskInvalid as exc:
+        if json_out:
+            out.print_json(data={"valid": False, "problems": [
+                {"file": p.file, "field": p.field, "message": p.message, "fix": p.fix}
+                for p in exc.problems]})
+            raise typer.Exit(2) from None
         err.print(f"[bold red]{folder} is not a valid task[/] ({len(exc.problems)} problem(s)):",
                   highlight=False)
         for p in exc.problems:
             err.print(f"  - {p}", highlight=False, markup=False)
         raise typer.Exit(2) from None
+
+
+def _executor():
+    from meca_node.runtime.executor import DockerExecutor, EngineUnavailable, connect
+
+    try:
+        return DockerExecutor(connect())
+    except EngineUnavailable as exc:
+        raise _fail(str(exc), 1) from None
+
+
+def _progress(quiet: bool):
+    def on_event(kind: str, text: str) -> None:
+        if kind == "build-log":
+            if not quiet:
+                err.print(f"  {text}", highlight=False, markup=False)
+        else:
+            err.print(f"==> {text}", highlight=False, markup=False)
+
+    return on_event
+
+
+def _run_failed(exc) -> typer.Exit:
+    err.print(f"[bold red]task {exc.stage} failed:[/] {exc}", highlight=False)
+    if exc.logs:
+        err.print("last lines of its output:", highlight=False)
+        err.print(exc.logs, highlight=False, markup=False)
+    return typer.Exit(1)
+
+
+@task_app.command("build")
+def task_build(folder: Annotated[Path, typer.Argument(help="task folder")],
+               quiet: Annotated[bool, typer.Option(help="hide the build output")] = False):
+    """Validate and build the task's image, tagged with its name and content digest."""
+    import trio
+
+    from meca_node.node.developer import image_tag
+    from meca_node.runtime.executor import TaskRunError
+    from meca_node.store.taskdir import folder_digest
+
+    spec = _spec_or_exit(folder)
+    executor = _executor()
+    tag = image_tag(spec, folder_digest(folder))
+    on_event = _progress(quiet)
+    on_event("build", f"building {tag}")
+    try:
+        image_id = trio.run(executor.build, folder, tag, lambda line: on_event("build-log", line))
+    except TaskRunError as exc:
+        raise _run_failed(exc) from None
+    print(f"built {tag}\nimage id {image_id}")
 
 
 @task_app.command("test")
@@ -340,32 +379,17 @@ def task_test(folder: Annotated[Path, typer.Argument(help="task folder")],
     import trio
 
     from meca_node.node.developer import test_task
-    from meca_node.runtime.executor import (
-        DockerExecutor, EngineUnavailable, TaskRunError, connect,
-    )
+    from meca_node.runtime.executor import TaskRunError
     from meca_node.store.taskdir import folder_digest
 
     spec = _spec_or_exit(folder)
-    try:
-        executor = DockerExecutor(connect())
-    except EngineUnavailable as exc:
-        raise _fail(str(exc), 1) from None
-
-    def on_event(kind: str, text: str) -> None:
-        if kind == "build-log":
-            if not quiet:
-                err.print(f"  {text}", highlight=False, markup=False)
-        else:
-            err.print(f"==> {text}", highlight=False, markup=False)
+    executor = _executor()
+    on_event = _progress(quiet)
 
     try:
         report = trio.run(test_task, spec, folder, folder_digest(folder), executor, on_event)
     except TaskRunError as exc:
-        err.print(f"[bold red]task test failed ({exc.stage}):[/] {exc}", highlight=False)
-        if exc.logs:
-            err.print("last lines of its output:", highlight=False)
-            err.print(exc.logs, highlight=False, markup=False)
-        raise typer.Exit(1) from None
+        raise _run_failed(exc) from None
     t = report.timings_s
     print(f"image {report.tag} ({report.image_id[:19]})")
     print(f"timings: build {t['build']:.2f} s, start to meca-init-done "

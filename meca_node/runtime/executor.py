@@ -118,8 +118,16 @@ class DockerExecutor:
                     image_id = chunk["aux"]["ID"]
                 if "error" in chunk:
                     step = next((ln for ln in reversed(lines) if ln.startswith("Step ")), "")
-                    raise TaskRunError("build", f"build failed at {step or 'an early step'}: "
-                                       f"{chunk['error'].strip()}", "\n".join(lines[-20:]))
+                    message = (f"build failed at {step or 'an early step'}: "
+                               f"{chunk['error'].strip()}")
+                    base = missing_base_image(step)
+                    if base:
+                        message += (f". The base image {base} is not on this host and cannot "
+                                    "be pulled here: build the local stand-ins with "
+                                    "scripts/base-images.sh (python:3.9-slim, python:3.11-slim, "
+                                    "busybox, ...), `docker load` it from a saved file, or pull "
+                                    "it on a machine that reaches a registry")
+                    raise TaskRunError("build", message, "\n".join(lines[-20:]))
         except docker.errors.APIError as exc:
             raise TaskRunError("build", f"build failed: {exc.explanation or exc}",
                                "\n".join(lines[-20:])) from None
@@ -236,6 +244,15 @@ class DockerExecutor:
                 raise TaskRunError("request", f"the app answered HTTP {resp.status_code}: "
                                    f"{bytes(out[:500])!r}")
             return bytes(out)
+
+
+def missing_base_image(step: str) -> str | None:
+    """The image of a failed ``Step n/m : FROM image [AS name]`` line, else None."""
+    _, _, instruction = step.partition(" : ")
+    words = instruction.split()
+    if len(words) >= 2 and words[0].upper() == "FROM":
+        return words[1]
+    return None
 
 
 def _tail(logs: str, lines: int = 20) -> str:

@@ -175,3 +175,41 @@ def entry():
         assert net.attrs["Internal"] is True
     assert ours(client) == []
 
+
+
+async def test_missing_base_image_says_how_to_provide_it(client, tmp_path):
+    folder = make_task(tmp_path / "nobase", ECHO)
+    (folder / "Dockerfile").write_text("FROM python:3.8-slim-not-here\nCOPY src/ /app/\n")
+    with pytest.raises(TaskRunError) as e:
+        await run(client, folder)
+    assert "python:3.8-slim-not-here" in str(e.value)
+    assert "scripts/base-images.sh" in str(e.value) and "docker load" in str(e.value)
+
+
+def test_cli_init_build_and_test_pass_as_written(client, tmp_path):
+    """The template (the guide's app with requirements.txt + pip install) passes unchanged."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MECA_")}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "meca_node", *args], capture_output=True,
+                              text=True, timeout=300, env=env)
+
+    folder = tmp_path / "echo"
+    assert cli("task", "init", str(folder)).returncode == 0
+    built = cli("task", "build", str(folder), "--quiet")
+    assert built.returncode == 0, built.stderr
+    assert "built meca-task/echo:" in built.stdout
+    tested = cli("task", "test", str(folder), "--quiet")
+    assert tested.returncode == 0, tested.stderr
+    assert "PASS: the reply equals example_output.bin" in tested.stdout
+    assert "start to meca-init-done" in tested.stdout
+    (folder / "example_output.bin").write_bytes(b"something else")
+    failed = cli("task", "test", str(folder), "--quiet")
+    assert failed.returncode == 1
+    assert "reply differs" in failed.stderr and "+hello meca" in failed.stderr
+    # the CLI runs in other processes: no task container of any owner may remain
+    assert client.containers.list(all=True, filters={"label": LABEL}) == []
