@@ -18,6 +18,7 @@ from meca_node.core.task import TaskSpec
 
 class Executor(Protocol):
     async def prepare(self) -> None: ...
+    async def check_gpus(self, resources) -> None: ...
     async def build(self, folder: Path, tag: str, on_line: Callable[[str], None] | None = None,
                     buildargs: dict[str, str] | None = None) -> str: ...
     def run(self, image: str, resources) -> AbstractAsyncContextManager[Any]: ...
@@ -48,6 +49,7 @@ async def test_task(spec: TaskSpec, folder: Path, digest: str, executor: Executo
     """Build, start in the sandbox, POST the example input, compare with the example output."""
     timings: dict[str, float] = {}
     tag = image_tag(spec, digest)
+    await executor.check_gpus(spec.resources)  # refuse before a long build
     await executor.prepare()
     t0 = time.monotonic()
     on_event("build", f"building {tag}")

@@ -104,9 +104,11 @@ class DockerExecutor:
     def _build(self, folder, tag, on_line, buildargs) -> str:
         lines: list[str] = []
         image_id = None
+        args = {**package_index_args(os.environ, _pip_config()), **(buildargs or {})}
+        dockerfile = _with_build_args(Path(folder) / "Dockerfile", sorted(args))
         try:
-            stream = self.client.api.build(path=str(folder), tag=tag, rm=True, forcerm=True,
-                                           decode=True, buildargs=buildargs or {},
+            stream = self.client.api.build(path=str(folder), dockerfile=dockerfile, tag=tag,
+                                           rm=True, forcerm=True, decode=True, buildargs=args,
                                            labels={LABEL: "1"}, network_mode="host")
             for chunk in stream:
                 if "stream" in chunk:
@@ -120,6 +122,10 @@ class DockerExecutor:
                     step = next((ln for ln in reversed(lines) if ln.startswith("Step ")), "")
                     message = (f"build failed at {step or 'an early step'}: "
                                f"{chunk['error'].strip()}")
+                    if any(hint in "\n".join(lines[-30:]) for hint in _NO_INDEX_HINTS):
+                        message += (". The build could not reach a package index: check that "
+                                    "this host can install the package itself (pip config list"
+                                    ", proxies); its index settings are passed into the build")
                     base = missing_base_image(step)
                     if base:
                         message += (f". The base image {base} is not on this host and cannot "
@@ -131,14 +137,34 @@ class DockerExecutor:
         except docker.errors.APIError as exc:
             raise TaskRunError("build", f"build failed: {exc.explanation or exc}",
                                "\n".join(lines[-20:])) from None
+        finally:
+            if os.path.isabs(dockerfile):
+                os.unlink(dockerfile)
         if image_id is None:
             image_id = self.client.images.get(tag).id
         return image_id
 
     # -- runs ---------------------------------------------------------------------------
+    async def check_gpus(self, resources: TaskResources) -> None:
+        """Refuse a GPU task unless this host has the GPUs and the NVIDIA container runtime."""
+        if not resources.use_gpu:
+            return
+        from meca_node.runtime.hardware import detect_gpus
+
+        gpus = await trio.to_thread.run_sync(detect_gpus)
+        info = await trio.to_thread.run_sync(self.client.info)
+        has_runtime = "nvidia" in (info.get("Runtimes") or {})
+        if len(gpus) < resources.gpu_count or not has_runtime:
+            raise TaskRunError(
+                "start", f"the task needs {resources.gpu_count} GPU(s) (and the NVIDIA "
+                f"container runtime); this host has {len(gpus)} GPU(s) and "
+                f"{'the' if has_runtime else 'no'} NVIDIA runtime. Run it on a GPU provider, "
+                "or set use_gpu to false in config.json if it can run on CPUs")
+
     @asynccontextmanager
     async def run(self, image: str, resources: TaskResources) -> AsyncIterator[Running]:
         """Start the task, wait until it is ready, yield it; always remove the container."""
+        await self.check_gpus(resources)
         options = container_options(image, resources, self.limits, self.network,
                                     labels={f"{LABEL}.pid": str(os.getpid())})
         if "device_requests" in options:
@@ -244,6 +270,73 @@ class DockerExecutor:
                 raise TaskRunError("request", f"the app answered HTTP {resp.status_code}: "
                                    f"{bytes(out[:500])!r}")
             return bytes(out)
+
+
+_NO_INDEX_HINTS = ("Temporary failure in name resolution", "Network is unreachable",
+                   "No matching distribution found", "Failed to establish a new connection",
+                   "Could not find a version that satisfies")
+_INDEX_ENV = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "HTTP_PROXY",
+              "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+
+
+def _pip_config() -> dict[str, str]:
+    """The host's pip settings (``pip config list``), e.g. {"global.index-url": "..."}."""
+    import subprocess
+    import sys
+
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], text=True,
+                             capture_output=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    config = {}
+    for line in out.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            config[key.strip()] = value.strip().strip("'\"")
+    return config
+
+
+def package_index_args(env: dict[str, str] | os._Environ, pip_config: dict[str, str]) -> dict:
+    """Build args that give a build the host's package index: its pip index URLs (network
+    ones only: a file:// index on the host does not exist inside the build) and proxies."""
+    args: dict[str, str] = {}
+
+    def urls(value: str) -> str:
+        return " ".join(u for u in value.split() if u.startswith(("http://", "https://")))
+
+    for key, name in (("index-url", "PIP_INDEX_URL"), ("extra-index-url", "PIP_EXTRA_INDEX_URL"),
+                      ("trusted-host", "PIP_TRUSTED_HOST")):
+        value = env.get(name) or next((v for k, v in pip_config.items()
+                                       if k.endswith("." + key)), "")
+        value = value if name == "PIP_TRUSTED_HOST" else urls(value)
+        if value:
+            args[name] = value
+    for name in _INDEX_ENV[3:]:
+        if env.get(name):
+            args[name] = env[name]
+    return args
+
+
+def _with_build_args(dockerfile: Path, names: list[str]) -> str:
+    """The Dockerfile to build: the task's own, or, when there are index settings to pass, a
+    copy that declares them as ARGs after every FROM (build args reach RUN only if declared;
+    ARGs are not kept in the image's environment). The task folder is never modified; the
+    caller removes a returned absolute path after the build."""
+    if not names:
+        return "Dockerfile"
+    out = []
+    for line in dockerfile.read_text().splitlines():
+        out.append(line)
+        if line.strip().upper().startswith("FROM "):
+            out.extend(f"ARG {n}" for n in names)
+    import tempfile
+
+    # outside the build context: docker-py reads it and adds it to the context it sends
+    fd, copy = tempfile.mkstemp(prefix="meca-build-", suffix=".Dockerfile")
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(out) + "\n")
+    return copy
 
 
 def missing_base_image(step: str) -> str | None:
