@@ -48,6 +48,7 @@ class Running:
     address: str
     started_mono: float
     init_s: float
+    http: httpx.AsyncClient | None = None  # one keep-alive connection pool per run
 
 
 def connect() -> docker.DockerClient:
@@ -172,7 +173,10 @@ class DockerExecutor:
                                           for d in options["device_requests"]]
         container = await trio.to_thread.run_sync(self._create, options)
         try:
-            yield await self._start(container)
+            running = await self._start(container)
+            async with httpx.AsyncClient(timeout=self.request_timeout_s) as http:
+                running.http = http
+                yield running
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._remove, container)
@@ -238,24 +242,25 @@ class DockerExecutor:
         """POST ``body`` to the app; retries until the port answers (bounded). Returns
         (reply, seconds for this request)."""
         deadline = trio.current_time() + self.answer_timeout_s
-        async with httpx.AsyncClient(timeout=self.request_timeout_s) as http:
-            while True:
-                t0 = time.monotonic()
-                try:
-                    return await self._post(http, running.address, body), time.monotonic() - t0
-                except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
-                    if trio.current_time() > deadline:
-                        container = await trio.to_thread.run_sync(
-                            self.client.containers.get, running.container_id)
-                        state, logs = await trio.to_thread.run_sync(self._state_and_logs,
-                                                                    container)
-                        if state["Status"] in ("exited", "dead"):
-                            raise self._died(state, logs, "while serving") from None
-                        raise TaskRunError("request", f"the app printed {INIT_LINE!r} but "
-                                           f"nothing answered on port {APP_PORT} within "
-                                           f"{self.answer_timeout_s:g} s ({exc})",
-                                           _tail(logs)) from None
-                    await trio.sleep(0.05)  # the app may print the line before binding
+        assert running.http is not None, "request() needs a Running from run()"
+        http = running.http
+        while True:
+            t0 = time.monotonic()
+            try:
+                return await self._post(http, running.address, body), time.monotonic() - t0
+            except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+                if trio.current_time() > deadline:
+                    container = await trio.to_thread.run_sync(
+                        self.client.containers.get, running.container_id)
+                    state, logs = await trio.to_thread.run_sync(self._state_and_logs,
+                                                                container)
+                    if state["Status"] in ("exited", "dead"):
+                        raise self._died(state, logs, "while serving") from None
+                    raise TaskRunError("request", f"the app printed {INIT_LINE!r} but "
+                                       f"nothing answered on port {APP_PORT} within "
+                                       f"{self.answer_timeout_s:g} s ({exc})",
+                                       _tail(logs)) from None
+                await trio.sleep(0.05)  # the app may print the line before binding
 
     async def _post(self, http: httpx.AsyncClient, url: str, body: bytes) -> bytes:
         async with http.stream("POST", url, content=body,
