@@ -122,3 +122,16 @@ def test_any_json_value_is_a_valid_input_and_output_is_any_bytes():
 def test_missing_expose_is_a_warning_not_an_error():
     spec = check_task(folder(Dockerfile=b"FROM python:3.9-slim\n"), {"src": True})
     assert [w.field for w in spec.warnings] == ["EXPOSE"]
+
+
+def test_the_echo_example_is_what_task_init_writes():
+    """examples/echo is the guide's task; `task init` writes the same folder (kept in step)."""
+    from pathlib import Path
+
+    from meca_node.cli.templates import PYTHON
+
+    echo = Path(__file__).resolve().parents[2] / "examples" / "echo"
+    for rel, content in PYTHON.items():
+        if rel in ("name.txt", "description.txt"):
+            continue
+        assert (echo / rel).read_text() == content, rel

@@ -1,6 +1,8 @@
 from flask import Flask, request
 
 app = Flask(__name__)
+
+# meca-node waits for this line, then retries the first request until the port answers
 print("meca-init-done", flush=True)
 
 
