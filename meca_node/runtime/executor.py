@@ -29,6 +29,38 @@ log = logging.getLogger("meca_node.runtime")
 INIT_LINE = "meca-init-done"
 
 
+BRIDGE = "meca-sbx0"
+_BRIDGE_OPTION = "com.docker.network.bridge.name"
+
+
+def isolate_host_from_bridge(bridge: str) -> bool:
+    """Drop what sandboxed containers send to the host itself (an ``--internal`` network
+    blocks forwarding only: the host's own 0.0.0.0 services, the node's libp2p port among
+    them, stay reachable through the bridge). Replies to connections the host opened are
+    let through. Needs root and a local engine; returns whether the rules are in place."""
+    import shutil
+    import subprocess
+
+    host = os.environ.get("DOCKER_HOST", "")
+    if host and not host.startswith("unix://"):
+        return False  # the engine runs elsewhere; its host's firewall is not ours
+    iptables = shutil.which("iptables") or "/usr/sbin/iptables"
+    if os.geteuid() != 0 or not os.path.exists(iptables):
+        log.warning("cannot isolate the host from sandboxed tasks (needs root and iptables); "
+                    "tasks can reach services this host binds on all interfaces")
+        return False
+    rules = [["-i", bridge, "-j", "DROP"],
+             ["-i", bridge, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",
+              "-j", "ACCEPT"]]
+    for rule in rules:  # each inserted at the top, so ACCEPT ends up before DROP
+        present = subprocess.run([iptables, "-C", "INPUT", *rule], capture_output=True,
+                                 timeout=30).returncode == 0
+        if not present:
+            subprocess.run([iptables, "-I", "INPUT", "1", *rule], check=True,
+                           capture_output=True, timeout=30)
+    return True
+
+
 class EngineUnavailable(Exception):
     """No Docker engine answers; the message says how to start one."""
 
@@ -81,10 +113,19 @@ class DockerExecutor:
         await trio.to_thread.run_sync(self._prepare)
 
     def _prepare(self) -> None:
-        nets = self.client.networks.list(names=[self.network])
-        if not any(n.name == self.network for n in nets):
+        nets = [n for n in self.client.networks.list(names=[self.network])
+                if n.name == self.network]
+        if nets and nets[0].attrs.get("Options", {}).get(_BRIDGE_OPTION) != BRIDGE:
+            try:  # made by an older version without a fixed bridge name: make it anew
+                nets[0].remove()
+                nets = []
+            except docker.errors.APIError as exc:
+                log.warning("could not recreate network %s: %s", self.network, exc)
+        if not nets:
             self.client.networks.create(self.network, driver="bridge", internal=True,
-                                        labels={LABEL: "1"}, check_duplicate=True)
+                                        labels={LABEL: "1"}, check_duplicate=True,
+                                        options={_BRIDGE_OPTION: BRIDGE})
+        isolate_host_from_bridge(BRIDGE)
         for c in self.client.containers.list(all=True, filters={"label": LABEL}):
             owner = c.labels.get(f"{LABEL}.pid", "")
             if owner.isdigit() and int(owner) != os.getpid() and _alive(int(owner)):

@@ -213,3 +213,42 @@ def test_cli_init_build_and_test_pass_as_written(client, tmp_path):
     assert "reply differs" in failed.stderr and "+hello meca" in failed.stderr
     # the CLI runs in other processes: no task container of any owner may remain
     assert client.containers.list(all=True, filters={"label": LABEL}) == []
+
+
+async def test_sandboxed_task_cannot_reach_the_hosts_own_services(client, tmp_path):
+    """A listener we open on all interfaces of this host is unreachable from the sandbox."""
+    import socket
+
+    from meca_node.runtime.executor import BRIDGE
+
+    listener = socket.socket()
+    listener.bind(("0.0.0.0", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    app = FLASK_HEAD + """
+import socket
+print("meca-init-done", flush=True)
+
+@app.route("/", methods=["POST"])
+def entry():
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect((request.json["host"], request.json["port"]))
+        return "reachable"
+    except OSError:
+        return "blocked"
+"""
+    folder = make_task(tmp_path / "probe", app, output=b"blocked")
+    try:
+        executor = DockerExecutor(client)
+        await executor.prepare()
+        gateway = client.networks.get(executor.network).attrs["IPAM"]["Config"][0]["Gateway"]
+        (folder / "example_input.bin").write_text(
+            f'{{"host": "{gateway}", "port": {port}}}')
+        report = await run(client, folder)
+        assert report.reply == b"blocked", report.reply
+        assert client.networks.get(executor.network).attrs["Options"][
+            "com.docker.network.bridge.name"] == BRIDGE
+    finally:
+        listener.close()
