@@ -165,9 +165,6 @@ class Libp2pNet:
             except Exception as exc:  # already gone is fine
                 log.debug("disconnect %s: %s", peer_id, exc)
 
-    def is_blocked(self, peer_id: str) -> bool:
-        return ID.from_base58(peer_id) in self._blocked
-
     # -- gossip ---------------------------------------------------------------
     def set_validator(self, topic: str, fn: Validator) -> None:
         def _validate(_forwarder: ID, msg) -> bool:
