@@ -146,10 +146,15 @@ class DockerExecutor:
     def _build(self, folder, tag, on_line, buildargs) -> str:
         lines: list[str] = []
         image_id = None
-        args = {**package_index_args(os.environ, _pip_config()), **(buildargs or {})}
-        dockerfile = _with_build_args(Path(folder) / "Dockerfile", sorted(args))
+        pip_config = _pip_config()
+        args = {**package_index_args(os.environ, pip_config), **(buildargs or {})}
+        ca = host_ca_bundle(os.environ, pip_config)
+        if ca is not None:
+            args["PIP_CERT"] = _CA_IN_BUILD
+        context = build_context(Path(folder), sorted(args), ca)
         try:
-            stream = self.client.api.build(path=str(folder), dockerfile=dockerfile, tag=tag,
+            stream = self.client.api.build(fileobj=context, custom_context=True,
+                                           dockerfile=_DOCKERFILE_IN_CONTEXT, tag=tag,
                                            rm=True, forcerm=True, decode=True, buildargs=args,
                                            labels={LABEL: "1"}, network_mode="host")
             for chunk in stream:
@@ -162,8 +167,12 @@ class DockerExecutor:
                     image_id = chunk["aux"]["ID"]
                 if "error" in chunk:
                     step = next((ln for ln in reversed(lines) if ln.startswith("Step ")), "")
-                    message = (f"build failed at {step or 'an early step'}: "
-                               f"{chunk['error'].strip()}")
+                    # step numbers count the ARG/COPY lines we add after each FROM, so name
+                    # the failing instruction of the task's own Dockerfile instead
+                    instruction = step.partition(" : ")[2].strip()
+                    message = (f"build failed at `{instruction}`" if instruction
+                               else "build failed at an early step")
+                    message += f": {chunk['error'].strip()}"
                     if any(hint in "\n".join(lines[-30:]) for hint in _NO_INDEX_HINTS):
                         message += (". The build could not reach a package index: check that "
                                     "this host can install the package itself (pip config list"
@@ -180,8 +189,7 @@ class DockerExecutor:
             raise TaskRunError("build", f"build failed: {exc.explanation or exc}",
                                "\n".join(lines[-20:])) from None
         finally:
-            if os.path.isabs(dockerfile):
-                os.unlink(dockerfile)
+            context.close()
         if image_id is None:
             image_id = self.client.images.get(tag).id
         return image_id
@@ -364,25 +372,51 @@ def package_index_args(env: dict[str, str] | os._Environ, pip_config: dict[str, 
     return args
 
 
-def _with_build_args(dockerfile: Path, names: list[str]) -> str:
-    """The Dockerfile to build: the task's own, or, when there are index settings to pass, a
-    copy that declares them as ARGs after every FROM (build args reach RUN only if declared;
-    ARGs are not kept in the image's environment). The task folder is never modified; the
-    caller removes a returned absolute path after the build."""
-    if not names:
-        return "Dockerfile"
-    out = []
-    for line in dockerfile.read_text().splitlines():
-        out.append(line)
-        if line.strip().upper().startswith("FROM "):
-            out.extend(f"ARG {n}" for n in names)
-    import tempfile
+_DOCKERFILE_IN_CONTEXT = ".meca-build.Dockerfile"
+_CA_FILE_IN_CONTEXT = ".meca-build-ca.pem"
+# under /tmp, which the sandbox covers with a tmpfs at run time: the task never sees it
+_CA_IN_BUILD = "/tmp/.meca-build-ca.pem"
+_MAX_CA_BYTES = 4 * 1024 * 1024
 
-    # outside the build context: docker-py reads it and adds it to the context it sends
-    fd, copy = tempfile.mkstemp(prefix="meca-build-", suffix=".Dockerfile")
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(out) + "\n")
-    return copy
+
+def host_ca_bundle(env, pip_config: dict[str, str]) -> str | None:
+    """The CA bundle the host's pip trusts (``PIP_CERT`` or pip's ``cert``), as PEM text.
+    Networks that re-sign TLS need it inside builds for ``pip install`` to work."""
+    path = env.get("PIP_CERT") or next((v for k, v in pip_config.items()
+                                        if k.endswith(".cert")), "")
+    if not path or not os.path.isfile(path) or os.path.getsize(path) > _MAX_CA_BYTES:
+        return None
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def build_context(folder: Path, arg_names: list[str], ca_pem: str | None):
+    """The build context sent to the engine: the task folder as Docker would send it
+    (``.dockerignore`` honoured), plus a copy of its Dockerfile that declares the package
+    index settings as ARGs after every FROM (build args reach RUN only if declared, and
+    ARGs do not stay in the image's environment) and, with ``ca_pem``, copies the host's CA
+    bundle to where PIP_CERT points. The task folder itself is never modified."""
+    from docker.utils.build import create_archive, exclude_paths
+
+    lines = []
+    for line in (folder / "Dockerfile").read_text().splitlines():
+        lines.append(line)
+        if line.strip().upper().startswith("FROM "):
+            lines.extend(f"ARG {n}" for n in arg_names)
+            if ca_pem is not None:
+                lines.append(f"COPY {_CA_FILE_IN_CONTEXT} {_CA_IN_BUILD}")
+    exclude: list[str] = []
+    ignore = folder / ".dockerignore"
+    if ignore.is_file():
+        exclude = [ln.strip() for ln in ignore.read_text().splitlines()
+                   if ln.strip() and not ln.strip().startswith("#")]
+    extra = [(_DOCKERFILE_IN_CONTEXT, "\n".join(lines) + "\n")]
+    if ca_pem is not None:
+        extra.append((_CA_FILE_IN_CONTEXT, ca_pem))
+    files = sorted(exclude_paths(str(folder), exclude, dockerfile=_DOCKERFILE_IN_CONTEXT))
+    return create_archive(root=str(folder), files=files, extra_files=extra)
 
 
 def missing_base_image(step: str) -> str | None:

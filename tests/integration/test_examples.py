@@ -29,7 +29,7 @@ def engine():
                                "(run scripts/setup.sh)")
 
 
-@pytest.mark.parametrize("name", ["echo", "primes", "wordcount"])
+@pytest.mark.parametrize("name", ["echo", "primes", "wordcount", "humanize-size"])
 def test_example_passes_task_test(name):
     r = cli("task", "test", str(EXAMPLES / name), "--quiet")
     assert r.returncode == 0, r.stdout + r.stderr
