@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``meca-node ARGS`` as a user would, without MECA_* settings from our environment."""
+    from meca_node.sim.cluster import child_env
+
+    return subprocess.run([sys.executable, "-m", "meca_node", *args], capture_output=True,
+                          text=True, timeout=timeout, env=child_env())
 
 
 def require(condition: bool, why: str) -> None:

@@ -27,6 +27,12 @@ class ClusterError(Exception):
     """A cluster node failed to start, answer, or stop in time; the message names it and its log."""
 
 
+def child_env() -> dict[str, str]:
+    """This process's environment without MECA_* settings, so a child node is configured
+    by its own flags only."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MECA_")}
+
+
 def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -120,11 +126,8 @@ class Cluster:
     def start(self, ready_timeout_s: float = 30.0) -> None:
         if not self.nodes:
             self.prepare()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MECA_")}
         for node in self.nodes:
-            with node.log_path.open("ab") as log:
-                node.proc = subprocess.Popen(node.args, stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, env=env)
+            self._spawn(node)
         deadline = time.monotonic() + ready_timeout_s
         for node in self.nodes:
             self._wait_ready(node, deadline)
@@ -154,11 +157,13 @@ class Cluster:
     def restart(self, node: ClusterNode, ready_timeout_s: float = 30.0) -> None:
         """Start a stopped node again with the same key, address and data dir."""
         assert node.proc is not None and node.proc.poll() is not None
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MECA_")}
+        self._spawn(node)
+        self._wait_ready(node, time.monotonic() + ready_timeout_s)
+
+    def _spawn(self, node: ClusterNode) -> None:
         with node.log_path.open("ab") as log:
             node.proc = subprocess.Popen(node.args, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env)
-        self._wait_ready(node, time.monotonic() + ready_timeout_s)
+                                         stdin=subprocess.DEVNULL, env=child_env())
 
     # -- observation ------------------------------------------------------------------
     def seen_by(self, node: ClusterNode) -> set[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import run_cli
 from meca_node.sim.cluster import free_port
 
 pytestmark = pytest.mark.integration
@@ -20,8 +20,7 @@ CLI = [sys.executable, "-m", "meca_node"]
 
 
 def run(*args, check=True, timeout=60) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MECA_")}
-    r = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    r = run_cli(*args, timeout=timeout)
     if check:
         assert r.returncode == 0, r.stdout + r.stderr
     return r

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import require
+from conftest import require, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def cli(*args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MECA_")}
-    return subprocess.run([sys.executable, "-m", "meca_node", *args], capture_output=True,
-                          text=True, timeout=300, env=env)
+    return run_cli(*args, timeout=300)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+
+from conftest import run_cli
 
 pytestmark = pytest.mark.integration
 
 
-def cli(*args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MECA_")}
-    return subprocess.run([sys.executable, "-m", "meca_node", *args], capture_output=True,
-                          text=True, timeout=60, env=env)
+cli = run_cli
 
 
 def test_init_then_validate(tmp_path):
