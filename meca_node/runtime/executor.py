@@ -293,23 +293,30 @@ class DockerExecutor:
         deadline = trio.current_time() + self.answer_timeout_s
         assert running.http is not None, "request() needs a Running from run()"
         http = running.http
+        next_check = trio.current_time() + 0.5
         while True:
             t0 = time.monotonic()
             try:
                 return await self._post(http, running.address, body), time.monotonic() - t0
             except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
-                if trio.current_time() > deadline:
-                    container = await trio.to_thread.run_sync(
-                        self.client.containers.get, running.container_id)
-                    state, logs = await trio.to_thread.run_sync(self._state_and_logs,
-                                                                container)
-                    if state["Status"] in ("exited", "dead"):
-                        raise self._died(state, logs, "while serving") from None
+                late = trio.current_time() > deadline
+                if not late and trio.current_time() < next_check:
+                    await trio.sleep(0.05)  # the app may print the line before binding
+                    continue
+                # every 0.5 s, and at the deadline: a dead app (crash, out of memory) is
+                # reported at once instead of waiting out the deadline
+                container = await trio.to_thread.run_sync(
+                    self.client.containers.get, running.container_id)
+                state, logs = await trio.to_thread.run_sync(self._state_and_logs, container)
+                if state["Status"] in ("exited", "dead"):
+                    raise self._died(state, logs, "while serving") from None
+                next_check = trio.current_time() + 0.5
+                if late:
                     raise TaskRunError("request", f"the app printed {INIT_LINE!r} but "
                                        f"nothing answered on port {APP_PORT} within "
                                        f"{self.answer_timeout_s:g} s ({exc})",
                                        _tail(logs)) from None
-                await trio.sleep(0.05)  # the app may print the line before binding
+                await trio.sleep(0.05)
 
     async def _post(self, http: httpx.AsyncClient, url: str, body: bytes) -> bytes:
         async with http.stream("POST", url, content=body,
