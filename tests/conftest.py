@@ -19,6 +19,15 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
                           text=True, timeout=timeout, env=child_env())
 
 
+def start_cli(*args: str) -> subprocess.Popen[str]:
+    """``meca-node ARGS`` started in the background as by :func:`run_cli`; stderr is a pipe
+    (progress lines to wait on), stdout goes to the test's output."""
+    from meca_node.sim.cluster import child_env
+
+    return subprocess.Popen([sys.executable, "-m", "meca_node", *args],
+                            stderr=subprocess.PIPE, text=True, env=child_env())
+
+
 def require(condition: bool, why: str) -> None:
     """Skip a test whose precondition is missing on a developer machine; fail it in CI."""
     if condition:
@@ -29,8 +38,9 @@ def require(condition: bool, why: str) -> None:
 
 
 def pytest_configure(config):
-    # tests/node/fakenet.py is imported by the node tests as a plain module
+    # tests/node/fakenet.py and tests/integration/netns.py are imported as plain modules
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent / "node"))
+    sys.path.insert(0, str(Path(__file__).parent / "integration"))

@@ -342,6 +342,44 @@ def _progress(quiet: bool):
     return on_event
 
 
+def _run_interruptible(fn, *args):
+    """``trio.run(fn, *args)``, cancelled by SIGINT or SIGTERM. Cancellation unwinds
+    through the executor, whose container removal is shielded, so nothing is left running;
+    then exit 130 (the shell's code for an interrupted command)."""
+    import signal
+
+    import trio
+
+    received: list[int] = []
+    outcome: dict = {}
+
+    async def main():
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                async def stop_on_signal():
+                    async for signum in signals:
+                        received.append(signum)
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(stop_on_signal)
+                try:  # carried out of the nursery, which would wrap it in a group
+                    outcome["result"] = await fn(*args)
+                except Exception as exc:
+                    outcome["error"] = exc
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    if "error" in outcome:
+        raise outcome["error"]
+    if received:
+        name = signal.Signals(received[0]).name
+        err.print(f"[bold red]interrupted[/] ({name}): stopped; no container is left running",
+                  highlight=False)
+        raise typer.Exit(130)
+    return outcome["result"]
+
+
 def _run_failed(exc) -> typer.Exit:
     err.print(f"[bold red]task {exc.stage} failed:[/] {exc}", highlight=False)
     if exc.logs:
@@ -354,8 +392,6 @@ def _run_failed(exc) -> typer.Exit:
 def task_build(folder: Annotated[Path, typer.Argument(help="task folder")],
                quiet: Annotated[bool, typer.Option(help="hide the build output")] = False):
     """Validate and build the task's image, tagged with its name and content digest."""
-    import trio
-
     from meca_node.node.developer import image_tag
     from meca_node.runtime.executor import TaskRunError
     from meca_node.store.taskdir import folder_digest
@@ -366,7 +402,8 @@ def task_build(folder: Annotated[Path, typer.Argument(help="task folder")],
     on_event = _progress(quiet)
     on_event("build", f"building {tag}")
     try:
-        image_id = trio.run(executor.build, folder, tag, lambda line: on_event("build-log", line))
+        image_id = _run_interruptible(executor.build, folder, tag,
+                                      lambda line: on_event("build-log", line))
     except TaskRunError as exc:
         raise _run_failed(exc) from None
     print(f"built {tag}\nimage id {image_id}")
@@ -376,8 +413,6 @@ def task_build(folder: Annotated[Path, typer.Argument(help="task folder")],
 def task_test(folder: Annotated[Path, typer.Argument(help="task folder")],
               quiet: Annotated[bool, typer.Option(help="hide the build output")] = False):
     """Validate, build, run in the sandbox, POST example_input.bin, compare the reply."""
-    import trio
-
     from meca_node.node.developer import test_task
     from meca_node.runtime.executor import TaskRunError
     from meca_node.store.taskdir import folder_digest
@@ -387,7 +422,8 @@ def task_test(folder: Annotated[Path, typer.Argument(help="task folder")],
     on_event = _progress(quiet)
 
     try:
-        report = trio.run(test_task, spec, folder, folder_digest(folder), executor, on_event)
+        report = _run_interruptible(test_task, spec, folder, folder_digest(folder), executor,
+                                    on_event)
     except TaskRunError as exc:
         raise _run_failed(exc) from None
     t = report.timings_s

@@ -60,6 +60,8 @@ async def test_task(spec: TaskSpec, folder: Path, digest: str, executor: Executo
     t1 = time.monotonic()
     async with executor.run(tag, spec.resources) as running:
         timings["start_to_init"] = running.init_s
+        on_event("ready", f"meca-init-done after {running.init_s:.2f} s; POSTing "
+                          f"example_input.bin ({len(spec.example_input)} bytes)")
         reply, request_s = await executor.request(running, spec.example_input)
         timings["start_to_first_answer"] = time.monotonic() - t1
         timings["request"] = request_s

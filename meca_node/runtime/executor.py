@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ from docker.types import DeviceRequest
 
 from meca_node.core.task import TaskResources
 from meca_node.runtime.sandbox import (
-    APP_PORT, LABEL, NETWORK, SandboxLimits, container_options,
+    APP_PORT, LABEL, NETWORK, SandboxLimits, container_options, task_user,
 )
 
 log = logging.getLogger("meca_node.runtime")
@@ -140,10 +141,19 @@ class DockerExecutor:
     async def build(self, folder: Path, tag: str,
                     on_line: Callable[[str], None] | None = None,
                     buildargs: dict[str, str] | None = None) -> str:
-        """Build ``folder`` as ``tag``; live output goes to ``on_line``; returns the image id."""
-        return await trio.to_thread.run_sync(self._build, folder, tag, on_line, buildargs)
+        """Build ``folder`` as ``tag``; live output goes to ``on_line``; returns the image id.
 
-    def _build(self, folder, tag, on_line, buildargs) -> str:
+        Cancellable: the caller returns at once, and the worker thread stops reading the
+        build stream at its next line (closing the connection makes the engine stop the
+        build and remove its intermediate containers)."""
+        stop = threading.Event()
+        try:
+            return await trio.to_thread.run_sync(self._build, folder, tag, on_line, buildargs,
+                                                 stop, abandon_on_cancel=True)
+        finally:
+            stop.set()
+
+    def _build(self, folder, tag, on_line, buildargs, stop: threading.Event) -> str:
         lines: list[str] = []
         image_id = None
         pip_config = _pip_config()
@@ -158,6 +168,9 @@ class DockerExecutor:
                                            rm=True, forcerm=True, decode=True, buildargs=args,
                                            labels={LABEL: "1"}, network_mode="host")
             for chunk in stream:
+                if stop.is_set():
+                    stream.close()
+                    raise TaskRunError("build", "build cancelled")
                 if "stream" in chunk:
                     for line in chunk["stream"].splitlines():
                         lines.append(line)
@@ -215,8 +228,9 @@ class DockerExecutor:
     async def run(self, image: str, resources: TaskResources) -> AsyncIterator[Running]:
         """Start the task, wait until it is ready, yield it; always remove the container."""
         await self.check_gpus(resources)
+        user = task_user(await trio.to_thread.run_sync(self._image_user, image), self.limits)
         options = container_options(image, resources, self.limits, self.network,
-                                    labels={f"{LABEL}.pid": str(os.getpid())})
+                                    labels={f"{LABEL}.pid": str(os.getpid())}, user=user)
         if "device_requests" in options:
             options["device_requests"] = [DeviceRequest(**d)
                                           for d in options["device_requests"]]
@@ -229,6 +243,12 @@ class DockerExecutor:
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._remove, container)
+
+    def _image_user(self, image: str) -> str:
+        try:
+            return self.client.images.get(image).attrs["Config"].get("User") or ""
+        except docker.errors.ImageNotFound:
+            raise TaskRunError("start", f"image {image} is not on this host") from None
 
     def _create(self, options):
         try:
@@ -268,6 +288,9 @@ class DockerExecutor:
             raise TaskRunError("init", f"the app did not print {INIT_LINE!r} within "
                                f"{self.init_timeout_s:g} s", _tail(logs))
         address = await trio.to_thread.run_sync(self._address, container)
+        if address is None:  # it died right after printing the line: no address any more
+            state, logs = await trio.to_thread.run_sync(self._state_and_logs, container)
+            raise self._died(state, logs, "right after printing meca-init-done")
         return Running(container.id, address, t0, time.monotonic() - t0)
 
     def _state_and_logs(self, container) -> tuple[dict, str]:
@@ -282,10 +305,12 @@ class DockerExecutor:
         return TaskRunError("start", f"the app exited with code {state.get('ExitCode')} {when}",
                             _tail(logs))
 
-    def _address(self, container) -> str:
+    def _address(self, container) -> str | None:
+        """The app's URL on the sandbox network; None once the container has stopped."""
         container.reload()
-        ip = container.attrs["NetworkSettings"]["Networks"][self.network]["IPAddress"]
-        return f"http://{ip}:{APP_PORT}/"
+        net = container.attrs["NetworkSettings"]["Networks"].get(self.network) or {}
+        ip = net.get("IPAddress")
+        return f"http://{ip}:{APP_PORT}/" if ip else None
 
     async def request(self, running: Running, body: bytes) -> tuple[bytes, float]:
         """POST ``body`` to the app; retries until the port answers (bounded). Returns
@@ -405,7 +430,7 @@ def build_context(folder: Path, arg_names: list[str], ca_pem: str | None):
     index settings as ARGs after every FROM (build args reach RUN only if declared, and
     ARGs do not stay in the image's environment) and, with ``ca_pem``, copies the host's CA
     bundle to where PIP_CERT points. The task folder itself is never modified."""
-    from docker.utils.build import create_archive, exclude_paths
+    from docker.utils.build import exclude_paths
 
     lines = []
     for line in (folder / "Dockerfile").read_text().splitlines():
@@ -423,7 +448,42 @@ def build_context(folder: Path, arg_names: list[str], ca_pem: str | None):
     if ca_pem is not None:
         extra.append((_CA_FILE_IN_CONTEXT, ca_pem))
     files = sorted(exclude_paths(str(folder), exclude, dockerfile=_DOCKERFILE_IN_CONTEXT))
-    return create_archive(root=str(folder), files=files, extra_files=extra)
+    return _archive(folder, [f for f in files if f not in dict(extra)], extra)
+
+
+def _archive(root: Path, files: list[str], extra: list[tuple[str, str]]):
+    """A tar of ``files`` under ``root`` plus ``extra`` (name, text) entries, owned by
+    root and readable by all (directories searchable, executables kept executable): tasks
+    run as a non-root user, so what COPY puts in the image must be readable to it."""
+    import io
+    import tarfile
+    import tempfile
+
+    out = tempfile.NamedTemporaryFile()
+    with tarfile.open(mode="w", fileobj=out) as tar:
+        for name in files:
+            info = tar.gettarinfo(str(root / name), arcname=name)
+            if info is None:  # a socket: not content
+                continue
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = int(min(max(info.mtime, 0), 8**11 - 1))
+            if info.isdir() or info.mode & 0o111:
+                info.mode |= 0o555
+            else:
+                info.mode |= 0o444
+            if info.isfile():
+                with open(root / name, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+        for name, text in extra:
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    out.seek(0)
+    return out
 
 
 def missing_base_image(step: str) -> str | None:

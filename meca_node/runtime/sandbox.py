@@ -20,7 +20,24 @@ class SandboxLimits:
     pids: int = 256
     tmpfs_mib: int = 64
     log_bytes: int = 1024 * 1024
-    user: str | None = None  # e.g. "10001:10001"; None keeps the image's user
+    #: who a task runs as when its image names no user (or names none explicitly); an
+    #: image's own non-root USER is kept, and an explicit ``USER root`` is honoured
+    user: str = "10001:10001"
+
+
+def task_user(image_user: str, limits: SandboxLimits) -> str | None:
+    """The user to run a task as, from its image's ``Config.User``.
+
+    No user in the image (Docker's default: root) -> ``limits.user``, a non-root uid: a
+    task's files are world-readable (the build context makes them so) and its root is
+    read-only, so an app needs no more. The image's own non-root user is kept. An explicit
+    ``USER root`` is the developer saying the app needs root: kept (None means "the image's
+    user"), and still without capabilities or new privileges.
+    """
+    image_user = (image_user or "").strip()
+    if not image_user:
+        return limits.user or None
+    return None
 
 
 class GpuUnavailable(Exception):
@@ -36,8 +53,10 @@ def gpu_device_requests(resources: TaskResources) -> list[dict]:
 
 def container_options(image: str, resources: TaskResources, limits: SandboxLimits,
                       network: str = NETWORK, name: str | None = None,
-                      labels: dict[str, str] | None = None) -> dict:
-    """Keyword arguments for ``client.containers.create`` for one task run."""
+                      labels: dict[str, str] | None = None,
+                      user: str | None = None) -> dict:
+    """Keyword arguments for ``client.containers.create`` for one task run; ``user``
+    (from :func:`task_user`) overrides the image's user."""
     mem = f"{resources.mem_mib}m"
     options = {
         "image": image,
@@ -58,8 +77,8 @@ def container_options(image: str, resources: TaskResources, limits: SandboxLimit
     }
     if name:
         options["name"] = name
-    if limits.user:
-        options["user"] = limits.user
+    if user:
+        options["user"] = user
     requests = gpu_device_requests(resources)
     if requests:
         options["device_requests"] = requests

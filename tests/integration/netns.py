@@ -56,18 +56,24 @@ def ip(*args: str, ns: str | None = None, check: bool = True) -> str:
     return r.stdout
 
 
+class InNamespace:
+    """Something that lives in network namespace ``self.ns``."""
+
+    ns: str
+
+    def exec_argv(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside this namespace (``ip netns exec`` execs it: same pid)."""
+        return ["ip", "netns", "exec", self.ns, *argv]
+
+
 @dataclass(frozen=True)
-class End:
+class End(InNamespace):
     """One side: a namespace, its veth device and its address on the pair's subnet."""
 
     ns: str
     dev: str
     addr: str
     prefix_len: int
-
-    def exec_argv(self, argv: list[str]) -> list[str]:
-        """``argv`` run inside this namespace (``ip netns exec`` execs it: same pid)."""
-        return ["ip", "netns", "exec", self.ns, *argv]
 
     def link_flags(self) -> set[str]:
         """The flags ``ip link`` shows for the veth, e.g. {'BROADCAST','MULTICAST','UP'}."""
@@ -156,3 +162,80 @@ def delete_pair(pair: Pair) -> None:
     left = existing_namespaces() & set(pair.namespaces)
     if errors or left:
         raise NetnsError(f"could not delete namespaces {sorted(left)}: {errors}")
+
+
+@dataclass(frozen=True)
+class Outside(InNamespace):
+    """A namespace standing for "the rest of the world", routed from the host.
+
+    ``host_dev`` (in the host's namespace, address ``host_addr``) is a veth whose peer sits
+    in namespace ``ns`` with address ``addr``; the namespace's default route points back at
+    the host. With IPv4 forwarding on, anything the host forwards (a container's egress)
+    can reach ``addr``, so a listener there is a real outside that a sandbox must not reach.
+    """
+
+    ns: str
+    host_dev: str
+    host_addr: str
+    addr: str
+    forwarding_was: str
+
+
+_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+
+
+def _routed(subnet_prefix: str) -> bool:
+    return subnet_prefix in ip("-4", "route", "show", "table", "all")
+
+
+def create_outside(prefix: str = "meca-o") -> Outside:
+    """A fresh namespace ``<prefix>-<pid>-<n>`` on a /30 from 10.78.0.0/16 that no route on
+    this host uses yet, joined to the host by a veth. Turns IPv4 forwarding on if it was off
+    (:func:`delete_outside` puts it back). On failure what was made is removed."""
+    n = next(_counter)
+    tag = f"{prefix}-{os.getpid()}-{n}"
+    host_dev = f"mo{os.getpid() % 100000}x{n}"[:15]
+    for _ in range(20):  # bounded: pick a /30 nothing on this host routes
+        third, fourth = random.randint(1, 254), random.randrange(0, 252, 4)
+        if not _routed(f"10.78.{third}."):
+            break
+    else:
+        raise NetnsError("no free 10.78.x.y/30 found for the outside namespace")
+    host_addr, addr = f"10.78.{third}.{fourth + 1}", f"10.78.{third}.{fourth + 2}"
+    if tag in existing_namespaces():
+        raise NetnsError(f"namespace {tag} exists already (remove with `ip netns del {tag}`)")
+    with open(_FORWARD) as f:
+        forwarding_was = f.read().strip()
+    outside = Outside(tag, host_dev, host_addr, addr, forwarding_was)
+    made_ns = made_link = False
+    try:
+        ip("netns", "add", tag)
+        made_ns = True
+        ip("link", "add", host_dev, "type", "veth", "peer", "name", "veth0", "netns", tag)
+        made_link = True
+        ip("addr", "add", f"{host_addr}/30", "dev", host_dev)
+        ip("link", "set", host_dev, "up")
+        ip("link", "set", "lo", "up", ns=tag)
+        ip("addr", "add", f"{addr}/30", "dev", "veth0", ns=tag)
+        ip("link", "set", "veth0", "up", ns=tag)
+        ip("route", "add", "default", "via", host_addr, ns=tag)
+        if forwarding_was != "1":
+            with open(_FORWARD, "w") as f:
+                f.write("1\n")
+    except BaseException:
+        if made_link:
+            ip("link", "del", host_dev, check=False)
+        if made_ns:
+            _delete([tag])
+        raise
+    return outside
+
+
+def delete_outside(outside: Outside) -> None:
+    """Remove the namespace and veth and restore IPv4 forwarding as it was."""
+    with open(_FORWARD, "w") as f:
+        f.write(outside.forwarding_was + "\n")
+    ip("link", "del", outside.host_dev, check=False)  # usually gone with the namespace
+    errors = _delete([outside.ns] if outside.ns in existing_namespaces() else [])
+    if errors or outside.ns in existing_namespaces():
+        raise NetnsError(f"could not delete namespace {outside.ns}: {errors}")

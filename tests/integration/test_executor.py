@@ -5,12 +5,14 @@ Every case checks the container is gone afterwards, whatever happened.
 
 from __future__ import annotations
 
+import signal
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import require, run_cli
+from conftest import require, run_cli, start_cli
 from meca_node.node.developer import test_task as run_task_test
 from meca_node.runtime.executor import (
     DockerExecutor, EngineUnavailable, TaskRunError, connect,
@@ -157,9 +159,11 @@ def entry():
     except OSError:
         ro = "read-only"
     caps = [l for l in open("/proc/self/status") if l.startswith("CapEff")][0].split()[1]
-    return f"{ro} caps={caps}"
+    return f"{ro} caps={caps} uid={os.getuid()}"
 """
-    folder = make_task(tmp_path / "sandbox", app, output=b"read-only caps=0000000000000000")
+    folder = make_task(tmp_path / "sandbox", app,
+                       output=b"read-only caps=0000000000000000 uid=10001")
+    (folder / "src" / "app.py").chmod(0o600)  # readable to the non-root user all the same
     report = await run(client, folder)
     assert report.ok, report.mismatch
     executor = DockerExecutor(client)
@@ -170,7 +174,7 @@ def entry():
         assert host["NanoCpus"] == 1_000_000_000 and host["Memory"] == 128 * 1024 * 1024
         assert host["MemorySwap"] == host["Memory"] and host["PidsLimit"] == 256
         assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"]
-        assert not host.get("PortBindings")
+        assert not host.get("PortBindings") and c.attrs["Config"]["User"] == "10001:10001"
         net = client.networks.get(executor.network)
         assert net.attrs["Internal"] is True
     assert ours(client) == []
@@ -208,17 +212,8 @@ def test_cli_init_build_and_test_pass_as_written(client, tmp_path):
     assert client.containers.list(all=True, filters={"label": LABEL}) == []
 
 
-async def test_sandboxed_task_cannot_reach_the_hosts_own_services(client, tmp_path):
-    """A listener we open on all interfaces of this host is unreachable from the sandbox."""
-    import socket
-
-    from meca_node.runtime.executor import BRIDGE
-
-    listener = socket.socket()
-    listener.bind(("0.0.0.0", 0))
-    listener.listen()
-    port = listener.getsockname()[1]
-    app = FLASK_HEAD + """
+#: a task that tries a TCP connection to the host and port in its input
+PROBE = FLASK_HEAD + """
 import socket
 print("meca-init-done", flush=True)
 
@@ -232,16 +227,156 @@ def entry():
     except OSError:
         return "blocked"
 """
-    folder = make_task(tmp_path / "probe", app, output=b"blocked")
+
+
+async def probe(client, folder: Path, host: str, port: int) -> bytes:
+    (folder / "example_input.bin").write_text(f'{{"host": "{host}", "port": {port}}}')
+    return (await run(client, folder)).reply
+
+
+async def test_sandboxed_task_cannot_reach_the_hosts_own_services(client, tmp_path):
+    """A listener we open on all interfaces of this host is unreachable from the sandbox."""
+    import socket
+
+    from meca_node.runtime.executor import BRIDGE
+
+    listener = socket.socket()
+    listener.bind(("0.0.0.0", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    folder = make_task(tmp_path / "probe", PROBE, output=b"blocked")
     try:
         executor = DockerExecutor(client)
         await executor.prepare()
         gateway = client.networks.get(executor.network).attrs["IPAM"]["Config"][0]["Gateway"]
-        (folder / "example_input.bin").write_text(
-            f'{{"host": "{gateway}", "port": {port}}}')
-        report = await run(client, folder)
-        assert report.reply == b"blocked", report.reply
+        assert await probe(client, folder, gateway, port) == b"blocked"
         assert client.networks.get(executor.network).attrs["Options"][
             "com.docker.network.bridge.name"] == BRIDGE
     finally:
         listener.close()
+
+
+#: runs in the outside namespace: accept connections for at most 120 s, greet each
+OUTSIDE_LISTENER = r"""
+import socket, sys, time
+s = socket.socket()
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen()
+s.settimeout(1)
+print("listening", flush=True)
+end = time.monotonic() + 120
+while time.monotonic() < end:
+    try:
+        c, _ = s.accept()
+    except socket.timeout:
+        continue
+    c.sendall(b"hello from outside")
+    c.close()
+"""
+
+OUTSIDE_PORT = 18080
+
+
+def connect_from_docker_bridge(client, host: str, port: int) -> str:
+    """What a plain container on Docker's default network gets from host:port."""
+    code = (f"import socket; s = socket.create_connection(({host!r}, {port}), timeout=5); "
+            "print(s.recv(100).decode())")
+    c = client.containers.create("python:3.9-slim", ["python", "-c", code],
+                                 network="bridge", labels={"meca-node-test": "1"})
+    try:
+        c.start()
+        c.wait(timeout=60)
+        return c.logs().decode().strip()
+    finally:
+        c.remove(force=True)
+
+
+async def test_sandboxed_task_has_no_egress_to_a_routed_outside(client, tmp_path):
+    """An "outside" we build (a namespace the host routes to, with a listener) is reached
+    from the host and from a plain container, but not from the sandbox."""
+    import socket
+    import subprocess
+    import sys
+
+    import netns
+
+    require(netns.unavailable_reason() is None, str(netns.unavailable_reason()))
+    outside = netns.create_outside()
+    listener = None
+    try:
+        listener = subprocess.Popen(
+            outside.exec_argv([sys.executable, "-c", OUTSIDE_LISTENER, str(OUTSIDE_PORT)]),
+            stdout=subprocess.PIPE, text=True)
+        assert listener.stdout.readline().strip() == "listening"
+        with socket.create_connection((outside.addr, OUTSIDE_PORT), timeout=5) as s:
+            assert s.recv(100) == b"hello from outside"  # the host routes there
+        assert connect_from_docker_bridge(client, outside.addr, OUTSIDE_PORT) == \
+            "hello from outside"  # and a container with egress reaches it
+        folder = make_task(tmp_path / "egress", PROBE, output=b"blocked")
+        assert await probe(client, folder, outside.addr, OUTSIDE_PORT) == b"blocked"
+    finally:
+        if listener is not None:
+            listener.kill()
+            listener.wait(timeout=10)
+        netns.delete_outside(outside)
+
+
+SLOW_REPLY = FLASK_HEAD + """
+import time
+print("meca-init-done", flush=True)
+
+@app.route("/", methods=["POST"])
+def entry():
+    time.sleep(300)
+    return "too late"
+"""
+
+
+def stop_cli_at(proc, marker: str, signum: int) -> str:
+    """Read the CLI's progress (stderr) until a line has ``marker``, send ``signum``, and
+    return all it wrote; the CLI must exit 130 within 30 s."""
+    seen = []
+    for line in proc.stderr:  # ends at EOF, so bounded by the CLI's own life
+        seen.append(line)
+        if marker in line:
+            break
+    else:
+        proc.wait(timeout=30)
+        raise AssertionError(f"the CLI ended before {marker!r}:\n{''.join(seen)}")
+    proc.send_signal(signum)
+    rest = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 130, "".join(seen) + rest
+    return "".join(seen) + rest
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_task_test_mid_request_removes_the_container(client, tmp_path, signum):
+    folder = make_task(tmp_path / "slow", SLOW_REPLY)
+    proc = start_cli("task", "test", str(folder), "--quiet")
+    out = stop_cli_at(proc, "meca-init-done after", signum)
+    assert "interrupted" in out and "no container is left running" in out
+    left = client.containers.list(all=True, filters={"label": f"{LABEL}.pid={proc.pid}"})
+    assert left == []
+
+
+def test_interrupting_task_build_stops_it_and_leaves_no_container(client, tmp_path):
+    folder = make_task(tmp_path / "slowbuild", ECHO)
+    (folder / "Dockerfile").write_text(
+        "FROM python:3.9-slim\nRUN echo step-started && sleep 120\n")
+    def ids() -> set[str]:  # the low-level list: no per-container inspect to race with
+        return {c["Id"] for c in client.api.containers(all=True)}
+
+    before = ids()
+    proc = start_cli("task", "build", str(folder))
+    stop_cli_at(proc, "step-started", signal.SIGINT)
+    # the engine stops the build once its client has gone; its intermediate container
+    # goes with it (forcerm). Wait on the engine's own event for that, bounded.
+    events = client.events(decode=True, filters={"type": "container", "event": "destroy"},
+                           since=int(time.time()) - 60, until=int(time.time()) + 30)
+    try:
+        for _ in events:
+            if ids() <= before:
+                break
+    finally:
+        events.close()
+    assert ids() <= before

@@ -12,7 +12,6 @@ Needs root and iproute2: skipped without them, failed when CI=true.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -23,18 +22,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import netns  # tests/integration/netns.py (conftest puts it on sys.path)
 import pytest
 
 from meca_node.store import load_or_create_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
-
-# tests/ has no packages: load the helper next to this file by path, under a unique name
-_spec = importlib.util.spec_from_file_location("meca_test_netns",
-                                               Path(__file__).with_name("netns.py"))
-netns = sys.modules.setdefault("meca_test_netns", importlib.util.module_from_spec(_spec))
-if not hasattr(netns, "create_pair"):
-    _spec.loader.exec_module(netns)
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DISCOVERY_TIMEOUT_S = 30.0

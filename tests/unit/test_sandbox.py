@@ -5,7 +5,7 @@ from __future__ import annotations
 from meca_node.core.compare import explain_mismatch
 from meca_node.core.task import TaskResources
 from meca_node.runtime.sandbox import (
-    LABEL, NETWORK, SandboxLimits, container_options, gpu_device_requests,
+    LABEL, NETWORK, SandboxLimits, container_options, gpu_device_requests, task_user,
 )
 
 
@@ -35,3 +35,14 @@ def test_mismatch_text_diff_and_hex():
     assert "first difference at byte 6" in text and "-world" in text and "+there" in text
     binary = explain_mismatch(b"\x00\x01", b"\x00\x02\x03")
     assert "(hex)" in binary and "00 01" in binary and "00 02 03" in binary
+
+
+def test_task_user_is_non_root_unless_the_image_names_a_user():
+    limits = SandboxLimits()
+    assert task_user("", limits) == "10001:10001"  # no USER: Docker would run it as root
+    assert task_user("app", limits) is None        # the image's own user is kept
+    assert task_user("root", limits) is None       # an explicit USER root is the developer's call
+    assert task_user("", SandboxLimits(user="")) is None
+    o = container_options("img", TaskResources(1, 128, False, 0), limits, user="10001:10001")
+    assert o["user"] == "10001:10001"
+    assert "user" not in container_options("img", TaskResources(1, 128, False, 0), limits)
