@@ -380,3 +380,29 @@ def test_interrupting_task_build_stops_it_and_leaves_no_container(client, tmp_pa
     finally:
         events.close()
     assert ids() <= before
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"Dockerfile": None}, "Dockerfile: is missing"),
+    ({"example_output.bin": None}, "example_output.bin: is missing"),
+    ({"config.json": "{"}, "config.json: is not valid JSON"),
+    ({"config.json": '{"resource": {"cpu": "2"}}'}, "resource.cpu: must be a number"),
+    ({"config.json": '{"resources": {}}'}, "config.json: resources: unknown field"),
+    ({"config.json": '{"resource": {"cpu": 0}}'}, "resource.cpu: must be > 0"),
+    ({"config.json": '{"resource": {"mem": -1}}'}, "resource.mem: must be > 0"),
+    ({"config.json": '{"resource": {"gpu_count": 2}}'}, "use_gpu: is false while gpu_count"),
+])
+def test_task_test_refuses_a_bad_folder_before_docker(client, tmp_path, change, needle):
+    """The CLI exits 2 naming file, field and fix; nothing is built or started."""
+    folder = make_task(tmp_path / "bad", ECHO)
+    for name, text in change.items():
+        if text is None:
+            (folder / name).unlink()
+        else:
+            (folder / name).write_text(text)
+    before = {c["Id"] for c in client.api.containers(all=True)}
+    r = run_cli("task", "test", str(folder))
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "(fix: " in r.stderr
+    assert "building" not in r.stderr
+    assert {c["Id"] for c in client.api.containers(all=True)} == before
