@@ -186,23 +186,53 @@ class Libp2pNet:
         return _iterate(sub, topic)
 
     # -- streams ----------------------------------------------------------------
-    def set_stream_handler(self, protocol: str,
-                           handler: Callable[[FramedStream], Awaitable[None]]) -> None:
+    def set_stream_handler(self, protocols: str | Sequence[str],
+                           handler: Callable[[FramedStream], Awaitable[None]],
+                           max_frame: int | None = None) -> None:
+        """Serve ``protocols`` (one id or several, e.g. versions) with ``handler``; frames
+        over ``max_frame`` (default: the config's) reset the stream."""
+        names = [protocols] if isinstance(protocols, str) else list(protocols)
+        cap = max_frame or self._config.max_frame
+
         async def _handle(stream) -> None:
-            framed = FramedStream(stream, self._config.max_frame)
+            framed = FramedStream(stream, cap)
+            if self.is_blocked(framed.remote_peer):
+                await framed.reset()
+                return
             try:
                 await handler(framed)
             except FrameError as exc:
-                log.info("peer %s broke %s framing: %s", framed.remote_peer, protocol, exc)
+                log.info("peer %s broke %s framing: %s", framed.remote_peer, names[0], exc)
                 await framed.reset()
             finally:
                 await framed.close()
 
-        self._host.set_stream_handler(protocol, _handle)
+        for name in names:
+            self._host.set_stream_handler(name, _handle)
 
-    async def open_stream(self, peer_id: str, protocol: str) -> FramedStream:
-        stream = await self._host.new_stream(ID.from_base58(peer_id), [protocol])
-        return FramedStream(stream, self._config.max_frame)
+    async def open_stream(self, peer_id: str, protocols: str | Sequence[str],
+                          max_frame: int | None = None) -> FramedStream:
+        """A new stream to a connected (or dialable) peer, speaking the first of
+        ``protocols`` it supports."""
+        names = [protocols] if isinstance(protocols, str) else list(protocols)
+        stream = await self._host.new_stream(ID.from_base58(peer_id), names)
+        return FramedStream(stream, max_frame or self._config.max_frame)
+
+    def is_blocked(self, peer_id: str) -> bool:
+        try:
+            return ID.from_base58(peer_id) in self._blocked
+        except Exception:
+            return False
+
+    async def connect(self, addr: str, timeout_s: float | None = None) -> str:
+        """Dial ``addr`` (a ``/p2p/`` multiaddr) now and keep it wanted; its peer id."""
+        info = parse_peer_addr(addr)
+        if info.peer_id in self._blocked:
+            raise ConnectionError(f"peer {info.peer_id} is cut off; not dialing it")
+        with trio.fail_after(timeout_s or self._config.dial_timeout_s):
+            await self._host.connect(info)
+        self._want(info, "dial")
+        return info.peer_id.to_base58()
 
     # -- services -------------------------------------------------------------
     async def _dial_loop(self) -> None:

@@ -1,0 +1,286 @@
+"""Bitswap 1.2.0 on the node's libp2p host: serve our blocks, pull DAGs from peers.
+
+The protocol decisions are in :mod:`meca_node.ipfs.bitswap` (sans-IO); this module reads
+and writes its messages on streams. As the spec says, each side sends on a stream it
+opened itself: replies never go back on the stream a request came in on. A peer whose
+message breaks the format is cut off (stream reset, connection closed, never redialed);
+everyone else keeps being served.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from meca_node.ipfs import bitswap as bs
+from meca_node.ipfs import dagpb
+from meca_node.ipfs.cid import CID, DAG_PB
+from meca_node.net.framing import FrameError
+from meca_node.net.host import FramedStream, Libp2pNet
+
+log = logging.getLogger("meca_node.bitswap")
+
+
+class Blocks(Protocol):
+    """The block store, as Bitswap uses it (``meca_node.store.blocks.BlockStore``)."""
+
+    def has(self, cid: CID) -> bool: ...
+    def get(self, cid: CID) -> bytes: ...
+    def put(self, cid: CID, data: bytes) -> None: ...
+
+
+class PullError(Exception):
+    """A pull that cannot finish: the message says which block and why."""
+
+
+@dataclass
+class PullStats:
+    root: CID
+    blocks: int = 0          # fetched over the network
+    bytes: int = 0
+    local_blocks: int = 0    # already here (a resumed pull)
+    seconds: float = 0.0
+    by_peer: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rate_mb_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds else 0.0
+
+
+#: progress(stats, peers in the session): called after every stored block
+Progress = Callable[[PullStats, int], None]
+
+
+class _Pull:
+    def __init__(self, session: bs.Session) -> None:
+        self.session = session
+        self.inbox: list[tuple[str, bs.Message]] = []
+        self.wake = trio.Event()
+
+    def deliver(self, peer: str, msg: bs.Message) -> None:
+        self.inbox.append((peer, msg))
+        self.wake.set()
+
+
+class Bitswap:
+    """Start with ``await nursery.start(bitswap.run)``."""
+
+    def __init__(self, net: Libp2pNet, blocks: Blocks, *, outbox: int = 256,
+                 window: int = 32, want_timeout_s: float = 10.0) -> None:
+        self.net = net
+        self.blocks = blocks
+        self.server = bs.Server(self._lookup, self._has)
+        self.outbox_size = outbox
+        self.window = window
+        self.want_timeout_s = want_timeout_s
+        self._outboxes: dict[str, trio.MemorySendChannel] = {}
+        self._pulls: set[_Pull] = set()
+        self._nursery: trio.Nursery | None = None
+        self.served_bytes = 0
+        self.cut_off = 0
+
+    # -- blocks ---------------------------------------------------------------------
+    def _has(self, cid: CID) -> bool:
+        return self.blocks.has(cid)
+
+    def _lookup(self, cid: CID) -> bytes | None:
+        try:
+            return self.blocks.get(cid)
+        except Exception:  # missing, or corrupt on disk (the store removed it)
+            return None
+
+    # -- service --------------------------------------------------------------------
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.net.set_stream_handler(bs.PROTOCOLS, self._handle, max_frame=bs.MAX_MESSAGE)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _handle(self, stream: FramedStream) -> None:
+        peer = stream.remote_peer
+        while True:
+            try:
+                frame = await stream.receive()
+            except FrameError as exc:
+                await self._cut_off(peer, f"broke Bitswap framing: {exc}")
+                raise
+            if frame is None:
+                return
+            try:
+                msg = bs.decode(frame)
+            except bs.BitswapError as exc:
+                await stream.reset()
+                await self._cut_off(peer, f"sent a malformed Bitswap message: {exc}")
+                return
+            self._on_message(peer, msg)
+
+    def _on_message(self, peer: str, msg: bs.Message) -> None:
+        for pull in list(self._pulls):
+            if msg.blocks or msg.presences:
+                pull.deliver(peer, msg)
+        if msg.wants or msg.full:
+            for reply in self.server.on_message(peer, msg):
+                self.served_bytes += sum(len(d) for _, d in reply.blocks)
+                self._send(peer, reply)
+
+    async def _cut_off(self, peer: str, why: str) -> None:
+        self.cut_off += 1
+        self.server.forget(peer)
+        outbox = self._outboxes.pop(peer, None)
+        if outbox is not None:
+            outbox.close()
+        await self.net.block(peer, why)
+
+    # -- sending ----------------------------------------------------------------------
+    def _send(self, peer: str, msg: bs.Message) -> None:
+        """Queue ``msg`` for ``peer``'s outbound stream (opened on first use)."""
+        if not msg:
+            return
+        outbox = self._outboxes.get(peer)
+        if outbox is None:
+            if self._nursery is None:
+                raise RuntimeError("Bitswap.run has not started")
+            outbox, inbox = trio.open_memory_channel[bs.Message](self.outbox_size)
+            self._outboxes[peer] = outbox
+            self._nursery.start_soon(self._sender, peer, outbox, inbox)
+        try:
+            outbox.send_nowait(msg)
+        except trio.WouldBlock:
+            log.info("outbox to %s full: dropping a message (it will be re-asked)", peer)
+        except trio.ClosedResourceError:
+            pass
+
+    def _send_all(self, out: dict[str, bs.Message]) -> None:
+        for peer, msg in out.items():
+            self._send(peer, msg)
+
+    async def _sender(self, peer: str, outbox: trio.MemorySendChannel,
+                      inbox: trio.MemoryReceiveChannel) -> None:
+        """Write queued messages to ``peer`` on one outbound stream; a stream that fails
+        is reopened once, and if that fails too the peer's queue is dropped."""
+        stream: FramedStream | None = None
+        try:
+            async with inbox:
+                async for msg in inbox:
+                    data = msg.encode()
+                    for attempt in range(2):
+                        try:
+                            if stream is None:
+                                with trio.fail_after(10):
+                                    stream = await self.net.open_stream(
+                                        peer, bs.PROTOCOLS, max_frame=bs.MAX_MESSAGE)
+                            await stream.send(data)
+                            break
+                        except Exception as exc:
+                            if stream is not None:
+                                await stream.reset()
+                                stream = None
+                            if attempt:
+                                log.info("cannot send Bitswap messages to %s: %s", peer, exc)
+                                return
+        finally:
+            if self._outboxes.get(peer) is outbox:
+                del self._outboxes[peer]
+            outbox.close()
+            if stream is not None:
+                with trio.CancelScope(shield=True):
+                    await stream.close()
+
+    # -- pulling ----------------------------------------------------------------------
+    def connected(self) -> list[str]:
+        return [p.peer_id for p in self.net.connected_peers()]
+
+    async def pull(self, root: CID, *, timeout_s: float = 600.0,
+                   peers: list[str] | None = None,
+                   progress: Progress | None = None) -> PullStats:
+        """Fetch the whole DAG under ``root`` into the block store from connected peers.
+
+        Blocks already here are not fetched again, so an interrupted pull resumes. Each
+        block is checked against its CID before it is stored. Fails with PullError when
+        no peer has a block, or at ``timeout_s``.
+        """
+        stats = PullStats(root)
+        start = time.monotonic()
+        session = bs.Session(peers if peers is not None else self.connected(),
+                             self.want_timeout_s)
+        pull = _Pull(session)
+        self._pulls.add(pull)
+        queue: deque[CID] = deque([root])
+        try:
+            with trio.fail_after(timeout_s):
+                await self._pull_loop(pull, queue, stats, start, progress, peers is None)
+        except trio.TooSlowError:
+            raise PullError(f"pull of {root} timed out after {timeout_s:g} s with "
+                            f"{session.pending} block(s) outstanding; run it again to "
+                            "resume from the blocks already fetched") from None
+        finally:
+            self._pulls.discard(pull)
+            cancels: dict[str, bs.Message] = {}
+            for w in session.wants.values():
+                for peer in w.tried:
+                    bs._msg(cancels, peer).wants.append(bs.Entry(w.cid, cancel=True))
+            self._send_all(cancels)
+            stats.seconds = time.monotonic() - start
+            stats.by_peer = dict(session.received_from)
+        return stats
+
+    async def _pull_loop(self, pull: _Pull, queue: deque[CID], stats: PullStats,
+                         start: float, progress: Progress | None, follow: bool) -> None:
+        session = pull.session
+        seen: set[bytes] = set()
+        next_tick = time.monotonic() + 1.0
+        while queue or session.pending:
+            # ask for more while the window has room; walk what is already here
+            while queue and session.pending < self.window:
+                cid = queue.popleft()
+                if cid.multihash in seen:
+                    continue
+                seen.add(cid.multihash)
+                if self.blocks.has(cid):
+                    stats.local_blocks += 1
+                    if cid.codec == DAG_PB:
+                        queue.extend(dagpb.link_cids(self.blocks.get(cid)))
+                    continue
+                if not session.peers:
+                    raise PullError(f"no peer to fetch {cid} from: connect to one that has "
+                                    "it (meca-node peers shows who is connected)")
+                self._send_all(session.want([cid], time.monotonic()))
+            if session.failed is not None:
+                raise PullError(f"no connected peer has block {session.failed} "
+                                f"(asked {len(session.peers)} peer(s))")
+            if not session.pending:
+                continue
+            with trio.move_on_after(max(0.0, next_tick - time.monotonic())):
+                await pull.wake.wait()
+            pull.wake = trio.Event()
+            inbox, pull.inbox = pull.inbox, []
+            now = time.monotonic()
+            for peer, msg in inbox:
+                got, out = session.on_message(peer, msg, now)
+                self._send_all(out)
+                for cid, data in got:
+                    await trio.to_thread.run_sync(self.blocks.put, cid, data)
+                    stats.blocks += 1
+                    stats.bytes += len(data)
+                    if cid.codec == DAG_PB:
+                        queue.extend(dagpb.link_cids(data))
+                    self._send_all(self.server.on_new_block(cid, data))
+                    if progress:
+                        stats.seconds = time.monotonic() - start
+                        progress(stats, len(session.peers))
+            if now >= next_tick:
+                next_tick = now + 1.0
+                self._send_all(session.tick(now))
+                if follow:
+                    live = set(self.connected())
+                    for peer in live - set(session.peers):
+                        self._send_all(session.add_peer(peer, now))
+                    for peer in set(session.peers) - live:
+                        self._send_all(session.remove_peer(peer, now))
