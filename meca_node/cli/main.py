@@ -450,3 +450,8 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+from meca_node.cli.ipfs_cmd import ipfs_app  # noqa: E402  (it uses the helpers above)
+
+app.add_typer(ipfs_app, name="ipfs")

@@ -9,11 +9,14 @@ import trio
 
 from meca_node import wire
 from meca_node.cli.config import Config
+from meca_node.cli.ipfs_api import ipfs_routes
 from meca_node.control import serve_control
 from meca_node.core import Identity
 from meca_node.net import NetConfig, open_net
+from meca_node.net.ipfs_node import IpfsNode
 from meca_node.node import Node, NodeSettings, OsRandom, SystemClock, arm_exit_deadline
 from meca_node.runtime import detect_hardware, machine_arch
+from meca_node.store import BlockStore
 
 log = logging.getLogger("meca_node.cli")
 
@@ -54,10 +57,14 @@ async def _serve(cfg: Config, identity: Identity, genesis: wire.Genesis) -> None
     async with open_net(identity.seed, net_config(cfg)) as net:
         node = Node(node_settings(cfg), identity, genesis, net, SystemClock(), OsRandom(),
                     detect_hardware(cfg.data_dir), machine_arch())
-        routes = {"GET /v1/status": node.status,
-                  "GET /v1/peers": lambda: {**node.peers(), "dialing": net.dial_state()}}
+        store = BlockStore(cfg.data_dir / "blocks", cfg["ipfs_quota_mb"] * 1024 * 1024)
+        ipfs = IpfsNode(net, store, pull_timeout_s=cfg["ipfs_pull_timeout_s"])
+        routes = {"GET /v1/status": lambda _: node.status(),
+                  "GET /v1/peers": lambda _: {**node.peers(), "dialing": net.dial_state()},
+                  **ipfs_routes(ipfs)}
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
+            await nursery.start(ipfs.run)
             port = await nursery.start(serve_control, cfg.data_dir, routes, cfg["control_port"])
             print(f"meca-node {identity.peer_id} on network {genesis.name!r} "
                   f"({genesis.network_id.hex()[:16]})", flush=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -33,13 +35,46 @@ class ControlClient:
             raise ControlError(f"cannot read the control token: {exc}") from None
         self.timeout_s = timeout_s
 
-    def get(self, path: str) -> dict:
+    @property
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def get(self, path: str, **params) -> dict:
+        return self._call("GET", path, params=params or None)
+
+    def post(self, path: str, body: dict | None = None) -> dict:
+        return self._call("POST", path, json=body or {})
+
+    def _call(self, method: str, path: str, **kw) -> dict:
         try:
-            r = httpx.get(self.url + path, headers={"Authorization": f"Bearer {self.token}"},
-                          timeout=self.timeout_s)
+            r = httpx.request(method, self.url + path, headers=self._headers,
+                              timeout=self.timeout_s, **kw)
         except httpx.HTTPError as exc:
             raise ControlError(f"node at {self.url} did not answer ({exc}); is it running?") \
                 from None
         if r.status_code != 200:
-            raise ControlError(f"{path}: HTTP {r.status_code}: {r.text[:300]}")
+            raise ControlError(_error_text(path, r.status_code, r.text))
         return r.json()
+
+    @contextmanager
+    def stream(self, method: str, path: str, body: dict | None = None,
+               params: dict | None = None) -> Iterator[httpx.Response]:
+        """A streamed response (file bytes or JSON lines); no read timeout, since the
+        node may be fetching from the network while it answers."""
+        timeout = httpx.Timeout(self.timeout_s, read=None)
+        try:
+            with httpx.stream(method, self.url + path, headers=self._headers,
+                              json=body, params=params, timeout=timeout) as r:
+                if r.status_code != 200:
+                    r.read()
+                    raise ControlError(_error_text(path, r.status_code, r.text))
+                yield r
+        except httpx.HTTPError as exc:
+            raise ControlError(f"node at {self.url}: {path} failed ({exc})") from None
+
+
+def _error_text(path: str, status: int, text: str) -> str:
+    try:
+        return f"{path}: {json.loads(text)['error']} (HTTP {status})"
+    except (ValueError, KeyError, TypeError):
+        return f"{path}: HTTP {status}: {text[:300]}"

@@ -3,17 +3,24 @@
 Binds 127.0.0.1 only. Every request must carry ``Authorization: Bearer <token>``,
 the token being the content of ``control.token`` (mode 0600) in the data dir.
 Where the API listens is written to ``control.json`` once it is bound.
+
+A route is ``"METHOD /path"`` -> ``fn(request)``, sync or async, returning JSON-able data
+or a :class:`Streamed` body (sent chunked, e.g. file bytes or progress lines). A route
+that raises :class:`HttpError` answers with its status and message.
 """
 
 from __future__ import annotations
 
 import hmac
+import inspect
 import json
 import logging
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import h11
 import trio
@@ -28,7 +35,50 @@ MAX_REQUEST = 64 * 1024
 MAX_CONNECTIONS = 32
 REQUEST_TIMEOUT_S = 10
 
-Routes = dict[str, Callable[[], object]]
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def json(self) -> dict:
+        """The JSON object body; HttpError 400 if it is not one."""
+        if not self.body:
+            return {}
+        try:
+            doc = json.loads(self.body)
+        except ValueError as exc:
+            raise HttpError(400, f"body is not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise HttpError(400, "body must be a JSON object")
+        return doc
+
+    def arg(self, name: str) -> str:
+        """A required parameter, from the JSON body or the query string."""
+        value = self.json().get(name, self.query.get(name))
+        if value is None or value == "":
+            raise HttpError(400, f"missing parameter {name!r}")
+        return str(value)
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Streamed:
+    """A response body produced piece by piece (sent with chunked transfer encoding)."""
+
+    chunks: AsyncIterator[bytes]
+    content_type: str = "application/octet-stream"
+
+
+Routes = dict[str, Callable[[Request], object]]
 
 
 def load_or_create_token(data_dir: Path) -> str:
@@ -53,8 +103,7 @@ async def serve_control(data_dir: Path, routes: Routes, port: int = 0, *,
 
     async def handler(stream: trio.SocketStream) -> None:
         async with limit:
-            with trio.move_on_after(REQUEST_TIMEOUT_S):
-                await _serve_one(stream, routes, token)
+            await _serve_one(stream, routes, token)
 
     try:
         async with trio.open_nursery() as nursery:
@@ -68,52 +117,94 @@ async def serve_control(data_dir: Path, routes: Routes, port: int = 0, *,
             pass
 
 
+async def _read_request(stream: trio.SocketStream,
+                        conn: h11.Connection) -> tuple[Request, h11.Request] | None:
+    request, body = None, bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(16384))
+            continue
+        if isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_REQUEST:
+                raise HttpError(413, f"request body over {MAX_REQUEST} bytes")
+        elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+            break
+        elif isinstance(event, h11.ConnectionClosed):
+            return None
+    assert request is not None
+    target = request.target.decode()
+    path, _, query = target.partition("?")
+    return Request(request.method.decode(), path,
+                   {k: v[-1] for k, v in parse_qs(query).items()}, bytes(body)), request
+
+
 async def _serve_one(stream: trio.SocketStream, routes: Routes, token: str) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
     try:
-        request = None
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await stream.receive_some(16384)
-                conn.receive_data(data)
-                continue
-            if isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
-                break
-            elif isinstance(event, h11.ConnectionClosed):
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT_S):  # reading it; the work may take longer
+                got = await _read_request(stream, conn)
+            if got is None:
                 return
-        assert request is not None
-        status, body = _dispatch(request, routes, token)
-    except h11.RemoteProtocolError as exc:
-        status, body = 400, {"error": f"bad request: {exc}"}
-        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            request, raw = got
+            _authorize(raw, token)
+            status, body = 200, await _dispatch(request, routes)
+        except trio.TooSlowError:
             return
-    payload = json.dumps(body, indent=1).encode()
-    headers = [("content-type", "application/json"), ("content-length", str(len(payload))),
-               ("connection", "close")]
-    try:
-        await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
-        await stream.send_all(conn.send(h11.Data(data=payload)))
-        await stream.send_all(conn.send(h11.EndOfMessage()))
-    except (trio.BrokenResourceError, h11.LocalProtocolError):
+        except h11.RemoteProtocolError as exc:
+            status, body = 400, {"error": f"bad request: {exc}"}
+            if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+                return
+        except HttpError as exc:
+            status, body = exc.status, {"error": str(exc)}
+        await _respond(stream, conn, status, body)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
         pass
     finally:
         await stream.aclose()
 
 
-def _dispatch(request: h11.Request, routes: Routes, token: str) -> tuple[int, object]:
+async def _respond(stream, conn: h11.Connection, status: int, body: object) -> None:
+    if isinstance(body, Streamed):
+        headers = [("content-type", body.content_type), ("transfer-encoding", "chunked"),
+                   ("connection", "close")]
+        await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
+        async for chunk in body.chunks:
+            if chunk:
+                await stream.send_all(conn.send(h11.Data(data=chunk)))
+    else:
+        payload = json.dumps(body, indent=1).encode()
+        headers = [("content-type", "application/json"),
+                   ("content-length", str(len(payload))), ("connection", "close")]
+        await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
+        await stream.send_all(conn.send(h11.Data(data=payload)))
+    await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+def _authorize(request: h11.Request, token: str) -> None:
     auth = dict((k.lower(), v) for k, v in request.headers).get(b"authorization", b"")
-    expected = b"Bearer " + token.encode()
-    if not hmac.compare_digest(auth, expected):
-        return 401, {"error": "missing or wrong bearer token (see control.token in the data dir)"}
-    key = f"{request.method.decode()} {request.target.decode().split('?', 1)[0]}"
+    if not hmac.compare_digest(auth, b"Bearer " + token.encode()):
+        raise HttpError(401, "missing or wrong bearer token (see control.token in the "
+                             "data dir)")
+
+
+async def _dispatch(request: Request, routes: Routes) -> object:
+    key = f"{request.method} {request.path}"
     fn = routes.get(key)
     if fn is None:
-        return 404, {"error": f"no such endpoint: {key}", "endpoints": sorted(routes)}
+        raise HttpError(404, f"no such endpoint: {key} (endpoints: "
+                             f"{', '.join(sorted(routes))})")
     try:
-        return 200, fn()
+        result = fn(request)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+    except HttpError:
+        raise
     except Exception as exc:  # a bug in a view must not take the node down
         log.exception("control endpoint %s failed", key)
-        return 500, {"error": f"{type(exc).__name__}: {exc}"}
+        raise HttpError(500, f"{type(exc).__name__}: {exc}") from None

@@ -1,0 +1,107 @@
+"""The control API's ``/v1/ipfs/*`` endpoints, over the node's :class:`IpfsNode`.
+
+Long operations (add, get, pin of remote content) answer with JSON lines: progress lines
+``{"progress": {...}}`` while they run, then ``{"done": {...}}`` or ``{"error": "..."}``.
+``cat`` answers with the file's bytes, once the whole DAG is here and checked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from meca_node.control.server import HttpError, Request, Streamed
+from meca_node.ipfs import unixfs
+from meca_node.ipfs.cid import CID, CidError
+from meca_node.net.ipfs_node import IpfsNode, Job
+from meca_node.store.blocks import BlockStoreError
+
+
+def _cid(request: Request, name: str = "cid") -> CID:
+    try:
+        return CID.parse(request.arg(name))
+    except CidError as exc:
+        raise HttpError(400, str(exc)) from None
+
+
+def _lines(job: Job) -> Streamed:
+    async def chunks():
+        async for line in job.progress():
+            yield json.dumps(line).encode() + b"\n"
+
+    return Streamed(chunks(), "application/x-ndjson")
+
+
+def _settings(body: dict) -> unixfs.Settings:
+    try:
+        return unixfs.Settings(cid_version=int(body.get("cid_version", 1)),
+                               hidden=bool(body.get("hidden", False)))
+    except (unixfs.UnixfsError, ValueError) as exc:
+        raise HttpError(400, str(exc)) from None
+
+
+def ipfs_routes(ipfs: IpfsNode) -> dict:
+    def add(request: Request) -> Streamed:
+        body = request.json()
+        path = Path(request.arg("path"))
+        if not path.is_absolute():
+            raise HttpError(400, f"path {path} must be absolute (the node resolves it)")
+        try:
+            return _lines(ipfs.add(path, _settings(body), pin=bool(body.get("pin", True))))
+        except OSError as exc:
+            raise HttpError(400, str(exc)) from None
+
+    def get(request: Request) -> Streamed:
+        out = Path(request.arg("out"))
+        if not out.is_absolute():
+            raise HttpError(400, f"output path {out} must be absolute")
+        try:
+            return _lines(ipfs.get(_cid(request), out))
+        except OSError as exc:
+            raise HttpError(400, str(exc)) from None
+
+    async def cat(request: Request) -> Streamed:
+        cid = _cid(request)
+        chunks = ipfs.cat(cid)
+        try:  # fetch and check before the first byte, so errors get a status
+            first = await chunks.__anext__()
+        except StopAsyncIteration:
+            first = b""
+        except (unixfs.UnixfsError, BlockStoreError, Exception) as exc:
+            raise HttpError(404 if "no connected peer" in str(exc) else 400, str(exc)) \
+                from None
+
+        async def rest():
+            yield first
+            async for chunk in chunks:
+                yield chunk
+
+        return Streamed(rest())
+
+    def pin_add(request: Request) -> Streamed:
+        return _lines(ipfs.pull(_cid(request), pin=True))
+
+    async def pin_rm(request: Request) -> dict:
+        cid = _cid(request)
+        try:
+            await ipfs.unpin(cid)
+        except BlockStoreError as exc:
+            raise HttpError(400, str(exc)) from None
+        return {"unpinned": str(cid)}
+
+    async def gc(_request: Request) -> dict:
+        try:
+            return await ipfs.gc()
+        except BlockStoreError as exc:
+            raise HttpError(409, str(exc)) from None
+
+    return {
+        "POST /v1/ipfs/add": add,
+        "POST /v1/ipfs/get": get,
+        "GET /v1/ipfs/cat": cat,
+        "POST /v1/ipfs/pin/add": pin_add,
+        "POST /v1/ipfs/pin/rm": pin_rm,
+        "GET /v1/ipfs/pin/ls": lambda _r: {"pins": ipfs.pins()},
+        "POST /v1/ipfs/gc": gc,
+        "GET /v1/ipfs/stat": lambda _r: ipfs.stat(),
+    }
