@@ -28,6 +28,21 @@ def start_cli(*args: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, env=child_env())
 
 
+def docker_engine(*base_images: str):
+    """The local Docker engine with ``base_images`` present; skipped locally and failed in
+    CI when either is missing."""
+    from meca_node.runtime.executor import EngineUnavailable, connect
+
+    try:
+        client = connect()
+    except EngineUnavailable as exc:
+        require(False, str(exc))
+    tags = {t for image in client.images.list() for t in (image.tags or [])}
+    for base in base_images:
+        require(base in tags, f"the {base} base image is missing: run scripts/base-images.sh")
+    return client
+
+
 def require(condition: bool, why: str) -> None:
     """Skip a test whose precondition is missing on a developer machine; fail it in CI."""
     if condition:

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from meca_node.ipfs.cid import CID, DAG_PB, CidError
+from meca_node.ipfs.cid import CID, DAG_PB, CidError, CidUnsupported
 from meca_node.ipfs.pb import LEN, VARINT, PbError, field_bytes, field_varint, fields
 
 PROTOCOLS = ("/ipfs/bitswap/1.2.0", "/ipfs/bitswap/1.1.0", "/ipfs/bitswap/1.0.0",
@@ -57,6 +57,7 @@ class Message:
     full: bool = False
     blocks: list[tuple[CID, bytes]] = field(default_factory=list)
     presences: list[tuple[CID, int]] = field(default_factory=list)
+    skipped: int = 0  # entries for CIDs we cannot store (read, then left out)
 
     def __bool__(self) -> bool:
         return bool(self.wants or self.blocks or self.presences or self.full)
@@ -102,7 +103,7 @@ def decode(data: bytes) -> Message:
             if number == 1 and wire_type == LEN:
                 _wantlist(value, msg)
             elif number == 2 and wire_type == LEN:  # 1.0.0: bare blocks, CIDv0
-                msg.blocks.append((_block_cid(bytes([0, DAG_PB, 0x12, 32]), value), value))
+                msg.blocks.append((_block_cid(_V0_PREFIX, value), value))
             elif number == 3 and wire_type == LEN:
                 prefix = payload = None
                 for n, w, v in fields(value):
@@ -114,7 +115,11 @@ def decode(data: bytes) -> Message:
                         raise BitswapError(f"unexpected block field {n}")
                 if prefix is None or payload is None:
                     raise BitswapError("a block without prefix or data")
-                msg.blocks.append((_block_cid(prefix, payload), payload))
+                cid = _block_cid(prefix, payload)
+                if cid is _UNSUPPORTED:
+                    msg.skipped += 1  # cannot be one we asked for
+                    continue
+                msg.blocks.append((cid, payload))
             elif number == 4 and wire_type == LEN:
                 cid, kind = None, HAVE
                 for n, w, v in fields(value):
@@ -124,6 +129,9 @@ def decode(data: bytes) -> Message:
                         kind = v
                     else:
                         raise BitswapError(f"unexpected presence field {n}")
+                if cid is _UNSUPPORTED:
+                    msg.skipped += 1
+                    continue
                 if cid is None:
                     raise BitswapError("a block presence without a CID")
                 msg.presences.append((cid, kind))
@@ -157,6 +165,9 @@ def _wantlist(raw: bytes, msg: Message) -> None:
                     dont_have = bool(v)
                 else:
                     raise BitswapError(f"unexpected wantlist entry field {n}")
+            if cid is _UNSUPPORTED:
+                msg.skipped += 1  # a valid CID of a codec or hash we do not store
+                continue
             if cid is None:
                 raise BitswapError("a wantlist entry without a CID")
             msg.wants.append(Entry(cid, kind, cancel, dont_have, priority))
@@ -166,9 +177,17 @@ def _wantlist(raw: bytes, msg: Message) -> None:
             raise BitswapError(f"unexpected wantlist field {number}")
 
 
+_V0_PREFIX = bytes([0, DAG_PB, 0x12, 32])
+#: a well-formed CID (or block prefix) of a codec, hash or version we do not store: the
+#: entry is skipped, not a protocol error (kubo asks every peer for all kinds of blocks)
+_UNSUPPORTED = CID(0, DAG_PB, bytes(32))
+
+
 def _cid(raw: bytes) -> CID:
     try:
         return CID.decode(raw)
+    except CidUnsupported:
+        return _UNSUPPORTED
     except CidError as exc:
         raise BitswapError(str(exc)) from None
 
@@ -178,6 +197,8 @@ def _block_cid(prefix: bytes, data: bytes) -> CID:
         raise BitswapError(f"block of {len(data)} bytes is over {MAX_BLOCK}")
     try:
         return CID.from_prefix(prefix, data)
+    except CidUnsupported:
+        return _UNSUPPORTED
     except CidError as exc:
         raise BitswapError(str(exc)) from None
 
@@ -332,6 +353,7 @@ class Session:
                 w.haves.discard(peer)
                 if w.asked == peer:
                     self._done_asking(w)
+                if w.asked is None:  # move it on, or fail it once nobody is left
                     self._ask(w, now, out)
         return got, out
 
@@ -351,8 +373,10 @@ class Session:
         out: dict[str, Message] = {}
         for w in self.wants.values():
             w.haves.discard(peer)
+            w.tried.discard(peer)
             if w.asked == peer:
                 self._done_asking(w)
+            if w.asked is None:
                 self._ask(w, now, out)
         self.outstanding.pop(peer, None)
         return out
@@ -361,13 +385,17 @@ class Session:
         """Move want-blocks that have waited too long to another peer."""
         out: dict[str, Message] = {}
         for w in list(self.wants.values()):
-            if w.asked is not None and now - w.asked_at > self.want_timeout_s:
+            if now - w.asked_at <= self.want_timeout_s:
+                continue
+            if w.asked is not None:
                 slow = w.asked
                 self._done_asking(w)
                 w.haves.discard(slow)
                 w.dont_haves.add(slow)
                 _msg(out, slow).wants.append(Entry(w.cid, cancel=True))
                 self._ask(w, now, out)
+            else:  # no HAVE came (a peer that ignores send-dont-have): ask outright
+                self._ask(w, now, out, broadcast=True)
         return out
 
     # -- choosing ---------------------------------------------------------------------
@@ -384,7 +412,8 @@ class Session:
             return
         preferred = [p for p in able if p in w.haves] or (able if broadcast else [])
         if not preferred:
-            return  # wait for a HAVE from one of the peers asked
+            w.asked_at = now  # wait (bounded by tick) for a HAVE from the peers asked
+            return
         peer = min(preferred, key=lambda p: (self.outstanding.get(p, 0), p in w.tried))
         w.asked, w.asked_at = peer, now
         w.tried.add(peer)

@@ -26,6 +26,10 @@ class CidError(ValueError):
     """Not a CID we can use: the message says which part and why."""
 
 
+class CidUnsupported(CidError):
+    """A well-formed CID of a version, codec or hash this node does not store."""
+
+
 @dataclass(frozen=True, order=True)
 class CID:
     version: int
@@ -34,9 +38,9 @@ class CID:
 
     def __post_init__(self) -> None:
         if self.version not in (0, 1):
-            raise CidError(f"CID version {self.version} is not 0 or 1")
+            raise CidUnsupported(f"CID version {self.version} is not 0 or 1")
         if self.codec not in CODECS:
-            raise CidError(f"codec 0x{self.codec:x} is not supported (only raw 0x55 and "
+            raise CidUnsupported(f"codec 0x{self.codec:x} is not supported (only raw 0x55 and "
                            "dag-pb 0x70)")
         if self.version == 0 and self.codec != DAG_PB:
             raise CidError("a CIDv0 is always dag-pb")
@@ -57,7 +61,7 @@ class CID:
         try:
             version, pos = read_varint(data)
             if version != 1:
-                raise CidError(f"CID version {version} is not 0 or 1")
+                raise CidUnsupported(f"CID version {version} is not 0 or 1")
             codec, pos = read_varint(data, pos)
             digest, pos = _read_multihash(data, pos)
         except PbError as exc:
@@ -81,11 +85,21 @@ class CID:
                 raw = base64.b32decode(body + "=" * (-len(body) % 8))
             except ValueError:
                 raise CidError(f"{text!r} is not base32") from None
-            return cls.decode(raw)
-        if text[:1] == "z":
-            return cls.decode(base58.b58decode(text[1:]))
+            return cls._decode_multibase(text, raw)
+        if text[:1] == "z" and len(text) > 1:
+            try:
+                raw = base58.b58decode(text[1:])
+            except ValueError:
+                raise CidError(f"{text!r} is not base58btc") from None
+            return cls._decode_multibase(text, raw)
         raise CidError(f"{text!r} is not a CID this node reads (Qm... or b..., "
                        "e.g. from `meca-node ipfs add`)")
+
+    @classmethod
+    def _decode_multibase(cls, text: str, raw: bytes) -> CID:
+        if raw[:1] == bytes([SHA2_256]):  # the CID spec: a CIDv0 is never multibase
+            raise CidError(f"{text!r} is a CIDv0 in multibase form; write it as Qm...")
+        return cls.decode(raw)
 
     @classmethod
     def from_prefix(cls, prefix: bytes, block: bytes) -> CID:
@@ -100,7 +114,7 @@ class CID:
         if pos != len(prefix):
             raise CidError("bytes after the block prefix")
         if mh_code != SHA2_256 or mh_len != DIGEST_LEN:
-            raise CidError(f"hash 0x{mh_code:x} length {mh_len} is not supported "
+            raise CidUnsupported(f"hash 0x{mh_code:x} length {mh_len} is not supported "
                            "(only sha2-256)")
         return cls.of(block, codec, version)
 
@@ -135,7 +149,9 @@ def _read_multihash(data: bytes, pos: int) -> tuple[bytes, int]:
     code, pos = read_varint(data, pos)
     length, pos = read_varint(data, pos)
     if code != SHA2_256:
-        raise CidError(f"hash function 0x{code:x} is not supported (only sha2-256 0x12)")
-    if length != DIGEST_LEN or pos + length > len(data):
+        raise CidUnsupported(f"hash function 0x{code:x} is not supported (only sha2-256 0x12)")
+    if length != DIGEST_LEN:
         raise CidError(f"sha2-256 digest of {length} bytes (need 32)")
+    if pos + length > len(data):
+        raise CidError(f"CID truncated: its digest has {len(data) - pos} of 32 bytes")
     return data[pos:pos + length], pos + length

@@ -308,7 +308,7 @@ def _cat(cid: CID, get: Get, expect: int | None, depth: int) -> Iterator[bytes]:
     total = data.filesize if data.filesize is not None else len(own)
     if expect is not None and total != expect:
         raise UnixfsError(f"{cid}: parent says {expect} bytes, node says {total}")
-    if node.links and len(data.blocksizes) != len(node.links):
+    if len(data.blocksizes) != len(node.links):
         raise UnixfsError(f"{cid}: {len(node.links)} links but {len(data.blocksizes)} sizes")
     if len(own) + sum(data.blocksizes) != total:
         raise UnixfsError(f"{cid}: sizes of its parts do not add up to {total}")
@@ -332,6 +332,8 @@ def export(cid: CID, get: Get, out: Path, depth: int = 0) -> int:
         raise UnixfsError(f"{cid}: directories nested deeper than {MAX_DEPTH}")
     entry = inspect(cid, get)
     if entry.kind == "symlink":
+        if not entry.target or b"\0" in entry.target:
+            raise UnixfsError(f"{cid}: symlink target {entry.target!r} is not a path")
         os.symlink(entry.target, out)
         return 0
     if entry.kind == "file":

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require, run_cli, start_cli
+from conftest import docker_engine, require, run_cli, start_cli
 from meca_node.node.developer import test_task as run_task_test
 from meca_node.runtime.executor import (
-    DockerExecutor, EngineUnavailable, TaskRunError, connect,
+    DockerExecutor, TaskRunError,
 )
 from meca_node.runtime.sandbox import LABEL
 from meca_node.store.taskdir import folder_digest, read_task_folder
@@ -30,13 +30,7 @@ app = Flask(__name__)
 
 @pytest.fixture(scope="module")
 def client():
-    try:
-        c = connect()
-    except EngineUnavailable as exc:
-        require(False, str(exc))
-    require(any("python:3.9-slim" in (i.tags or []) for i in c.images.list()),
-            "the python:3.9-slim stand-in is missing: run scripts/base-images.sh")
-    return c
+    return docker_engine("python:3.9-slim")
 
 
 def make_task(root: Path, app: str, *, output: bytes = b"hello", config: str = "{}",

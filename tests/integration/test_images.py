@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require
+from conftest import docker_engine
 from meca_node.ipfs import dagpb
 from meca_node.ipfs.cid import CID, DAG_PB
 from meca_node.ipfs.unixfs import add_path
-from meca_node.runtime.executor import EngineUnavailable, connect
 from meca_node.runtime.images import ImageDagError, dag_to_image, image_to_dag
 
 try:
@@ -70,13 +69,7 @@ def root_links(store, root: CID) -> dict[str, CID]:
 
 @pytest.fixture(scope="module")
 def client():
-    try:
-        c = connect()
-    except EngineUnavailable as exc:
-        require(False, str(exc))
-    require(any(BASE in (i.tags or []) for i in c.images.list()),
-            f"the {BASE} base image is missing: run scripts/base-images.sh")
-    return c
+    return docker_engine(BASE)
 
 
 @pytest.fixture

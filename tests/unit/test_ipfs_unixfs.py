@@ -580,9 +580,6 @@ def test_a_file_node_with_inline_data_and_children_reads_data_first():
     assert b"".join(cat(cid, d.get)) == b"head-tail"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: unixfs.py _cat line 311 checks blocksizes only "
-                   "`if node.links`, so a node with blocksizes but no links passes the size "
-                   "check and yields fewer bytes than its filesize")
 def test_blocksizes_without_links_are_refused():
     d = Dag()
     cid = d.node(Data(FILE, None, 5, (5,)))
@@ -590,9 +587,6 @@ def test_blocksizes_without_links_are_refused():
         b"".join(cat(cid, d.get))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: unixfs.py export line 335 passes a hostile "
-                   "symlink target to os.symlink unchecked: an empty target raises "
-                   "FileNotFoundError, a NUL byte ValueError, not UnixfsError")
 @pytest.mark.parametrize("target", [b"", b"a\0b"])
 def test_export_refuses_unusable_symlink_targets(tmp_path, target):
     d = Dag()
