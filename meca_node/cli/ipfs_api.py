@@ -32,6 +32,15 @@ def _lines(job: Job) -> Streamed:
     return Streamed(chunks(), "application/x-ndjson")
 
 
+def _dial(request: Request) -> list[str]:
+    """Peers to fetch from (``from``: a list in the body, or comma-separated in the query)."""
+    value = request.json().get("from", request.query.get("from", []))
+    addrs = value.split(",") if isinstance(value, str) else value
+    if not isinstance(addrs, list) or not all(isinstance(a, str) for a in addrs):
+        raise HttpError(400, "'from' must be a list of /p2p/ multiaddrs")
+    return [a for a in addrs if a]
+
+
 def _settings(body: dict) -> unixfs.Settings:
     try:
         return unixfs.Settings(cid_version=int(body.get("cid_version", 1)),
@@ -56,13 +65,13 @@ def ipfs_routes(ipfs: IpfsNode) -> dict:
         if not out.is_absolute():
             raise HttpError(400, f"output path {out} must be absolute")
         try:
-            return _lines(ipfs.get(_cid(request), out))
+            return _lines(ipfs.get(_cid(request), out, _dial(request)))
         except OSError as exc:
             raise HttpError(400, str(exc)) from None
 
     async def cat(request: Request) -> Streamed:
         cid = _cid(request)
-        chunks = ipfs.cat(cid)
+        chunks = ipfs.cat(cid, _dial(request))
         try:  # fetch and check before the first byte, so errors get a status
             first = await chunks.__anext__()
         except StopAsyncIteration:
@@ -79,7 +88,7 @@ def ipfs_routes(ipfs: IpfsNode) -> dict:
         return Streamed(rest())
 
     def pin_add(request: Request) -> Streamed:
-        return _lines(ipfs.pull(_cid(request), pin=True))
+        return _lines(ipfs.pull(_cid(request), pin=True, dial=_dial(request)))
 
     async def pin_rm(request: Request) -> dict:
         cid = _cid(request)

@@ -18,6 +18,9 @@ pin_app = typer.Typer(no_args_is_help=True, help="Keep DAGs from gc: add, rm, ls
 ipfs_app.add_typer(pin_app, name="pin")
 
 CidArg = Annotated[str, typer.Argument(help="a CID (Qm... or b...)")]
+FromPeers = Annotated[list[str], typer.Option(
+    "--from", help="a peer to fetch from, /ip4/.../tcp/.../p2p/<id> (repeatable); "
+                   "connected peers are always asked")]
 
 
 def _stream_job(client: ControlClient, path: str, body: dict, quiet: bool) -> dict:
@@ -96,11 +99,13 @@ def add(path: Annotated[Path, typer.Argument(help="file or directory to add")],
 
 
 @ipfs_app.command("cat")
-def cat(cid: CidArg, data_dir: m.DataDir = None, config: m.ConfigFile = None):
+def cat(cid: CidArg, peers: FromPeers = [], data_dir: m.DataDir = None,
+        config: m.ConfigFile = None):
     """Write a file's bytes to stdout (fetched from peers if it is not here)."""
     client = m._client(data_dir, config)
     try:
-        with client.stream("GET", "/v1/ipfs/cat", params={"cid": cid}) as response:
+        with client.stream("GET", "/v1/ipfs/cat",
+                           params={"cid": cid, "from": ",".join(peers)}) as response:
             for chunk in response.iter_bytes():
                 sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
@@ -112,22 +117,23 @@ def cat(cid: CidArg, data_dir: m.DataDir = None, config: m.ConfigFile = None):
 def get(cid: CidArg,
         output: Annotated[Path, typer.Option("-o", "--output", help="new path to write")],
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress")] = False,
-        data_dir: m.DataDir = None, config: m.ConfigFile = None):
+        peers: FromPeers = [], data_dir: m.DataDir = None, config: m.ConfigFile = None):
     """Fetch a file or directory and write it to a new path."""
     if output.exists() or output.is_symlink():
         raise m._fail(f"{output} exists already; choose a new path")
     client = m._client(data_dir, config)
-    done = _stream_job(client, "/v1/ipfs/get", {"cid": cid, "out": str(output.resolve())},
-                       quiet)
+    done = _stream_job(client, "/v1/ipfs/get", {"cid": cid, "out": str(output.resolve()),
+                                                 "from": peers}, quiet)
     print(f"wrote {done['path']} ({done['written']} bytes; fetched {done['fetched_bytes']} "
           f"bytes in {done['fetched_blocks']} blocks, {done['local_blocks']} already here)")
 
 
 @pin_app.command("add")
 def pin_add(cid: CidArg, quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-            data_dir: m.DataDir = None, config: m.ConfigFile = None):
+            peers: FromPeers = [], data_dir: m.DataDir = None, config: m.ConfigFile = None):
     """Pin a DAG (fetching what is missing)."""
-    done = _stream_job(m._client(data_dir, config), "/v1/ipfs/pin/add", {"cid": cid}, quiet)
+    done = _stream_job(m._client(data_dir, config), "/v1/ipfs/pin/add",
+                       {"cid": cid, "from": peers}, quiet)
     print(f"pinned {done['cid']}")
 
 

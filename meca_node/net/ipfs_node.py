@@ -17,7 +17,7 @@ import trio
 
 from meca_node.ipfs import unixfs
 from meca_node.ipfs.cid import CID
-from meca_node.net.bitswap import Bitswap, PullStats
+from meca_node.net.bitswap import Bitswap, PullError, PullStats
 from meca_node.net.host import Libp2pNet
 from meca_node.store.blocks import BlockStore
 
@@ -114,42 +114,58 @@ class IpfsNode:
         return self._start(job, work)
 
     # -- fetching -------------------------------------------------------------------
-    async def ensure(self, cid: CID, job: Job | None = None) -> PullStats | None:
-        """Make the whole DAG of ``cid`` local (pulling what is missing)."""
+    async def connect(self, addrs: list[str]) -> None:
+        """Dial each ``/p2p/`` multiaddr (peers to fetch from); PullError if none answers."""
+        errors = []
+        for addr in addrs:
+            try:
+                await self.net.connect(addr)
+            except (OSError, ValueError, trio.TooSlowError, Exception) as exc:
+                errors.append(f"{addr}: {exc or type(exc).__name__}")
+        if addrs and len(errors) == len(addrs):
+            raise PullError("could not connect to any peer given with --from: "
+                            + "; ".join(errors))
+
+    async def ensure(self, cid: CID, job: Job | None = None,
+                     dial: list[str] = ()) -> PullStats | None:
+        """Make the whole DAG of ``cid`` local (pulling what is missing), after dialing
+        the peers in ``dial``."""
         def progress(stats: PullStats, peers: int) -> None:
             if job is not None:
                 job.done_bytes, job.peers = stats.bytes, peers
+
+        await self.connect(list(dial))
 
         with self.store.protect([cid]):
             stats = await self.bitswap.pull(cid, timeout_s=self.pull_timeout_s,
                                             progress=progress)
         return stats
 
-    def pull(self, cid: CID, pin: bool = False) -> Job:
+    def pull(self, cid: CID, pin: bool = False, dial: list[str] = ()) -> Job:
         async def work(job: Job) -> dict:
-            stats = await self.ensure(cid, job)
+            stats = await self.ensure(cid, job, dial)
             if pin:
                 await trio.to_thread.run_sync(self.store.pin, cid)
             return _stats(stats) | {"cid": str(cid), "pinned": pin}
 
         return self._start(Job("pin" if pin else "pull"), work)
 
-    def get(self, cid: CID, out: Path) -> Job:
+    def get(self, cid: CID, out: Path, dial: list[str] = ()) -> Job:
         """Fetch ``cid`` and write it to the new path ``out``."""
         out = Path(out)
         if out.exists() or out.is_symlink():
             raise FileExistsError(f"{out} exists already; choose a new path with -o")
 
         async def work(job: Job) -> dict:
-            stats = await self.ensure(cid, job)
+            stats = await self.ensure(cid, job, dial)
             written = await trio.to_thread.run_sync(unixfs.export, cid, self.store.get, out)
             return _stats(stats) | {"cid": str(cid), "path": str(out), "written": written}
 
         return self._start(Job("get"), work)
 
-    async def cat(self, cid: CID) -> AsyncIterator[bytes]:
+    async def cat(self, cid: CID, dial: list[str] = ()) -> AsyncIterator[bytes]:
         """The file's bytes, after the whole DAG is here and checked block by block."""
-        await self.ensure(cid)
+        await self.ensure(cid, None, dial)
         entry = await trio.to_thread.run_sync(unixfs.inspect, cid, self.store.get)
         if entry.kind != "file":
             raise unixfs.UnixfsError(f"{cid} is a {entry.kind}: use `ipfs get` for it")
