@@ -126,6 +126,8 @@ def get(cid: CidArg,
                                                  "from": peers}, quiet)
     print(f"wrote {done['path']} ({done['written']} bytes; fetched {done['fetched_bytes']} "
           f"bytes in {done['fetched_blocks']} blocks, {done['local_blocks']} already here)")
+    for peer, n in sorted(done.get("by_peer", {}).items()):
+        print(f"  from {peer}: {n} bytes")
 
 
 @pin_app.command("add")

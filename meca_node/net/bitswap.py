@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -25,6 +25,12 @@ from meca_node.net.framing import FrameError
 from meca_node.net.host import FramedStream, Libp2pNet
 
 log = logging.getLogger("meca_node.bitswap")
+
+#: blocks nobody asked for that a peer may send before it is cut off (a few arrive
+#: legitimately: a block already on its way when we cancelled, or asked twice)
+JUNK_BLOCKS = 16
+#: how many recently asked CIDs we remember to tell wanted blocks from junk
+ASKED_MEMORY = 65536
 
 
 class Blocks(Protocol):
@@ -82,6 +88,9 @@ class Bitswap:
         self._outboxes: dict[str, trio.MemorySendChannel] = {}
         self._pulls: set[_Pull] = set()
         self._nursery: trio.Nursery | None = None
+        #: CIDs (multihash) we asked for lately: a block outside it was never wanted
+        self._asked: OrderedDict[bytes, None] = OrderedDict()
+        self._junk: dict[str, int] = {}
         self.served_bytes = 0
         self.cut_off = 0
 
@@ -119,9 +128,20 @@ class Bitswap:
                 await stream.reset()
                 await self._cut_off(peer, f"sent a malformed Bitswap message: {exc}")
                 return
-            self._on_message(peer, msg)
+            if not self._on_message(peer, msg):
+                await stream.reset()
+                await self._cut_off(peer, f"sent more than {JUNK_BLOCKS} blocks nobody "
+                                          "asked for (or blocks that do not match their CID)")
+                return
 
-    def _on_message(self, peer: str, msg: bs.Message) -> None:
+    def _on_message(self, peer: str, msg: bs.Message) -> bool:
+        """Hand a message to the pulls and the server; False if the peer is to be cut off
+        for sending blocks nobody asked for (wrong bytes for a wanted CID look the same)."""
+        junk = sum(1 for cid, _ in msg.blocks if cid.multihash not in self._asked)
+        if junk:
+            self._junk[peer] = self._junk.get(peer, 0) + junk
+            if self._junk[peer] > JUNK_BLOCKS:
+                return False
         for pull in list(self._pulls):
             if msg.blocks or msg.presences:
                 pull.deliver(peer, msg)
@@ -129,10 +149,15 @@ class Bitswap:
             for reply in self.server.on_message(peer, msg):
                 self.served_bytes += sum(len(d) for _, d in reply.blocks)
                 self._send(peer, reply)
+        return True
 
     async def _cut_off(self, peer: str, why: str) -> None:
         self.cut_off += 1
         self.server.forget(peer)
+        now = time.monotonic()
+        for pull in list(self._pulls):  # what it was asked for goes to other peers now
+            self._send_all(pull.session.remove_peer(peer, now))
+            pull.wake.set()
         outbox = self._outboxes.pop(peer, None)
         if outbox is not None:
             outbox.close()
@@ -159,6 +184,12 @@ class Bitswap:
 
     def _send_all(self, out: dict[str, bs.Message]) -> None:
         for peer, msg in out.items():
+            for e in msg.wants:
+                if not e.cancel:
+                    self._asked[e.cid.multihash] = None
+                    self._asked.move_to_end(e.cid.multihash)
+            while len(self._asked) > ASKED_MEMORY:
+                self._asked.popitem(last=False)
             self._send(peer, msg)
 
     async def _sender(self, peer: str, outbox: trio.MemorySendChannel,

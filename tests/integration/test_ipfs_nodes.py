@@ -62,3 +62,105 @@ def run_cli_bytes(node, *args) -> bytes:
                         str(node.data_dir)], capture_output=True, timeout=120, env=child_env())
     assert r.returncode == 0, r.stderr.decode()
     return r.stdout
+
+
+def split_file_between(stores, data: bytes):
+    """Import ``data`` and give the root and the first half of the leaves to stores[0],
+    the second half to stores[1]; returns the root CID."""
+    from meca_node.ipfs import dagpb
+    from meca_node.ipfs.unixfs import add_bytes
+
+    blocks = {}
+    added = add_bytes(data, lambda cid, block: blocks.setdefault(cid, block))
+    leaves = dagpb.link_cids(blocks[added.cid])
+    stores[0].put(added.cid, blocks[added.cid])
+    half = len(leaves) // 2
+    for i, leaf in enumerate(leaves):
+        stores[0 if i < half else 1].put(leaf, blocks[leaf])
+    return added.cid, half, len(leaves) - half
+
+
+def test_a_file_split_across_two_peers_is_fetched_from_both(tmp_path):
+    from meca_node.ipfs.unixfs import CHUNK_SIZE
+    from meca_node.store import BlockStore
+
+    data = blob(16 * CHUNK_SIZE, 3)
+    cluster = Cluster(tmp_path / "c", 3, advert_interval_s=1.0)
+    cluster.prepare()
+    a, b, c = cluster.nodes
+    root, on_a, on_b = split_file_between(
+        [BlockStore(a.data_dir / "blocks"), BlockStore(b.data_dir / "blocks")], data)
+    with cluster:
+        cluster.wait_mesh(timeout_s=15)
+        r = cli(c, "ipfs", "get", str(root), "-o", str(tmp_path / "out.bin"), "--quiet")
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / "out.bin").read_bytes() == data
+        got = {line.split()[1].rstrip(":"): int(line.split()[2])
+               for line in r.stdout.splitlines() if line.strip().startswith("from ")}
+        assert got[a.peer_id] >= on_a * CHUNK_SIZE  # its leaves and the root
+        assert got[b.peer_id] == on_b * CHUNK_SIZE
+        assert sum(got.values()) == len(data) + (got[a.peer_id] - on_a * CHUNK_SIZE)
+
+
+def write_config(path, **values):
+    path.write_text("".join(f"{k} = {v!r}\n" for k, v in values.items()))
+    return path
+
+
+def test_a_pull_over_quota_fails_clearly_and_resumes_after(tmp_path):
+    data = blob(5 * 1024 * 1024, 4)
+    (tmp_path / "f.bin").write_bytes(data)
+    cluster = Cluster(tmp_path / "c", 2, advert_interval_s=1.0)
+    cluster.prepare()
+    a, b = cluster.nodes
+    conf = write_config(tmp_path / "b.toml", ipfs_quota_mb=2)
+    b.args += ["--config", str(conf)]
+    with cluster:
+        cluster.wait_mesh(timeout_s=15)
+        cid = cli(a, "ipfs", "add", "-q", str(tmp_path / "f.bin")).stdout.split()[-1]
+        r = cli(b, "ipfs", "get", cid, "-o", str(tmp_path / "out1"), "--quiet")
+        assert r.returncode == 1
+        assert "quota" in r.stderr and "ipfs gc" in r.stderr
+        assert not (tmp_path / "out1").exists()
+        held = cli(b, "ipfs", "stat", "--json")
+        assert '"blocks": 0' not in held.stdout  # what fitted is kept, each block whole
+        cluster.kill(b)
+        write_config(conf, ipfs_quota_mb=64)
+        cluster.restart(b)
+        cluster.wait_mesh(timeout_s=15)
+        r = cli(b, "ipfs", "get", cid, "-o", str(tmp_path / "out2"), "--quiet")
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / "out2").read_bytes() == data
+        assert " 0 already here" not in r.stdout  # resumed from the blocks it had
+
+
+async def test_a_peer_sending_garbage_is_cut_off_while_the_node_keeps_serving(tmp_path):
+    import json
+    import os
+    import time
+
+    import trio
+
+    from meca_node.ipfs import bitswap
+    from meca_node.net import NetConfig, open_net
+
+    data = blob(1024 * 1024, 5)
+    (tmp_path / "f.bin").write_bytes(data)
+    with Cluster(tmp_path / "c", 2, advert_interval_s=1.0) as cluster:
+        a, b = cluster.nodes
+        cluster.wait_mesh(timeout_s=15)
+        cid = cli(a, "ipfs", "add", "-q", str(tmp_path / "f.bin")).stdout.split()[-1]
+        async with open_net(os.urandom(32), NetConfig(listen=("/ip4/127.0.0.1/tcp/0",))) as rogue:
+            await rogue.connect(a.addr)
+            stream = await rogue.open_stream(a.peer_id, bitswap.PROTOCOLS,
+                                             max_frame=bitswap.MAX_MESSAGE)
+            await stream.send(b"\x09" + bytes(8))  # a fixed64 field: not a Bitswap message
+            deadline = time.monotonic() + 10
+            while True:  # bounded poll of the other process's state
+                stat = json.loads(cli(a, "ipfs", "stat", "--json").stdout)
+                if (stat["bitswap"]["peers_cut_off"] == 1
+                        and rogue.peer_id not in a.peers()["connected"]):
+                    break
+                assert time.monotonic() < deadline, stat
+                await trio.sleep(0.1)
+        assert run_cli_bytes(b, "ipfs", "cat", cid) == data  # everyone else is still served
