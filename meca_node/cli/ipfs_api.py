@@ -49,6 +49,55 @@ def _settings(body: dict) -> unixfs.Settings:
         raise HttpError(400, str(exc)) from None
 
 
+def _engine():
+    from meca_node.runtime.executor import EngineUnavailable, connect
+
+    try:
+        return connect()
+    except EngineUnavailable as exc:
+        raise HttpError(503, str(exc)) from None
+
+
+def image_routes(ipfs: IpfsNode) -> dict:
+    """Docker images as DAGs: add one from the local engine, load one (pulled if needed)."""
+    import trio
+
+    from meca_node.runtime import images
+
+    def add(request: Request) -> Streamed:
+        ref = request.arg("image")
+        client = _engine()
+
+        async def work(job: Job) -> dict:
+            dag = await trio.to_thread.run_sync(images.image_to_dag, client, ref,
+                                                ipfs.store.put)
+            await trio.to_thread.run_sync(ipfs.store.pin, dag.cid)
+            job.done_bytes = dag.size
+            return {"cid": str(dag.cid), "image": ref, "size": dag.size,
+                    "layers": [{"digest": layer.digest, "size": layer.size}
+                               for layer in dag.layers]}
+
+        return _lines(ipfs.start_job(Job("image-add"), work))
+
+    def load(request: Request) -> Streamed:
+        cid, dial = _cid(request), _dial(request)
+        client = _engine()
+        work_dir = ipfs.store.root.parent / "tmp"
+
+        async def work(job: Job) -> dict:
+            stats = await ipfs.ensure(cid, job, dial)
+            work_dir.mkdir(exist_ok=True)
+            loaded = await trio.to_thread.run_sync(images.dag_to_image, client, cid,
+                                                   ipfs.store.get, work_dir)
+            return {"cid": str(cid), "loaded": loaded, "fetched_bytes": stats.bytes,
+                    "fetched_blocks": stats.blocks, "local_blocks": stats.local_blocks,
+                    "seconds": round(stats.seconds, 3), "by_peer": stats.by_peer}
+
+        return _lines(ipfs.start_job(Job("image-load"), work))
+
+    return {"POST /v1/ipfs/image/add": add, "POST /v1/ipfs/image/load": load}
+
+
 def ipfs_routes(ipfs: IpfsNode) -> dict:
     def add(request: Request) -> Streamed:
         body = request.json()
@@ -113,4 +162,5 @@ def ipfs_routes(ipfs: IpfsNode) -> dict:
         "GET /v1/ipfs/pin/ls": lambda _r: {"pins": ipfs.pins()},
         "POST /v1/ipfs/gc": gc,
         "GET /v1/ipfs/stat": lambda _r: ipfs.stat(),
+        **image_routes(ipfs),
     }

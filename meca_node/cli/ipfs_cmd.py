@@ -16,6 +16,9 @@ ipfs_app = typer.Typer(no_args_is_help=True,
                        help="The node's IPFS: add, cat, get, pin, gc, stat (kubo-identical CIDs).")
 pin_app = typer.Typer(no_args_is_help=True, help="Keep DAGs from gc: add, rm, ls.")
 ipfs_app.add_typer(pin_app, name="pin")
+image_app = typer.Typer(no_args_is_help=True,
+                        help="Docker images as DAGs: images sharing layers share blocks.")
+ipfs_app.add_typer(image_app, name="image")
 
 CidArg = Annotated[str, typer.Argument(help="a CID (Qm... or b...)")]
 FromPeers = Annotated[list[str], typer.Option(
@@ -177,3 +180,26 @@ def stat(data_dir: m.DataDir = None, config: m.ConfigFile = None, json_out: m.Js
           f"root(s), {s['pinned_bytes']} bytes")
     print(f"bitswap: served {s['bitswap']['served_bytes']} bytes, peers cut off "
           f"{s['bitswap']['peers_cut_off']}; corrupt blocks removed {s['corrupt_removed']}")
+
+
+@image_app.command("add")
+def image_add(image: Annotated[str, typer.Argument(help="a local image, e.g. meca-task/echo:TAG")],
+              quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+              data_dir: m.DataDir = None, config: m.ConfigFile = None):
+    """Store a local Docker image as a DAG and pin it; the CID is the last line."""
+    done = _stream_job(m._client(data_dir, config), "/v1/ipfs/image/add", {"image": image},
+                       quiet)
+    m.err.print(f"added image {done['image']} ({done['size']} bytes, "
+                f"{len(done['layers'])} layer(s))", highlight=False)
+    print(done["cid"])
+
+
+@image_app.command("load")
+def image_load(cid: CidArg, peers: FromPeers = [],
+               quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+               data_dir: m.DataDir = None, config: m.ConfigFile = None):
+    """Fetch an image DAG (what is missing), verify every block, `docker load` it."""
+    done = _stream_job(m._client(data_dir, config), "/v1/ipfs/image/load",
+                       {"cid": cid, "from": peers}, quiet)
+    print(f"loaded {', '.join(done['loaded']) or '(no tags)'}: fetched {done['fetched_bytes']} "
+          f"bytes in {done['fetched_blocks']} blocks, {done['local_blocks']} already here")

@@ -78,6 +78,10 @@ class IpfsNode:
             task_status.started()
             await trio.sleep_forever()
 
+    def start_job(self, job: Job, work: Callable) -> Job:
+        """Run ``await work(job)`` in the node's nursery; ``job`` reports its progress."""
+        return self._start(job, work)
+
     def _start(self, job: Job, work: Callable) -> Job:
         async def runner() -> None:
             try:

@@ -20,10 +20,7 @@ from meca_node.ipfs.cid import CID, DAG_PB
 from meca_node.ipfs.unixfs import add_path
 from meca_node.runtime.images import ImageDagError, dag_to_image, image_to_dag
 
-try:
-    from meca_node.store.blocks import BlockStore
-except ImportError:  # the block store is not there yet: a dict stands in
-    BlockStore = None
+from meca_node.store.blocks import BlockStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -31,25 +28,8 @@ BASE = "busybox:latest"
 TEST_LABEL = {"meca-node-test": "1"}
 
 
-class DictStore:
-    def __init__(self) -> None:
-        self.blocks: dict[CID, bytes] = {}
-
-    def put(self, cid: CID, data: bytes) -> None:
-        assert cid.verify(data)
-        self.blocks[cid] = bytes(data)
-
-    def get(self, cid: CID) -> bytes:
-        if cid not in self.blocks:
-            raise KeyError(f"block {cid} is not in the store")
-        return self.blocks[cid]
-
-    def has(self, cid: CID) -> bool:
-        return cid in self.blocks
-
-
 def new_store(root: Path):
-    return BlockStore(root) if BlockStore is not None else DictStore()
+    return BlockStore(root)
 
 
 def reachable(store, root: CID) -> list[CID]:
@@ -179,7 +159,47 @@ def test_a_bad_block_loads_nothing(client, build, tmp_path, fault):
 def test_a_dag_without_manifest_is_refused(client, tmp_path):
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "layer.tar").write_bytes(b"not an image")
-    store = DictStore()
+    store = new_store(tmp_path / "store")
     root = add_path(tmp_path / "folder", store.put).cid
     with pytest.raises(ImageDagError, match="not an image DAG"):
         dag_to_image(client, root, store.get, tmp_path)
+
+
+def test_an_image_pushed_from_one_node_loads_on_another_sharing_base_blocks(
+        client, build, tmp_path):
+    """Two node processes share this machine's engine: the image is removed after node A
+    adds it, so node B's load really comes from A's blocks. A second image FROM the same
+    base then moves only its own layer and metadata."""
+    import subprocess
+    import sys
+
+    from meca_node.sim import Cluster
+    from meca_node.sim.cluster import child_env
+
+    def cli(node, *args):
+        r = subprocess.run([sys.executable, "-m", "meca_node", *args, "--quiet",
+                            "--data-dir", str(node.data_dir)], capture_output=True, text=True,
+                           timeout=120, env=child_env())
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    first, greeting1 = build("first")
+    second, greeting2 = build("second")
+    with Cluster(tmp_path / "c", 2, advert_interval_s=1.0) as cluster:
+        a, b = cluster.nodes
+        cluster.wait_mesh(timeout_s=15)
+        cid1 = cli(a, "ipfs", "image", "add", first).split()[-1]
+        cid2 = cli(a, "ipfs", "image", "add", second).split()[-1]
+        client.images.remove(first)
+        client.images.remove(second)
+        out1 = cli(b, "ipfs", "image", "load", cid1)
+        assert f"loaded {first}" in out1
+        assert client.containers.run(first, remove=True, network_disabled=True,
+                                     labels=TEST_LABEL) == f"{greeting1}\n".encode()
+        out2 = cli(b, "ipfs", "image", "load", cid2)
+        fetched1 = int(out1.split("fetched ")[1].split()[0])
+        fetched2 = int(out2.split("fetched ")[1].split()[0])
+        assert fetched1 > 1_000_000            # the whole busybox base came across
+        assert fetched2 < 64 * 1024, out2      # only the new layer and small JSON
+        assert client.containers.run(second, remove=True, network_disabled=True,
+                                     labels=TEST_LABEL) == f"{greeting2}\n".encode()
