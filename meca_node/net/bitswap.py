@@ -268,7 +268,9 @@ class Bitswap:
         seen: set[bytes] = set()
         next_tick = time.monotonic() + 1.0
         while queue or session.pending:
-            # ask for more while the window has room; walk what is already here
+            # ask for more while the window has room (one message per peer for all of
+            # it); walk what is already here
+            asks: dict[str, bs.Message] = {}
             while queue and session.pending < self.window:
                 cid = queue.popleft()
                 if cid.multihash in seen:
@@ -282,7 +284,9 @@ class Bitswap:
                 if not session.peers:
                     raise PullError(f"no peer to fetch {cid} from: connect to one that has "
                                     "it (meca-node peers shows who is connected)")
-                self._send_all(session.want([cid], time.monotonic()))
+                for peer, msg in session.want([cid], time.monotonic()).items():
+                    bs._msg(asks, peer).wants.extend(msg.wants)
+            self._send_all(asks)
             if session.failed is not None:
                 raise PullError(f"no connected peer has block {session.failed} "
                                 f"(asked {len(session.peers)} peer(s))")
@@ -293,19 +297,22 @@ class Bitswap:
             pull.wake = trio.Event()
             inbox, pull.inbox = pull.inbox, []
             now = time.monotonic()
+            got: list[tuple[CID, bytes]] = []
             for peer, msg in inbox:
-                got, out = session.on_message(peer, msg, now)
+                blocks, out = session.on_message(peer, msg, now)
                 self._send_all(out)
-                for cid, data in got:
-                    await trio.to_thread.run_sync(self.blocks.put, cid, data)
-                    stats.blocks += 1
-                    stats.bytes += len(data)
-                    if cid.codec == DAG_PB:
-                        queue.extend(dagpb.link_cids(data))
-                    self._send_all(self.server.on_new_block(cid, data))
-                    if progress:
-                        stats.seconds = time.monotonic() - start
-                        progress(stats, len(session.peers))
+                got.extend(blocks)
+            if got:  # one thread hop for the whole batch
+                await trio.to_thread.run_sync(_put_all, self.blocks, got)
+            for cid, data in got:
+                stats.blocks += 1
+                stats.bytes += len(data)
+                if cid.codec == DAG_PB:
+                    queue.extend(dagpb.link_cids(data))
+                self._send_all(self.server.on_new_block(cid, data))
+            if got and progress:
+                stats.seconds = time.monotonic() - start
+                progress(stats, len(session.peers))
             if now >= next_tick:
                 next_tick = now + 1.0
                 self._send_all(session.tick(now))
@@ -315,3 +322,8 @@ class Bitswap:
                         self._send_all(session.add_peer(peer, now))
                     for peer in set(session.peers) - live:
                         self._send_all(session.remove_peer(peer, now))
+
+
+def _put_all(blocks: Blocks, items: list[tuple[CID, bytes]]) -> None:
+    for cid, data in items:
+        blocks.put(cid, data)
