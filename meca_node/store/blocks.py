@@ -14,7 +14,8 @@ under a CIDv0 and a CIDv1, or as raw and dag-pb, are one file.
 Every block is checked against its CID when it is put and whenever it is read; a file that
 no longer matches is removed and counted. Writes go to a temp file in the block's own
 directory, are fsynced, renamed into place and the directory fsynced: a crash never leaves a
-half block visible. Synchronous and thread-safe: the node calls it from worker threads.
+half block visible. Bulk writers (a Bitswap pull) may skip the per-block fsyncs and call
+``sync()`` once at the end; the check on read covers what a power cut does in between. Synchronous and thread-safe: the node calls it from worker threads.
 One store per directory (one node per data dir).
 """
 
@@ -46,6 +47,21 @@ MAX_PINS = 65536
 #: how many missing CIDs an error names before it only counts
 SHOW_MISSING = 5
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _load_syncfs():
+    """libc's syncfs(2) (flush one filesystem), or None where there is none."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
 
 
 class BlockStoreError(Exception):
@@ -116,23 +132,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_new(final: Path, data: bytes, what: str) -> None:
-    """Temp file beside ``final``, write, fsync, rename over it, fsync the directory.
+def _write_new(final: Path, data: bytes, what: str, durable: bool = True) -> None:
+    """Temp file beside ``final``, write, fsync, rename over it, fsync the directory
+    (without the fsyncs when not ``durable``).
 
     On any failure the temp file is removed; ENOSPC/EDQUOT become :class:`DiskFull`."""
     tmp: str | None = None
     try:
         if not final.parent.is_dir():
             final.parent.mkdir(exist_ok=True)
-            _fsync_dir(final.parent.parent)
+            if durable:
+                _fsync_dir(final.parent.parent)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=final.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, final)
         tmp = None
-        _fsync_dir(final.parent)
+        if durable:
+            _fsync_dir(final.parent)
     except OSError as exc:
         if exc.errno in _FULL:
             raise DiskFull(f"the disk holding {final.parent} is full ({exc.strerror}) while "
@@ -249,13 +269,21 @@ class BlockStore:
     def has(self, cid: CID) -> bool:
         return self.path_of(cid).is_file()
 
-    def put(self, cid: CID, data: bytes) -> None:
-        """Store ``data`` under ``cid`` after checking it; a block already present is free."""
+    def put(self, cid: CID, data: bytes, *, durable: bool = True,
+            hashed: bool = False) -> None:
+        """Store ``data`` under ``cid`` after checking it; a block already present is free.
+
+        ``durable=False`` skips the fsyncs (the write is still atomic: temp file, rename);
+        a bulk writer such as a pull calls :meth:`sync` once at its end instead. Until
+        then a power cut can leave such a block short or empty on disk, which the check
+        on read catches (the block is removed and fetched again). ``hashed=True`` means
+        the caller computed ``cid`` from these very bytes (Bitswap does, on receipt), so
+        the hash is not computed twice."""
         data = bytes(data)
         if len(data) > self.max_block:
             raise BlockTooLarge(f"block {cid} has {len(data)} bytes, over the "
                                 f"{self.max_block}-byte cap; nothing was stored")
-        if not cid.verify(data):
+        if not hashed and not cid.verify(data):
             raise BlockMismatch(f"the bytes offered for {cid} hash to something else (a peer "
                                 "sent the wrong block, or it was damaged); nothing was stored")
         key, path = block_key(cid), self.path_of(cid)
@@ -264,7 +292,7 @@ class BlockStore:
             return
         ok = False
         try:
-            _write_new(path, data, f"block {cid}")
+            _write_new(path, data, f"block {cid}", durable)
             ok = True
         finally:
             with self._lock:
@@ -294,6 +322,16 @@ class BlockStore:
                     done = self._inflight[key] = threading.Event()
                     return done
             waiting.wait()  # the same block is being written by another thread
+
+    def sync(self) -> None:
+        """Flush every write so far to disk (after puts with ``durable=False``): one
+        ``syncfs`` of the store's filesystem where the C library has it, else ``sync``."""
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            if _syncfs is None or _syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
 
     def get(self, cid: CID) -> bytes:
         """The block's bytes, checked against ``cid`` on every read."""

@@ -142,15 +142,19 @@ def _first_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
-    """Close the peer's stdin and send SIGTERM (either stops it); SIGKILL after
-    STOP_TIMEOUT_S. Returns its exit code."""
+    """Close the peer's stdin (that stops it); SIGTERM if it is still running after
+    STOP_TIMEOUT_S, SIGKILL after as long again. Returns its exit code. (A SIGTERM sent
+    together with the close could land in the peer's own clean-up and fail it.)"""
     if proc.poll() is None:
         try:
             if proc.stdin is not None:
                 proc.stdin.close()
         except OSError:
             pass
-        proc.terminate()
+        try:
+            return proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
         try:
             return proc.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
