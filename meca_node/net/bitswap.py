@@ -28,7 +28,7 @@ log = logging.getLogger("meca_node.bitswap")
 
 #: blocks nobody asked for that a peer may send before it is cut off (a few arrive
 #: legitimately: a block already on its way when we cancelled, or asked twice)
-JUNK_BLOCKS = 16
+JUNK_BLOCKS = 4
 #: frames read ahead of their processing, per incoming stream (each up to MAX_MESSAGE)
 _READ_AHEAD = 4
 #: how many recently asked CIDs we remember to tell wanted blocks from junk

@@ -52,8 +52,12 @@ def test_add_on_one_node_cat_and_get_on_another(tmp_path):
         # b keeps what it fetched only until gc: nothing there is pinned
         r = cli(b, "ipfs", "gc")
         assert r.returncode == 0 and "removed" in r.stdout
-        assert cli(b, "ipfs", "cat", "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku",
-                   timeout=60).returncode == 1  # nobody has it: a clear error, not a hang
+        r = cli(b, "ipfs", "cat", "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku",
+                timeout=60)
+        assert r.returncode == 1 and "no connected peer has block" in r.stderr  # no hang
+        # a dag-cbor CID: well-formed, but not a codec this node stores
+        r = cli(b, "ipfs", "cat", "bafyreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku")
+        assert r.returncode == 1 and "codec 0x71 is not supported" in r.stderr, r.stderr
     assert cluster.exit_codes == {0: 0, 1: 0}
 
 
@@ -164,3 +168,90 @@ async def test_a_peer_sending_garbage_is_cut_off_while_the_node_keeps_serving(tm
                 assert time.monotonic() < deadline, stat
                 await trio.sleep(0.1)
         assert run_cli_bytes(b, "ipfs", "cat", cid) == data  # everyone else is still served
+
+
+def test_a_disk_that_fills_mid_pull_fails_clearly_and_the_pull_resumes(tmp_path):
+    """Node b's data dir is a real 3 MiB tmpfs: an 8 MiB pull fills it. The error says
+    so, no partial block is left, and after the disk grows the same pull finishes from
+    the blocks already there."""
+    import os
+
+    from conftest import require
+
+    require(os.geteuid() == 0, "mounting a tmpfs needs root")
+    data = blob(8 * 1024 * 1024, 6)
+    (tmp_path / "f.bin").write_bytes(data)
+    cluster = Cluster(tmp_path / "c", 2, advert_interval_s=1.0)
+    cluster.prepare()
+    a, b = cluster.nodes
+    key = (b.data_dir / "node.key").read_bytes()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs",
+                    str(b.data_dir)], check=True, timeout=30)
+    try:
+        (b.data_dir / "node.key").write_bytes(key)
+        (b.data_dir / "node.key").chmod(0o600)
+        with cluster:
+            cluster.wait_mesh(timeout_s=15)
+            cid = cli(a, "ipfs", "add", "-q", str(tmp_path / "f.bin")).stdout.split()[-1]
+            r = cli(b, "ipfs", "get", cid, "-o", str(tmp_path / "out1"), "--quiet")
+            assert r.returncode == 1
+            assert "is full" in r.stderr and "Free space" in r.stderr, r.stderr
+            leftovers = [p for p in (b.data_dir / "blocks").rglob(".tmp-*")]
+            assert leftovers == []
+            subprocess.run(["mount", "-o", "remount,size=64m", str(b.data_dir)], check=True,
+                           timeout=30)
+            r = cli(b, "ipfs", "get", cid, "-o", str(tmp_path / "out2"), "--quiet")
+            assert r.returncode == 0, r.stderr
+            assert (tmp_path / "out2").read_bytes() == data
+            assert " 0 already here" not in r.stdout  # resumed
+    finally:
+        subprocess.run(["umount", str(b.data_dir)], timeout=30)
+
+
+async def test_wrong_blocks_are_dropped_the_liar_cut_off_and_blocks_fetched_elsewhere(
+        tmp_path):
+    """An in-process peer claims every block and answers each want with random bytes;
+    the node drops them (they hash to CIDs nobody asked for), cuts the liar off and gets
+    every block from the honest peer."""
+    import json
+    import os
+
+    import trio
+
+    from meca_node.net import NetConfig, open_net
+    from meca_node.net.bitswap import Bitswap
+
+    class Liar:
+        def has(self, cid):
+            return True
+
+        def get(self, cid):
+            return os.urandom(1024)
+
+        def put(self, cid, data, **kw):
+            pass
+
+        def sync(self):
+            pass
+
+    data = blob(64 * 262144, 7)  # enough wants at the liar to pass the junk limit
+    (tmp_path / "f.bin").write_bytes(data)
+    with Cluster(tmp_path / "c", 2, advert_interval_s=1.0) as cluster:
+        a, b = cluster.nodes
+        cluster.wait_mesh(timeout_s=15)
+        cid = cli(a, "ipfs", "add", "-q", str(tmp_path / "f.bin")).stdout.split()[-1]
+        async with open_net(os.urandom(32), NetConfig(listen=("/ip4/127.0.0.1/tcp/0",))) as net:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(Bitswap(net, Liar()).run)
+                liar = f"{net.listen_addrs()[0]}/p2p/{net.peer_id}"
+                r = await trio.to_thread.run_sync(
+                    lambda: cli(b, "ipfs", "get", cid, "-o", str(tmp_path / "out"),
+                                "--from", liar, "--quiet"))
+                nursery.cancel_scope.cancel()
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / "out").read_bytes() == data
+        got = {line.split()[1].rstrip(":"): int(line.split()[2])
+               for line in r.stdout.splitlines() if line.strip().startswith("from ")}
+        assert set(got) == {a.peer_id}  # nothing the liar sent was kept
+        stat = json.loads(cli(b, "ipfs", "stat", "--json").stdout)
+        assert stat["bitswap"]["peers_cut_off"] == 1
