@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+from contextlib import contextmanager
 import sys
 
 import pytest
@@ -17,6 +18,17 @@ pytestmark = pytest.mark.integration
 
 def cli(node, *args, timeout=120):
     return run_cli(*args, "--data-dir", str(node.data_dir), timeout=timeout)
+
+
+@contextmanager
+def two_nodes_sharing(tmp_path, data: bytes):
+    """Two node processes in a mesh; node a has added ``data``. Yields (a, b, cid)."""
+    (tmp_path / "f.bin").write_bytes(data)
+    with Cluster(tmp_path / "c", 2, advert_interval_s=1.0) as cluster:
+        a, b = cluster.nodes
+        cluster.wait_mesh(timeout_s=15)
+        cid = cli(a, "ipfs", "add", "-q", str(tmp_path / "f.bin")).stdout.split()[-1]
+        yield a, b, cid
 
 
 def blob(n: int, seed: int) -> bytes:
@@ -149,11 +161,7 @@ async def test_a_peer_sending_garbage_is_cut_off_while_the_node_keeps_serving(tm
     from meca_node.net import NetConfig, open_net
 
     data = blob(1024 * 1024, 5)
-    (tmp_path / "f.bin").write_bytes(data)
-    with Cluster(tmp_path / "c", 2, advert_interval_s=1.0) as cluster:
-        a, b = cluster.nodes
-        cluster.wait_mesh(timeout_s=15)
-        cid = cli(a, "ipfs", "add", "-q", str(tmp_path / "f.bin")).stdout.split()[-1]
+    with two_nodes_sharing(tmp_path, data) as (a, b, cid):
         async with open_net(os.urandom(32), NetConfig(listen=("/ip4/127.0.0.1/tcp/0",))) as rogue:
             await rogue.connect(a.addr)
             stream = await rogue.open_stream(a.peer_id, bitswap.PROTOCOLS,
@@ -235,11 +243,7 @@ async def test_wrong_blocks_are_dropped_the_liar_cut_off_and_blocks_fetched_else
             pass
 
     data = blob(64 * 262144, 7)  # enough wants at the liar to pass the junk limit
-    (tmp_path / "f.bin").write_bytes(data)
-    with Cluster(tmp_path / "c", 2, advert_interval_s=1.0) as cluster:
-        a, b = cluster.nodes
-        cluster.wait_mesh(timeout_s=15)
-        cid = cli(a, "ipfs", "add", "-q", str(tmp_path / "f.bin")).stdout.split()[-1]
+    with two_nodes_sharing(tmp_path, data) as (a, b, cid):
         async with open_net(os.urandom(32), NetConfig(listen=("/ip4/127.0.0.1/tcp/0",))) as net:
             async with trio.open_nursery() as nursery:
                 await nursery.start(Bitswap(net, Liar()).run)
