@@ -252,7 +252,8 @@ def demo(nodes: Annotated[int, typer.Option(min=2, max=8, help="how many nodes")
          timeout: Annotated[float, typer.Option(help="seconds to wait for the mesh")] = 30.0,
          keep: Annotated[Optional[Path], typer.Option(
              help="keep node data dirs and logs in this folder")] = None):
-    """Run a local network: N nodes on 127.0.0.1 find each other, exchange signed adverts, stop."""
+    """Run a local network: N nodes on 127.0.0.1 find each other, exchange signed adverts,
+    move a file over IPFS, stop."""
     from meca_node.sim.demo import run_demo
 
     raise typer.Exit(run_demo(nodes, timeout, keep, out))
