@@ -58,11 +58,15 @@ class Message:
     blocks: list[tuple[CID, bytes]] = field(default_factory=list)
     presences: list[tuple[CID, int]] = field(default_factory=list)
     skipped: int = 0  # entries for CIDs we cannot store (read, then left out)
+    #: blocks to read from the store just before sending (see Server); never encoded
+    refs: list[CID] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.wants or self.blocks or self.presences or self.full)
+        return bool(self.wants or self.blocks or self.presences or self.full or self.refs)
 
     def encode(self) -> bytes:
+        if self.refs:
+            raise ValueError("resolve Message.refs into blocks before encoding")
         out = bytearray()
         if self.wants or self.full:
             wl = bytearray()
@@ -207,14 +211,20 @@ def _block_cid(prefix: bytes, data: bytes) -> CID:
 class Server:
     """What we owe each peer: answers to its wants from our blocks.
 
-    ``lookup(cid)`` returns the block or None. Wants we cannot answer yet stay in the
-    peer's (bounded) ledger and are answered when :meth:`on_new_block` sees the block.
+    ``lookup(cid)`` returns the block or None. With ``size_of(cid)`` (the block's size or
+    None) the replies carry references instead (``Message.refs``) that the sender reads
+    just before it sends each message, so what a peer asks for at once never sits in
+    memory at once (a wantlist of 4096 entries could name 8 GiB). Wants we cannot answer
+    yet stay in the peer's (bounded) ledger and are answered when :meth:`on_new_block`
+    sees the block.
     """
 
     def __init__(self, lookup: Callable[[CID], bytes | None],
-                 has: Callable[[CID], bool]) -> None:
+                 has: Callable[[CID], bool],
+                 size_of: Callable[[CID], int | None] | None = None) -> None:
         self.lookup = lookup
         self.has = has
+        self.size_of = size_of
         self.ledgers: dict[str, OrderedDict[bytes, Entry]] = {}
 
     def on_message(self, peer: str, msg: Message) -> list[Message]:
@@ -231,6 +241,12 @@ class Server:
             if e.want_type == WANT_HAVE:
                 if self.has(e.cid):
                     replies.presence(e.cid, HAVE)
+                    continue
+            elif self.size_of is not None:
+                size = self.size_of(e.cid)
+                if size is not None:
+                    replies.ref(e.cid, size)
+                    ledger.pop(key, None)
                     continue
             else:
                 block = self.lookup(e.cid)
@@ -276,6 +292,9 @@ class _Replies:
 
     def block(self, cid: CID, data: bytes) -> None:
         self._room(len(data)).blocks.append((cid, data))
+
+    def ref(self, cid: CID, size: int) -> None:
+        self._room(size).refs.append(cid)
 
     def presence(self, cid: CID, kind: int) -> None:
         self._room(48).presences.append((cid, kind))

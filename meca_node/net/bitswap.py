@@ -40,6 +40,7 @@ class Blocks(Protocol):
 
     def has(self, cid: CID) -> bool: ...
     def get(self, cid: CID) -> bytes: ...
+    def size_of(self, cid: CID) -> int | None: ...
     def put(self, cid: CID, data: bytes, *, durable: bool = True,
             hashed: bool = False) -> None: ...
     def sync(self) -> None: ...
@@ -85,7 +86,7 @@ class Bitswap:
                  window: int = 32, want_timeout_s: float = 10.0) -> None:
         self.net = net
         self.blocks = blocks
-        self.server = bs.Server(self._lookup, self._has)
+        self.server = bs.Server(self._lookup, self._has, self._size_of)
         self.outbox_size = outbox
         self.window = window
         self.want_timeout_s = want_timeout_s
@@ -101,6 +102,12 @@ class Bitswap:
     # -- blocks ---------------------------------------------------------------------
     def _has(self, cid: CID) -> bool:
         return self.blocks.has(cid)
+
+    def _size_of(self, cid: CID) -> int | None:
+        try:
+            return self.blocks.size_of(cid)
+        except Exception:
+            return None
 
     def _lookup(self, cid: CID) -> bytes | None:
         try:
@@ -176,7 +183,6 @@ class Bitswap:
             # MiB) inline: cheaper than a worker thread contending for the GIL
             replies = self.server.on_message(peer, msg)
             for reply in replies:
-                self.served_bytes += sum(len(d) for _, d in reply.blocks)
                 self._send(peer, reply)
         return True
 
@@ -221,6 +227,18 @@ class Bitswap:
                 self._asked.popitem(last=False)
             self._send(peer, msg)
 
+    def _resolve(self, msg: bs.Message) -> bs.Message:
+        """Read the blocks a reply refers to (checked against their CIDs on the way);
+        one that has gone since the want was answered becomes a DONT_HAVE."""
+        for cid in msg.refs:
+            data = self._lookup(cid)
+            if data is None:
+                msg.presences.append((cid, bs.DONT_HAVE))
+            else:
+                msg.blocks.append((cid, data))
+        msg.refs = []
+        return msg
+
     async def _sender(self, peer: str, outbox: trio.MemorySendChannel,
                       inbox: trio.MemoryReceiveChannel) -> None:
         """Write queued messages to ``peer`` on one outbound stream; a stream that fails
@@ -229,7 +247,8 @@ class Bitswap:
         try:
             async with inbox:
                 async for msg in inbox:
-                    data = msg.encode()
+                    data = self._resolve(msg).encode()
+                    self.served_bytes += sum(len(d) for _, d in msg.blocks)
                     for attempt in range(2):
                         try:
                             if stream is None:

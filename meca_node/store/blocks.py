@@ -269,6 +269,13 @@ class BlockStore:
     def has(self, cid: CID) -> bool:
         return self.path_of(cid).is_file()
 
+    def size_of(self, cid: CID) -> int | None:
+        """The stored block's size in bytes (from the file, unchecked), or None."""
+        try:
+            return self.path_of(cid).stat().st_size
+        except FileNotFoundError:
+            return None
+
     def put(self, cid: CID, data: bytes, *, durable: bool = True,
             hashed: bool = False) -> None:
         """Store ``data`` under ``cid`` after checking it; a block already present is free.

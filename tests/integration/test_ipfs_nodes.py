@@ -236,6 +236,9 @@ async def test_wrong_blocks_are_dropped_the_liar_cut_off_and_blocks_fetched_else
         def get(self, cid):
             return os.urandom(1024)
 
+        def size_of(self, cid):
+            return 1024
+
         def put(self, cid, data, **kw):
             pass
 

@@ -488,3 +488,24 @@ def test_add_peer_sends_want_have_for_pending_wants():
     assert kinds(out) == {"B": [(X, WANT_BLOCK, False, True)]}
     got, out = s.on_message("B", block_msg(b"x"), 4)
     assert got == [(X, b"x")] and kinds(out) == {"A": [(X, WANT_BLOCK, True, False)]}
+
+
+def test_a_server_with_size_of_answers_with_references_read_only_when_sent():
+    """Replies name the blocks (split by their sizes); nothing is read until the sender
+    resolves them, so a huge wantlist never sits in memory."""
+    sizes = {raw(bytes([i]) * 10).multihash: 400_000 for i in range(5)}
+    reads = []
+
+    def lookup(cid):
+        reads.append(cid)
+        return None
+
+    server = Server(lookup, lambda cid: cid.multihash in sizes,
+                    lambda cid: sizes.get(cid.multihash))
+    cids = [raw(bytes([i]) * 10) for i in range(5)]
+    replies = server.on_message("A", wants(*[Entry(c) for c in cids]))
+    assert reads == []
+    assert [r.refs for r in replies] == [cids[0:2], cids[2:4], cids[4:5]]
+    assert all(r.blocks == [] for r in replies)
+    with pytest.raises(ValueError, match="resolve"):
+        replies[0].encode()
