@@ -125,6 +125,7 @@ def sample_bodies() -> dict[str, Any]:
             environment="docker", fee=5,
             example_input_sha256=hashlib.sha256(b'{"name": "meca"}').digest(),
             example_output_sha256=hashlib.sha256(b'{"hello": "meca"}').digest()),
+        "TaskWithdraw": wire.TaskWithdraw(name="hello-world", offer_id=OFFER_ID),
         "JobRequest": wire.JobRequest(job_id=JOB_ID, offer_id=OFFER_ID,
                                       input=b'{"name": "meca"}', max_price=120,
                                       deadline=NOW_MS + 600_000),
@@ -525,7 +526,7 @@ def envelope_vectors() -> list[dict]:
 
     signer_of = {"HostAdvert": "bob", "ResultCommit": "bob", "JobAccept": "bob",
                  "JobReject": "bob", "JobProgress": "bob", "JobResult": "bob",
-                 "TaskOffer": "carol"}
+                 "TaskOffer": "carol", "TaskWithdraw": "carol"}
     for label, body in BODIES.items():
         add(f"valid_{label}", sealed(body, signer=signer_of.get(type(body).TYPE, "alice"),
                                      label=label),
@@ -596,6 +597,7 @@ def envelope_vectors() -> list[dict]:
 def gate_vectors() -> list[dict]:
     vs: list[dict] = []
     topic_of = {"HostAdvert": wire.TOPIC_ADVERTS, "TaskOffer": wire.TOPIC_OFFERS,
+                "TaskWithdraw": wire.TOPIC_OFFERS,
                 "Receipt": wire.TOPIC_RECEIPTS, "FraudProof": wire.TOPIC_RECEIPTS}
 
     def run(steps: list[tuple[bytes, str, int]]) -> list[Any]:
@@ -630,9 +632,11 @@ def gate_vectors() -> list[dict]:
         v["expected"] = expect(verdicts[-1], data)
         vs.append(v)
 
-    for label in ("HostAdvert", "HostAdvert.minimal", "TaskOffer", "Receipt", "FraudProof"):
+    for label in ("HostAdvert", "HostAdvert.minimal", "TaskOffer", "TaskWithdraw", "Receipt",
+                  "FraudProof"):
         body = BODIES[label]
-        signer = {"HostAdvert": "bob", "TaskOffer": "carol"}.get(type(body).TYPE, "alice")
+        signer = {"HostAdvert": "bob", "TaskOffer": "carol",
+                  "TaskWithdraw": "carol"}.get(type(body).TYPE, "alice")
         add(f"accept_{label}", sealed(body, signer=signer, label=f"gate-{label}"),
             f"a valid {wire.type_id(type(body))} on {topic_of[type(body).TYPE]}", None,
             topic=topic_of[type(body).TYPE])

@@ -15,7 +15,7 @@ from ._genesis import Alloc, Genesis, genesis_from_json, make_genesis
 from ._messages import (
     BODY_TYPES, FRAUD_KINDS, JOB_REJECT_REASONS, JOB_STAGES, ROLES, Environment, FraudProof,
     Gpu, Hardware, HostAdvert, JobAccept, JobProgress, JobReject, JobRequest, JobResult,
-    Receipt, Resources, ResultCommit, TaskOffer,
+    Receipt, Resources, ResultCommit, TaskOffer, TaskWithdraw,
 )
 
 TOPIC_ADVERTS = "meca/adverts/1"
@@ -25,7 +25,7 @@ TOPICS = (TOPIC_ADVERTS, TOPIC_OFFERS, TOPIC_RECEIPTS)
 #: which message types may travel on which gossip topic
 TOPIC_TYPES: dict[str, frozenset[str]] = {
     TOPIC_ADVERTS: frozenset({"HostAdvert"}),
-    TOPIC_OFFERS: frozenset({"TaskOffer"}),
+    TOPIC_OFFERS: frozenset({"TaskOffer", "TaskWithdraw"}),
     TOPIC_RECEIPTS: frozenset({"Receipt", "FraudProof"}),
 }
 
@@ -34,7 +34,7 @@ __all__ = [
     "Environment", "FRAUD_KINDS", "FraudProof", "Genesis", "GiB", "Gpu", "Hardware",
     "HostAdvert", "JOB_REJECT_REASONS", "JOB_STAGES", "JobAccept", "JobProgress", "JobReject",
     "JobRequest", "JobResult", "KiB", "MiB", "ROLES", "Receipt", "Resources", "ResultCommit",
-    "TOPICS", "TOPIC_ADVERTS", "TOPIC_OFFERS", "TOPIC_RECEIPTS", "TOPIC_TYPES", "TaskOffer",
+    "TOPICS", "TOPIC_ADVERTS", "TOPIC_OFFERS", "TOPIC_RECEIPTS", "TOPIC_TYPES", "TaskOffer", "TaskWithdraw",
     "WireError", "cbor_decode", "cbor_encode", "decode_body", "encode_body", "genesis_from_json",
     "make_genesis", "open_envelope", "seal", "type_id",
 ]

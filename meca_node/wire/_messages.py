@@ -124,6 +124,21 @@ class TaskOffer:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskWithdraw:
+    """A developer withdrawing its offer ``name`` (the offer ``offer_id`` and any older one
+    of that name from the same key), gossiped on ``meca/offers/1``."""
+
+    TYPE: ClassVar[str] = "TaskWithdraw"
+    name: str = capped(128)
+    offer_id: bytes
+
+    def __post_init__(self) -> None:
+        _length(32, offer_id=self.offer_id)
+        if not self.name:
+            raise ValueError("name must not be empty")
+
+
+@dataclass(frozen=True, slots=True)
 class JobRequest:
     TYPE: ClassVar[str] = "JobRequest"
     job_id: bytes
@@ -249,6 +264,6 @@ class FraudProof:
 
 
 BODY_TYPES: tuple[type, ...] = (
-    HostAdvert, TaskOffer, JobRequest, JobAccept, JobReject, JobProgress, ResultCommit,
+    HostAdvert, TaskOffer, TaskWithdraw, JobRequest, JobAccept, JobReject, JobProgress, ResultCommit,
     JobResult, Receipt, FraudProof,
 )

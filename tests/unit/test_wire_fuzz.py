@@ -134,7 +134,7 @@ def rand_body(rng: random.Random, cls: type) -> Any:
     hints = _hints(cls)
     kw = {f.name: rand_value(rng, hints[f.name], f.name, f.metadata.get("max"))
           for f in dataclasses.fields(cls)}
-    if cls is wire.TaskOffer and not kw["name"]:
+    if cls in (wire.TaskOffer, wire.TaskWithdraw) and not kw["name"]:
         kw["name"] = "t"
     if cls is wire.JobResult and kw["output"] and kw["output_cid"]:
         if rng.random() < 0.5:

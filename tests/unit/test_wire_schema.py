@@ -43,6 +43,7 @@ VALID: dict[type, dict[str, Any]] = {
                          resources=wire.Resources(cpu_milli=500, mem_mib=64, gpu_count=0),
                          environment="docker", fee=1, example_input_sha256=H32,
                          example_output_sha256=H32),
+    wire.TaskWithdraw: dict(name="t", offer_id=H32),
     wire.JobRequest: dict(job_id=JOB, offer_id=H32, input=b"{}", max_price=5, deadline=TS),
     wire.JobAccept: dict(job_id=JOB, price=5, queue_position=0),
     wire.JobReject: dict(job_id=JOB, reason="busy", detail=""),
@@ -82,6 +83,7 @@ NONNEG = {
 }
 EXACT = {
     wire.TaskOffer: {"example_input_sha256": 32, "example_output_sha256": 32},
+    wire.TaskWithdraw: {"offer_id": 32},
     wire.JobRequest: {"job_id": 16, "offer_id": 32},
     wire.JobAccept: {"job_id": 16},
     wire.JobReject: {"job_id": 16},
@@ -121,6 +123,7 @@ REFUSED += [
     pytest.param(wire.JobProgress, {"percent": 101}, "percent must be 0..100", id="percent101"),
     pytest.param(wire.FraudProof, {"kind": "theft"}, "unknown fraud kind", id="kind"),
     pytest.param(wire.TaskOffer, {"name": ""}, "name must not be empty", id="offer_name"),
+    pytest.param(wire.TaskWithdraw, {"name": ""}, "name must not be empty", id="withdraw_name"),
     pytest.param(wire.JobResult, {"output": b"x", "output_cid": "bafy"}, "not both",
                  id="result_both"),
 ]
@@ -189,6 +192,7 @@ CAPS: list[tuple[type, str, str, int]] = [
     (wire.HostAdvert, "addrs", "list", 16),
     (wire.HostAdvert, "addrs", "item_text", 1024),
     (wire.TaskOffer, "name", "text", 128),
+    (wire.TaskWithdraw, "name", "text", 128),
     (wire.TaskOffer, "description", "text", 8192),
     (wire.TaskOffer, "image_cid", "text", 128),
     (wire.TaskOffer, "arch", "text", 32),
@@ -442,7 +446,7 @@ def _expected_cddl(cls: type, name: str, tp: Any, cap: int | None) -> str:
     if tp is int:
         return "0..100" if (cls, name) == (wire.JobProgress, "percent") else "u64"
     if tp is str:
-        low = 1 if (cls, name) == (wire.TaskOffer, "name") else 0
+        low = 1 if (cls, name) in ((wire.TaskOffer, "name"), (wire.TaskWithdraw, "name")) else 0
         return f"tstr .size ({low}..{cap or _schema.MAX_STR})"
     if tp is bytes:
         exact = EXACT.get(cls, {}).get(name)
@@ -518,6 +522,7 @@ STRATEGIES: dict[type, st.SearchStrategy] = {
         wire.TaskOffer, name=text(128, 1), description=text(8192), image_cid=text(128),
         arch=text(32), resources=resources, environment=text(64), fee=u64,
         example_input_sha256=exact(32), example_output_sha256=exact(32)),
+    wire.TaskWithdraw: st.builds(wire.TaskWithdraw, name=text(128, 1), offer_id=exact(32)),
     wire.JobRequest: st.builds(wire.JobRequest, job_id=exact(16), offer_id=exact(32),
                                input=st.binary(max_size=512), max_price=u64, deadline=u64),
     wire.JobAccept: st.builds(wire.JobAccept, job_id=exact(16), price=u64, queue_position=u64),
