@@ -248,6 +248,27 @@ def peers(data_dir: DataDir = None, config: ConfigFile = None, json_out: JsonOut
 
 
 @app.command()
+def offers(data_dir: DataDir = None, config: ConfigFile = None, json_out: JsonOut = False,
+           mine: Annotated[bool, typer.Option("--mine", help="only this node's offers")] = False):
+    """List the task offers the network gossips (signed by their developers)."""
+    o = _get(_client(data_dir, config), "/v1/offers")["offers"]
+    if mine:
+        o = [x for x in o if x["mine"]]
+    if json_out:
+        out.print_json(data={"offers": o})
+        return
+    table = Table("offer id", "task", "fee", "cpu", "mem MiB", "gpus", "arch", "environment",
+                  "image", "age")
+    for x in o:
+        table.add_row(x["offer_id"][:12], x["label"], str(x["fee"]), f"{x['cpu']:g}",
+                      str(x["mem_mib"]), str(x["gpus"]), x["arch"], x["environment"],
+                      x["image_cid"][:20], f"{x['age_s']} s")
+    out.print(table)
+    if not o:
+        out.print("no offers yet")
+
+
+@app.command()
 def demo(nodes: Annotated[int, typer.Option(min=2, max=8, help="how many nodes")] = 3,
          timeout: Annotated[float, typer.Option(help="seconds to wait for the mesh")] = 30.0,
          keep: Annotated[Optional[Path], typer.Option(

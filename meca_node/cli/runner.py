@@ -61,6 +61,7 @@ async def _serve(cfg: Config, identity: Identity, genesis: wire.Genesis) -> None
         ipfs = IpfsNode(net, store, pull_timeout_s=cfg["ipfs_pull_timeout_s"])
         routes = {"GET /v1/status": lambda _: node.status(),
                   "GET /v1/peers": lambda _: {**node.peers(), "dialing": net.dial_state()},
+                  "GET /v1/offers": lambda _: node.offers_view(),
                   **ipfs_routes(ipfs)}
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)

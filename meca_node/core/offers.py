@@ -1,6 +1,8 @@
 """The task offers a node knows: one live offer per (developer key, task name).
 
-Pure state, clock passed in. An offer's id is the sha256 of its signed envelope's bytes.
+Pure state, clock passed in. An offer's id is the sha256 of the developer's key and the
+offer's canonical body: what the developer signed, without the envelope's timestamp and
+nonce, so re-announcing the same offer keeps its id and any change gives a new one.
 A newer ``TaskOffer`` of the same name from the same key supersedes the older one; a
 ``TaskWithdraw`` removes the offer of that name signed at or before it, and is remembered so
 that a late copy of the withdrawn offer (gossip can deliver it after) does not bring it back.
@@ -15,12 +17,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from meca_node.core.identity import peer_id_of
-from meca_node.wire import Envelope, TaskOffer, TaskWithdraw
+from meca_node.wire import Envelope, TaskOffer, TaskWithdraw, encode_body
 
 
 def offer_id_of(env: Envelope) -> bytes:
-    """The id of an offer: sha256 of its signed envelope, exactly as gossiped."""
-    return hashlib.sha256(env.raw).digest()
+    """The id of an offer: sha256(signer public key || canonical CBOR of the TaskOffer)."""
+    return hashlib.sha256(env.signer + encode_body(env.body)).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +75,8 @@ class OfferBook:
         if old is not None:
             if old.ts > env.ts:
                 return False  # an older announcement arriving late
-            if old.offer_id == offer_id or (old.ts == env.ts and old.offer == body):
-                self._offers[key] = KnownOffer(old.offer_id, old.signer, old.ts, old.offer,
+            if old.offer_id == offer_id:
+                self._offers[key] = KnownOffer(old.offer_id, old.signer, env.ts, old.offer,
                                                now_ms)
                 self._offers.move_to_end(key)
                 return False  # the same offer re-announced: still live

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import trio
 
 from meca_node import wire
-from meca_node.core import GateConfig, GossipGate, Identity, PeerBook, peer_id_of
+from meca_node.core import (
+    GateConfig, GossipGate, Identity, KnownOffer, OfferBook, PeerBook, offer_id_of, peer_id_of,
+)
 from meca_node.node.ports import Clock, Network, Random
 
 log = logging.getLogger("meca_node.node")
@@ -54,6 +56,11 @@ class Node:
             network_id=genesis.network_id, max_message=settings.caps.gossip_message,
             skew_ms=settings.skew_ms, rate_per_s=settings.rate_per_s, burst=settings.burst))
         self.peerbook = PeerBook()
+        #: offers live while re-announced within 3 intervals (plus the clock-skew allowance)
+        self.offers = OfferBook(ttl_ms=3 * int(settings.advert_interval_s * 1000)
+                                + settings.skew_ms)
+        self.offer_seen = trio.Event()  # set whenever what is offered changes (then replaced)
+        self._own_offers: dict[str, wire.TaskOffer] = {}  # ours, re-announced while we run
         self.adverts_sent = 0
         self.advert_seen = trio.Event()  # set whenever a new advert arrives (then replaced)
         self._started_mono = time.monotonic()
@@ -110,7 +117,55 @@ class Node:
             if self.peerbook.observe(env, self.clock.now_ms()):
                 self.advert_seen.set()
                 self.advert_seen = trio.Event()
-        # TaskOffer, Receipt and FraudProof handling arrive with their issues
+        elif isinstance(env.body, (wire.TaskOffer, wire.TaskWithdraw)):
+            if self.offers.observe(env, self.clock.now_ms()):
+                self.offer_seen.set()
+                self.offer_seen = trio.Event()
+        # Receipt and FraudProof handling arrive with their issues
+
+    # -- offers -----------------------------------------------------------------
+    async def publish_offer(self, offer: wire.TaskOffer) -> KnownOffer:
+        """Gossip our signed ``offer`` now and with every advert while we run; a former
+        offer of the same name is superseded. Returns it as the network will know it."""
+        raw = self.seal(offer)
+        env = wire.open_envelope(raw, max_size=self.settings.caps.gossip_message)
+        self._own_offers[offer.name] = offer
+        self.offers.observe(env, self.clock.now_ms())
+        await self.net.publish(wire.TOPIC_OFFERS, raw)
+        offer_id = offer_id_of(env)
+        return next(o for o in self.offers.live(self.clock.now_ms()) if o.offer_id == offer_id)
+
+    async def withdraw_offer(self, name: str) -> bytes:
+        """Stop offering ``name``: gossip a signed TaskWithdraw; the withdrawn offer's id."""
+        mine = [o for o in self.offers.live(self.clock.now_ms())
+                if o.offer.name == name and o.signer == self.identity.public_key]
+        if name not in self._own_offers or not mine:
+            raise LookupError(f"this node offers no task named {name!r} (see `meca-node "
+                              "offers --mine`)")
+        del self._own_offers[name]
+        raw = self.seal(wire.TaskWithdraw(name=name, offer_id=mine[0].offer_id))
+        env = wire.open_envelope(raw, max_size=self.settings.caps.gossip_message)
+        self.offers.observe(env, self.clock.now_ms())
+        await self.net.publish(wire.TOPIC_OFFERS, raw)
+        return mine[0].offer_id
+
+    async def _reannounce_offers(self) -> None:
+        for offer in list(self._own_offers.values()):
+            try:
+                await self.publish_offer(offer)
+            except Exception as exc:  # no peers yet: not fatal, the next round retries
+                log.debug("offer re-announce failed: %s", exc)
+
+    def offers_view(self) -> dict:
+        now = self.clock.now_ms()
+        return {"offers": [{
+            "offer_id": o.offer_id.hex(), "name": o.offer.name, "label": o.label,
+            "developer": o.developer, "mine": o.signer == self.identity.public_key,
+            "description": o.offer.description, "image_cid": o.offer.image_cid,
+            "arch": o.offer.arch, "environment": o.offer.environment, "fee": o.offer.fee,
+            "cpu": o.offer.resources.cpu_milli / 1000, "mem_mib": o.offer.resources.mem_mib,
+            "gpus": o.offer.resources.gpu_count, "age_s": round((now - o.ts) / 1000, 1),
+        } for o in self.offers.live(now)]}
 
     # -- adverts ----------------------------------------------------------------
     def make_advert(self) -> wire.HostAdvert:
@@ -149,6 +204,7 @@ class Node:
                     await self.publish_advert()
                 except Exception as exc:  # publishing with no peers yet is not fatal
                     log.debug("advert publish failed: %s", exc)
+                await self._reannounce_offers()
                 last = trio.current_time()
             await trio.sleep(tick)
 

@@ -121,3 +121,42 @@ async def test_repeated_invalid_messages_cut_the_origin_off(mock_clock, genesis)
         assert "rogue" in node.net.blocked
         assert node.status()["gossip"]["dropped"] == {"malformed": 5}
         nursery.cancel_scope.cancel()
+
+
+def echo_offer(fee: int = 1) -> wire.TaskOffer:
+    return wire.TaskOffer(name="echo", description="echo", image_cid="bafy", arch="amd64",
+                          resources=wire.Resources(1000, 128, 0), environment="docker-cpu",
+                          fee=fee, example_input_sha256=bytes(32),
+                          example_output_sha256=bytes(32))
+
+
+async def wait_for_offers(node: Node, count: int) -> None:
+    while len(node.offers_view()["offers"]) != count:
+        await node.offer_seen.wait()
+
+
+async def test_offers_spread_stay_live_while_re_announced_and_withdraw(mock_clock, genesis):
+    hub = FakeHub()
+    dev, other = make_node(hub, genesis, 0), make_node(hub, genesis, 1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(dev.run)
+        await nursery.start(other.run)
+        published = await dev.publish_offer(echo_offer())
+        with trio.fail_after(10):
+            await wait_for_offers(other, 1)
+        seen = other.offers_view()["offers"][0]
+        assert seen["offer_id"] == published.offer_id.hex() and not seen["mine"]
+        assert dev.offers_view()["offers"][0]["mine"]
+        await trio.sleep(other.offers.ttl_ms / 1000 * 3)  # far past one TTL: re-announced
+        assert [o["offer_id"] for o in other.offers_view()["offers"]] == [seen["offer_id"]]
+        superseding = await dev.publish_offer(echo_offer(fee=2))
+        with trio.fail_after(10):
+            while other.offers_view()["offers"][0]["fee"] != 2:
+                await other.offer_seen.wait()
+        assert len(other.offers_view()["offers"]) == 1
+        assert await dev.withdraw_offer("echo") == superseding.offer_id
+        with trio.fail_after(10):
+            await wait_for_offers(other, 0)
+        with pytest.raises(LookupError):
+            await dev.withdraw_offer("echo")
+        nursery.cancel_scope.cancel()

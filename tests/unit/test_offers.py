@@ -41,13 +41,18 @@ def test_newer_offer_of_the_same_name_and_key_supersedes_older_never():
     assert sorted(names(book)) == [("echo", 2), ("echo", 3)]
 
 
-def test_offer_id_is_the_hash_of_the_signed_envelope():
+def test_offer_id_is_the_hash_of_key_and_offer_stable_across_re_announcements():
+    import hashlib
+
     e = env(offer())
     book = OfferBook(ttl_ms=60_000)
     book.observe(e, T0)
-    import hashlib
-
-    assert book.live(T0)[0].offer_id == offer_id_of(e) == hashlib.sha256(e.raw).digest()
+    assert book.live(T0)[0].offer_id == offer_id_of(e) == hashlib.sha256(
+        e.signer + wire.encode_body(e.body)).digest()
+    again = env(offer(), ts=T0 + 30_000)  # re-signed later: same offer, same id
+    assert offer_id_of(again) == offer_id_of(e)
+    assert offer_id_of(env(offer(fee=2))) != offer_id_of(e)
+    assert offer_id_of(env(offer(), key=BOB)) != offer_id_of(e)
 
 
 def test_withdraw_removes_and_a_late_copy_does_not_resurrect():
