@@ -42,6 +42,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("control_port", "int", 0, "port of the control API on 127.0.0.1 (0: any free one)"),
     Option("advert_interval_s", "float", 30.0, "seconds between HostAdverts"),
     Option("price", "int", 0, "price per job in the smallest unit (providers)"),
+    Option("offer_cpu", "float", None, "CPU cores offered to tasks, fractional ok (default: "
+           "all cores minus 0.5 for the node, at least 1; more than the machine is clamped)"),
+    Option("offer_mem_mb", "int", None, "MiB of memory offered to tasks (default: 75% of RAM; "
+           "more than the machine is clamped)"),
+    Option("offer_gpus", "int", None, "GPUs offered to tasks (default: all found; 0 keeps "
+           "them and turns docker-gpu off)"),
+    Option("allow_developers", "list", [], "developer keys (peer ids or hex Ed25519 public "
+           "keys) whose task offers this provider runs (empty: any signed offer)"),
     Option("log_level", "str", "info", "debug, info, warning or error"),
     Option("ipfs_quota_mb", "int", 20480, "most MiB the IPFS block store may hold"),
     Option("ipfs_pull_timeout_s", "float", 600.0,

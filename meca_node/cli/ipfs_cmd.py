@@ -26,7 +26,7 @@ FromPeers = Annotated[list[str], typer.Option(
                    "connected peers are always asked")]
 
 
-def _stream_job(client: ControlClient, path: str, body: dict, quiet: bool) -> dict:
+def stream_job(client: ControlClient, path: str, body: dict, quiet: bool) -> dict:
     """POST a long operation and follow its JSON lines; a progress bar on a terminal."""
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TransferSpeedColumn)
@@ -93,7 +93,7 @@ def add(path: Annotated[Path, typer.Argument(help="file or directory to add")],
         print(added.cid)
         return
     client = m._client(data_dir, config)
-    done = _stream_job(client, "/v1/ipfs/add",
+    done = stream_job(client, "/v1/ipfs/add",
                        {"path": str(path.resolve()), "cid_version": cid_version,
                         "hidden": hidden, "pin": pin}, quiet)
     m.err.print(f"added {path} ({done['size']} bytes{', pinned' if done['pinned'] else ''})",
@@ -125,7 +125,7 @@ def get(cid: CidArg,
     if output.exists() or output.is_symlink():
         raise m._fail(f"{output} exists already; choose a new path")
     client = m._client(data_dir, config)
-    done = _stream_job(client, "/v1/ipfs/get", {"cid": cid, "out": str(output.resolve()),
+    done = stream_job(client, "/v1/ipfs/get", {"cid": cid, "out": str(output.resolve()),
                                                  "from": peers}, quiet)
     print(f"wrote {done['path']} ({done['written']} bytes; fetched {done['fetched_bytes']} "
           f"bytes in {done['fetched_blocks']} blocks, {done['local_blocks']} already here)")
@@ -137,7 +137,7 @@ def get(cid: CidArg,
 def pin_add(cid: CidArg, quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
             peers: FromPeers = [], data_dir: m.DataDir = None, config: m.ConfigFile = None):
     """Pin a DAG (fetching what is missing)."""
-    done = _stream_job(m._client(data_dir, config), "/v1/ipfs/pin/add",
+    done = stream_job(m._client(data_dir, config), "/v1/ipfs/pin/add",
                        {"cid": cid, "from": peers}, quiet)
     print(f"pinned {done['cid']}")
 
@@ -187,7 +187,7 @@ def image_add(image: Annotated[str, typer.Argument(help="a local image, e.g. mec
               quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
               data_dir: m.DataDir = None, config: m.ConfigFile = None):
     """Store a local Docker image as a DAG and pin it; the CID is the last line."""
-    done = _stream_job(m._client(data_dir, config), "/v1/ipfs/image/add", {"image": image},
+    done = stream_job(m._client(data_dir, config), "/v1/ipfs/image/add", {"image": image},
                        quiet)
     m.err.print(f"added image {done['image']} ({done['size']} bytes, "
                 f"{len(done['layers'])} layer(s))", highlight=False)
@@ -199,7 +199,7 @@ def image_load(cid: CidArg, peers: FromPeers = [],
                quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
                data_dir: m.DataDir = None, config: m.ConfigFile = None):
     """Fetch an image DAG (what is missing), verify every block, `docker load` it."""
-    done = _stream_job(m._client(data_dir, config), "/v1/ipfs/image/load",
+    done = stream_job(m._client(data_dir, config), "/v1/ipfs/image/load",
                        {"cid": cid, "from": peers}, quiet)
     print(f"loaded {', '.join(done['loaded']) or '(no tags)'}: fetched {done['fetched_bytes']} "
           f"bytes in {done['fetched_blocks']} blocks, {done['local_blocks']} already here")

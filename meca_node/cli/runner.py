@@ -10,6 +10,7 @@ import trio
 from meca_node import wire
 from meca_node.cli.config import Config
 from meca_node.cli.ipfs_api import ipfs_routes
+from meca_node.cli.offers_api import offer_routes
 from meca_node.control import serve_control
 from meca_node.core import Identity
 from meca_node.net import NetConfig, open_net
@@ -17,6 +18,7 @@ from meca_node.net.ipfs_node import IpfsNode
 from meca_node.node import Node, NodeSettings, OsRandom, SystemClock, arm_exit_deadline
 from meca_node.runtime import detect_hardware, machine_arch
 from meca_node.store import BlockStore
+from meca_node.store.own_offers import load_own_offers
 
 log = logging.getLogger("meca_node.cli")
 
@@ -62,10 +64,11 @@ async def _serve(cfg: Config, identity: Identity, genesis: wire.Genesis) -> None
         routes = {"GET /v1/status": lambda _: node.status(),
                   "GET /v1/peers": lambda _: {**node.peers(), "dialing": net.dial_state()},
                   "GET /v1/offers": lambda _: node.offers_view(),
-                  **ipfs_routes(ipfs)}
+                  **ipfs_routes(ipfs), **offer_routes(node, ipfs, cfg.data_dir)}
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             await nursery.start(ipfs.run)
+            node.restore_offers(load_own_offers(cfg.data_dir))  # published before a restart
             port = await nursery.start(serve_control, cfg.data_dir, routes, cfg["control_port"])
             print(f"meca-node {identity.peer_id} on network {genesis.name!r} "
                   f"({genesis.network_id.hex()[:16]})", flush=True)

@@ -156,6 +156,15 @@ class Node:
             except Exception as exc:  # no peers yet: not fatal, the next round retries
                 log.debug("offer re-announce failed: %s", exc)
 
+    def restore_offers(self, offers: list[wire.TaskOffer]) -> None:
+        """Offers published before a restart: announced with the next advert round."""
+        for offer in offers:
+            self._own_offers[offer.name] = offer
+
+    def own_offers(self) -> list[wire.TaskOffer]:
+        """What this node publishes (to persist across restarts)."""
+        return list(self._own_offers.values())
+
     def offers_view(self) -> dict:
         now = self.clock.now_ms()
         return {"offers": [{

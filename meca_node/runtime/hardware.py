@@ -1,10 +1,16 @@
-"""Hardware detection with psutil and NVML; no NVML or no GPU is normal, not an error."""
+"""Hardware detection with psutil and NVML; no NVML or no GPU is normal, not an error.
+
+:func:`detect_hardware` gives what the wire carries (``wire.Hardware``); :func:`detect_host`
+adds what only this node shows (architecture, GPU driver, why no GPU was found).
+"""
 
 from __future__ import annotations
 
 import logging
 import platform
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -14,6 +20,8 @@ log = logging.getLogger("meca_node.runtime")
 
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
          "armv7l": "arm", "armv6l": "arm"}
+#: as many GPUs as wire.Hardware may carry
+MAX_GPUS = 64
 
 
 def machine_arch() -> str:
@@ -32,37 +40,102 @@ def _cpu_model() -> str:
     return (platform.processor() or platform.machine())[:256]
 
 
-def detect_gpus() -> tuple[Gpu, ...]:
+@dataclass(frozen=True)
+class GpuDetail:
+    """One NVIDIA GPU as NVML reports it; ``sm_count``/``max_sm_mhz`` are 0 when unknown."""
+
+    index: int
+    model: str
+    mem_mib: int
+    driver: str
+    sm_count: int = 0
+    max_sm_mhz: int = 0
+
+    def to_wire(self) -> Gpu:
+        return Gpu(model=self.model[:128], mem_mib=self.mem_mib)
+
+
+@dataclass(frozen=True)
+class GpuProbe:
+    """What NVML found. ``note`` says why ``gpus`` is empty (no NVML, no driver, no GPU)."""
+
+    gpus: tuple[GpuDetail, ...] = ()
+    driver: str = ""
+    cuda: str = ""
+    note: str = ""
+
+    @property
+    def wire(self) -> tuple[Gpu, ...]:
+        return tuple(g.to_wire() for g in self.gpus)
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _optional(call, *args) -> Any:
+    """An NVML query some GPUs or drivers do not answer: None instead of an error."""
     try:
-        import pynvml
-    except ImportError:
-        return ()
+        return call(*args)
+    except Exception:
+        return None
+
+
+def probe_gpus(nvml: Any = None) -> GpuProbe:
+    """Ask NVML for the NVIDIA GPUs; ``nvml`` is the ``pynvml`` module (tests pass a fake)."""
+    if nvml is None:
+        try:
+            import pynvml as nvml
+        except ImportError:
+            return GpuProbe(note="nvidia-ml-py is not installed")
     try:
-        pynvml.nvmlInit()
+        nvml.nvmlInit()
     except Exception as exc:  # no driver / no GPU: normal
         log.debug("no NVML: %s", exc)
-        return ()
+        return GpuProbe(note=f"NVML: {_text(exc) or type(exc).__name__}")
     try:
+        driver = _text(_optional(nvml.nvmlSystemGetDriverVersion) or "")
+        cuda_raw = _optional(nvml.nvmlSystemGetCudaDriverVersion)
+        cuda = f"{cuda_raw // 1000}.{cuda_raw % 1000 // 10}" if isinstance(cuda_raw, int) else ""
+        count = nvml.nvmlDeviceGetCount()
         gpus = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(h)
-            if isinstance(name, bytes):
-                name = name.decode(errors="replace")
-            mem = pynvml.nvmlDeviceGetMemoryInfo(h).total // (1024 * 1024)
-            gpus.append(Gpu(model=str(name)[:128], mem_mib=int(mem)))
-        return tuple(gpus)
+        for i in range(min(count, MAX_GPUS)):
+            h = nvml.nvmlDeviceGetHandleByIndex(i)
+            attrs = _optional(nvml.nvmlDeviceGetAttributes, h)
+            gpus.append(GpuDetail(
+                index=i, model=_text(nvml.nvmlDeviceGetName(h))[:128],
+                mem_mib=int(nvml.nvmlDeviceGetMemoryInfo(h).total // (1024 * 1024)),
+                driver=driver,
+                sm_count=int(getattr(attrs, "multiprocessorCount", 0) or 0),
+                max_sm_mhz=int(_optional(nvml.nvmlDeviceGetMaxClockInfo, h,
+                                         getattr(nvml, "NVML_CLOCK_SM", 1)) or 0)))
+        if count > MAX_GPUS:
+            log.warning("%d GPUs found; only the first %d are offered", count, MAX_GPUS)
+        return GpuProbe(tuple(gpus), driver, cuda, "" if gpus else "NVML found no GPU")
     except Exception as exc:
         log.warning("NVML present but GPU query failed: %s", exc)
-        return ()
+        return GpuProbe(note=f"NVML present but the GPU query failed: {_text(exc)}")
     finally:
         try:
-            pynvml.nvmlShutdown()
+            nvml.nvmlShutdown()
         except Exception:
             pass
 
 
-def detect_hardware(disk_path: Path | None = None) -> Hardware:
+def detect_gpus() -> tuple[Gpu, ...]:
+    return probe_gpus().wire
+
+
+@dataclass(frozen=True)
+class HostHardware:
+    """The node's own view: the wire's Hardware plus arch and NVML details (status view)."""
+
+    hardware: Hardware
+    arch: str
+    gpu: GpuProbe
+
+
+def _hardware(disk_path: Path | None, gpus: tuple[Gpu, ...]) -> Hardware:
     freq = psutil.cpu_freq()
     try:
         disk = psutil.disk_usage(str(disk_path or Path.home())).total // (1024 * 1024)
@@ -74,5 +147,14 @@ def detect_hardware(disk_path: Path | None = None) -> Hardware:
         cpu_mhz=int(freq.max or freq.current) if freq else 0,
         mem_mib=psutil.virtual_memory().total // (1024 * 1024),
         disk_mib=int(disk),
-        gpus=detect_gpus(),
+        gpus=gpus,
     )
+
+
+def detect_hardware(disk_path: Path | None = None) -> Hardware:
+    return _hardware(disk_path, detect_gpus())
+
+
+def detect_host(disk_path: Path | None = None, nvml: Any = None) -> HostHardware:
+    probe = probe_gpus(nvml)
+    return HostHardware(_hardware(disk_path, probe.wire), machine_arch(), probe)
