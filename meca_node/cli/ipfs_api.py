@@ -58,6 +58,18 @@ def _engine():
         raise HttpError(503, str(exc)) from None
 
 
+async def add_image(ipfs: IpfsNode, client, ref: str, job: Job):
+    """Store the local image ``ref`` as a DAG in the node's IPFS and pin it."""
+    import trio
+
+    from meca_node.runtime import images
+
+    dag = await trio.to_thread.run_sync(images.image_to_dag, client, ref, ipfs.store.put)
+    await trio.to_thread.run_sync(ipfs.store.pin, dag.cid)
+    job.done_bytes = dag.size
+    return dag
+
+
 def image_routes(ipfs: IpfsNode) -> dict:
     """Docker images as DAGs: add one from the local engine, load one (pulled if needed)."""
     import trio
@@ -69,10 +81,7 @@ def image_routes(ipfs: IpfsNode) -> dict:
         client = _engine()
 
         async def work(job: Job) -> dict:
-            dag = await trio.to_thread.run_sync(images.image_to_dag, client, ref,
-                                                ipfs.store.put)
-            await trio.to_thread.run_sync(ipfs.store.pin, dag.cid)
-            job.done_bytes = dag.size
+            dag = await add_image(ipfs, client, ref, job)
             return {"cid": str(dag.cid), "image": ref, "size": dag.size,
                     "layers": [{"digest": layer.digest, "size": layer.size}
                                for layer in dag.layers]}

@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from meca_node import wire
-from meca_node.cli.ipfs_api import _engine, _lines
+from meca_node.cli.ipfs_api import _engine, _lines, add_image
 from meca_node.control.server import HttpError, Request, Streamed
 from meca_node.net.ipfs_node import IpfsNode, Job
 from meca_node.node import Node
@@ -32,7 +32,6 @@ def _offer(body: dict, image_cid: str) -> wire.TaskOffer:
 
 def offer_routes(node: Node, ipfs: IpfsNode, data_dir: Path) -> dict:
     """Routes; what is published is saved in the data dir after every change."""
-    from meca_node.runtime import images
 
     def save() -> None:
         save_own_offers(data_dir, node.own_offers())
@@ -44,10 +43,7 @@ def offer_routes(node: Node, ipfs: IpfsNode, data_dir: Path) -> dict:
         client = _engine()
 
         async def work(job: Job) -> dict:
-            dag = await trio.to_thread.run_sync(images.image_to_dag, client, image,
-                                                ipfs.store.put)
-            await trio.to_thread.run_sync(ipfs.store.pin, dag.cid)
-            job.done_bytes = dag.size
+            dag = await add_image(ipfs, client, image, job)
             known = await node.publish_offer(_offer(body, str(dag.cid)))
             await trio.to_thread.run_sync(save)
             return {"offer_id": known.offer_id.hex(), "name": known.offer.name,
