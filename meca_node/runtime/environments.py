@@ -209,13 +209,15 @@ def plan_offer(hardware: wire.Hardware, values: Mapping[str, Any]) -> Offer:
     cores = max(1, hardware.cpu_count)
     warnings: list[str] = []
 
-    def pick(key: str, default, limit, unit: str, least, fix: str):
+    def pick(key: str, default, limit, unit: str, least, fix: str, whole: bool = False):
         value = values.get(key)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
                 or (isinstance(value, float) and not math.isfinite(value)):
             raise OfferError(f"config key {key}: expected a number >= 0; got {value!r}")
+        if whole and value != int(value):
+            raise OfferError(f"config key {key}: expected a whole number; got {value!r}")
         if value < least:
             raise OfferError(f"config key {key} = {value} leaves nothing to run a task with "
                              f"(at least {least} {unit}); {fix}")
@@ -229,10 +231,9 @@ def plan_offer(hardware: wire.Hardware, values: Mapping[str, Any]) -> Offer:
     cpu = pick("offer_cpu", cpu_default, float(cores), "cores", 0.001,
                f"{default_note} ({cpu_default:g} cores)")
     mem = pick("offer_mem_mb", mem_default, hardware.mem_mib, "MiB", MIN_MEM_MIB,
-               f"{default_note} ({mem_default} MiB)")
-    gpus = pick("offer_gpus", gpu_default, len(hardware.gpus), "GPUs", 0, default_note)
-    if isinstance(gpus, float) and gpus != int(gpus):
-        raise OfferError(f"config key offer_gpus: expected a whole number; got {gpus!r}")
+               f"{default_note} ({mem_default} MiB)", whole=True)
+    gpus = pick("offer_gpus", gpu_default, len(hardware.gpus), "GPUs", 0, default_note,
+                whole=True)
     price = values.get("price", 0)
     if isinstance(price, bool) or not isinstance(price, int) or price < 0:
         raise OfferError(f"config key price: expected an integer >= 0; got {price!r}")
