@@ -26,8 +26,32 @@ FromPeers = Annotated[list[str], typer.Option(
                    "connected peers are always asked")]
 
 
+def follow_job(client: ControlClient, path: str, body: dict, on_progress,
+               failed: str = "") -> dict:
+    """POST a long operation and follow its JSON lines: ``on_progress(dict)`` for each
+    progress line; its result, or exit 1 with its error (prefixed by ``failed``)."""
+    result = None
+    try:
+        with client.stream("POST", path, body) as response:
+            for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                doc = json.loads(line)
+                if "progress" in doc:
+                    on_progress(doc["progress"])
+                elif "error" in doc:
+                    raise m._fail(failed + doc["error"], 1)
+                elif "done" in doc:
+                    result = doc["done"]
+    except ControlError as exc:
+        raise m._fail(str(exc), 1) from None
+    if result is None:
+        raise m._fail("the node ended the answer without a result (did it stop?)", 1)
+    return result
+
+
 def stream_job(client: ControlClient, path: str, body: dict, quiet: bool) -> dict:
-    """POST a long operation and follow its JSON lines; a progress bar on a terminal."""
+    """A long operation with a progress bar on a terminal (bytes, rate, peers)."""
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TransferSpeedColumn)
 
@@ -35,27 +59,15 @@ def stream_job(client: ControlClient, path: str, body: dict, quiet: bool) -> dic
     bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                    TransferSpeedColumn(), TextColumn("{task.fields[peers]}"),
                    console=m.err, transient=True, disable=not show)
-    result: dict = {}
-    try:
-        with bar, client.stream("POST", path, body) as response:
-            task = bar.add_task(path.rsplit("/", 1)[-1], total=None, peers="")
-            for line in response.iter_lines():
-                if not line.strip():
-                    continue
-                doc = json.loads(line)
-                if "progress" in doc:
-                    p = doc["progress"]
-                    bar.update(task, completed=p["bytes"], total=p.get("total"),
-                               peers=f"{p['peers']} peer(s)" if p.get("peers") else "")
-                elif "error" in doc:
-                    raise m._fail(doc["error"], 1)
-                elif "done" in doc:
-                    result = doc["done"]
-    except ControlError as exc:
-        raise m._fail(str(exc), 1) from None
-    if not result:
-        raise m._fail("the node ended the answer without a result (did it stop?)", 1)
-    return result
+    with bar:
+        task = bar.add_task(path.rsplit("/", 1)[-1], total=None, peers="")
+
+        def update(p: dict) -> None:
+            if "bytes" in p:
+                bar.update(task, completed=p["bytes"], total=p.get("total"),
+                           peers=f"{p['peers']} peer(s)" if p.get("peers") else "")
+
+        return follow_job(client, path, body, update)
 
 
 @ipfs_app.command("add")

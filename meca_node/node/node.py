@@ -61,6 +61,7 @@ class Node:
                                 + settings.skew_ms)
         self.offer_seen = trio.Event()  # set whenever what is offered changes (then replaced)
         self._own_offers: dict[str, wire.TaskOffer] = {}  # ours, re-announced while we run
+        self.capacity = None  # a provider's jobs.Capacity: its adverts show what is free
         self.adverts_sent = 0
         self.advert_seen = trio.Event()  # set whenever a new advert arrives (then replaced)
         self._started_mono = time.monotonic()
@@ -179,10 +180,12 @@ class Node:
     # -- adverts ----------------------------------------------------------------
     def make_advert(self) -> wire.HostAdvert:
         hw = self.hardware
+        free = (self.capacity.free if self.capacity is not None else
+                wire.Resources(cpu_milli=hw.cpu_count * 1000, mem_mib=hw.mem_mib,
+                               gpu_count=len(hw.gpus)))
         return wire.HostAdvert(
             roles=self.settings.roles, arch=self.arch, hardware=hw,
-            free=wire.Resources(cpu_milli=hw.cpu_count * 1000, mem_mib=hw.mem_mib,
-                                gpu_count=len(hw.gpus)),
+            free=free,
             price=self.settings.price, environments=(), cached_images=(), queue=0,
             addrs=tuple(self.net.listen_addrs()[:16]))
 

@@ -1,0 +1,66 @@
+"""The walking skeleton: a developer publishes, a provider pulls the image over IPFS and
+runs it in Docker, a client gets the answer; separate processes, no server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import docker_engine
+from meca_node.node.developer import image_tag
+from meca_node.sim import Cluster
+from meca_node.sim.cluster import child_env
+from meca_node.store.taskdir import folder_digest, read_task_folder
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def cli(node, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "meca_node", *args, "--data-dir",
+                           str(node.data_dir)], capture_output=True, timeout=timeout,
+                          env=child_env())
+
+
+def wait_offer(node, name, timeout_s=15.0):
+    deadline = time.monotonic() + timeout_s
+    while True:  # bounded poll of another process's offer book
+        offers = json.loads(cli(node, "offers", "--json").stdout)["offers"]
+        if any(o["name"] == name for o in offers):
+            return
+        assert time.monotonic() < deadline, offers
+        time.sleep(0.2)
+
+
+def test_publish_then_run_cold_and_warm_with_the_exact_output(tmp_path):
+    client = docker_engine("python:3.9-slim")
+    folder = tmp_path / "echo"
+    shutil.copytree(EXAMPLES / "echo", folder)
+    spec = read_task_folder(folder)
+    with Cluster(tmp_path / "c", 3, advert_interval_s=1.0) as cluster:
+        dev, _provider, user = cluster.nodes
+        cluster.wait_mesh(timeout_s=15)
+        r = cli(dev, "task", "publish", str(folder), "--fee", "2", "--quiet")
+        assert r.returncode == 0, r.stderr.decode()
+        wait_offer(user, "echo")
+        client.images.remove(image_tag(spec, folder_digest(folder)), force=True)  # cold
+        r = cli(user, "run", "echo", "--input", f"@{folder / 'example_input.bin'}",
+                "--max-price", "5")
+        assert r.returncode == 0, r.stderr.decode()
+        assert r.stdout == spec.example_output
+        assert b"pulling" in r.stderr and b"running" in r.stderr
+        r = cli(user, "run", "echo", "--input", f"@{folder / 'example_input.bin'}",
+                "--max-price", "5")  # warm: the image is here now
+        assert r.returncode == 0, r.stderr.decode()
+        assert r.stdout == spec.example_output and b"pulling" not in r.stderr
+        r = cli(user, "run", "echo", "--input", "{}", "--max-price", "1")
+        assert r.returncode == 1 and b"no connected provider" in r.stderr
+        r = cli(user, "run", "nope", "--input", "{}")
+        assert r.returncode == 1 and b"no live offer" in r.stderr
