@@ -52,6 +52,8 @@ OPTIONS: tuple[Option, ...] = (
            "keys) whose task offers this provider runs (empty: any signed offer)"),
     Option("log_level", "str", "info", "debug, info, warning or error"),
     Option("ipfs_quota_mb", "int", 20480, "most MiB the IPFS block store may hold"),
+    Option("startup_benchmark", "bool", True,
+           "providers: measure each environment at start (cached per hardware); off: score 0"),
     Option("ipfs_pull_timeout_s", "float", 600.0,
            "seconds an IPFS pull (image or file) may take, apart from any job timeout"),
     Option("skew_s", "int", 120, "accept message timestamps within this many seconds of ours"),

@@ -117,22 +117,57 @@ def job_routes(node, ipfs: IpfsNode) -> dict:
     return {"POST /v1/jobs/run": run}
 
 
-def start_provider(node, ipfs: IpfsNode, data_dir: Path, price: int):
-    """A JobHost for a provider node, or None (with a warning) when no engine answers."""
+def start_provider(node, ipfs: IpfsNode, data_dir: Path, values: dict):
+    """A JobHost for a provider node with the share of the machine, price and allow-list
+    of the config, or None (with a warning) when no engine answers. OfferError (a config
+    value that cannot be used) propagates: the node must not start with it."""
     from meca_node.node.jobs import Capacity, JobHost
+    from meca_node.runtime.environments import plan_offer
     from meca_node.runtime.executor import DockerExecutor
 
+    offer = plan_offer(node.hardware, values)
+    for warning in offer.warnings:
+        log.warning("%s", warning)
     try:
         client = _engine()
     except HttpError as exc:
         log.warning("not running jobs: %s", exc)
         return None
-    hw = node.hardware
-    from meca_node import wire
-
-    capacity = Capacity(wire.Resources(cpu_milli=hw.cpu_count * 1000, mem_mib=hw.mem_mib,
-                                       gpu_count=len(hw.gpus)))
+    capacity = Capacity(offer.resources)
     host = JobHost(node, DockerExecutor(client), IpfsImages(ipfs, client, data_dir / "tmp"),
-                   capacity, price)
+                   capacity, offer.price, offer.allow_developers)
+    host.client, host.data_dir = client, data_dir
+    host.benchmark = bool(values.get("startup_benchmark", True))
     node.capacity = capacity
-    return host  # install() once the executor's sandbox is prepared
+    return host  # install() once environments are known and the sandbox is prepared
+
+
+async def provider_up(host) -> None:
+    """Decide the environments, benchmark them (cached per hardware), prepare the sandbox,
+    then take jobs. Runs beside the node: it starts serving before this finishes."""
+    from meca_node.runtime.benchmark import scores, startup_benchmarks
+    from meca_node.runtime.environments import advertised, gather_environments
+    from meca_node.runtime.hardware import detect_host
+
+    try:
+        envs = await trio.to_thread.run_sync(gather_environments, host.client)
+        if "docker-cpu" not in envs.enabled:
+            log.warning("not running jobs: %s", envs.state("docker-cpu").reason)
+            return
+        results = {}
+        if host.benchmark:
+            machine = await trio.to_thread.run_sync(detect_host, host.data_dir)
+            results = await trio.to_thread.run_sync(startup_benchmarks, host.client, machine,
+                                                    envs, host.data_dir)
+        host.node.environments = advertised(envs, scores(results))
+        await host.executor.prepare()
+    except Exception as exc:
+        log.error("not running jobs: the Docker sandbox could not be prepared (%s)", exc)
+        return
+    host.install()
+    log.info("taking jobs: %s", ", ".join(f"{e.name} (score {e.score})"
+                                         for e in host.node.environments))
+    try:  # tell the network now rather than at the next advert round
+        await host.node.publish_advert()
+    except Exception as exc:
+        log.debug("advert publish failed: %s", exc)

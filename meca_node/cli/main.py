@@ -107,6 +107,14 @@ def start(
             parse_peer_addr(b)
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    if "provider" in cfg["roles"]:  # refuse an unusable share before anything starts
+        from meca_node.runtime import detect_hardware
+        from meca_node.runtime.environments import OfferError, plan_offer
+
+        try:
+            plan_offer(detect_hardware(cfg.data_dir), cfg.values)
+        except OfferError as exc:
+            raise _fail(str(exc)) from None
     try:
         trio.run(run_node, cfg, identity, genesis_file)
     except* OSError as group:

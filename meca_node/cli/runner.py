@@ -10,7 +10,7 @@ import trio
 from meca_node import wire
 from meca_node.cli.config import Config
 from meca_node.cli.ipfs_api import ipfs_routes
-from meca_node.cli.jobs_api import job_routes, start_provider
+from meca_node.cli.jobs_api import job_routes, provider_up, start_provider
 from meca_node.cli.offers_api import offer_routes
 from meca_node.control import serve_control
 from meca_node.core import Identity
@@ -56,16 +56,6 @@ async def _stop_on_signal(signals, scope: trio.CancelScope) -> None:
         return
 
 
-async def _provider_up(host) -> None:
-    try:
-        await host.executor.prepare()
-    except Exception as exc:
-        log.error("not running jobs: the Docker sandbox could not be prepared (%s)", exc)
-        return
-    host.install()
-    log.info("taking jobs")
-
-
 async def _serve(cfg: Config, identity: Identity, genesis: wire.Genesis) -> None:
     async with open_net(identity.seed, net_config(cfg)) as net:
         node = Node(node_settings(cfg), identity, genesis, net, SystemClock(), OsRandom(),
@@ -82,9 +72,9 @@ async def _serve(cfg: Config, identity: Identity, genesis: wire.Genesis) -> None
             await nursery.start(ipfs.run)
             node.restore_offers(load_own_offers(cfg.data_dir))  # published before a restart
             if "provider" in cfg["roles"]:
-                host = start_provider(node, ipfs, cfg.data_dir, cfg["price"])
-                if host is not None:  # the sandbox network first, then jobs are taken
-                    nursery.start_soon(_provider_up, host)
+                host = start_provider(node, ipfs, cfg.data_dir, cfg.values)
+                if host is not None:  # environments, benchmark, sandbox; then jobs
+                    nursery.start_soon(provider_up, host)
             port = await nursery.start(serve_control, cfg.data_dir, routes, cfg["control_port"])
             print(f"meca-node {identity.peer_id} on network {genesis.name!r} "
                   f"({genesis.network_id.hex()[:16]})", flush=True)

@@ -238,6 +238,8 @@ class JobClient:
             ad = a.advert
             if ("provider" not in ad.roles or a.peer_id not in connected
                     or (offer.offer.arch and ad.arch != offer.offer.arch)
+                    or (offer.offer.environment and offer.offer.environment
+                        not in {e.name for e in ad.environments})
                     or ad.free.cpu_milli < need.cpu_milli or ad.free.mem_mib < need.mem_mib
                     or ad.free.gpu_count < need.gpu_count
                     or ad.price + offer.offer.fee > max_price):

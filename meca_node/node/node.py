@@ -62,6 +62,7 @@ class Node:
         self.offer_seen = trio.Event()  # set whenever what is offered changes (then replaced)
         self._own_offers: dict[str, wire.TaskOffer] = {}  # ours, re-announced while we run
         self.capacity = None  # a provider's jobs.Capacity: its adverts show what is free
+        self.environments: tuple[wire.Environment, ...] = ()  # a provider's, with scores
         self.adverts_sent = 0
         self.advert_seen = trio.Event()  # set whenever a new advert arrives (then replaced)
         self._started_mono = time.monotonic()
@@ -186,7 +187,8 @@ class Node:
         return wire.HostAdvert(
             roles=self.settings.roles, arch=self.arch, hardware=hw,
             free=free,
-            price=self.settings.price, environments=(), cached_images=(), queue=0,
+            price=self.settings.price, environments=self.environments, cached_images=(),
+            queue=len(self.capacity.reserved) if self.capacity is not None else 0,
             addrs=tuple(self.net.listen_addrs()[:16]))
 
     def seal(self, body) -> bytes:

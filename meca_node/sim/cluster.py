@@ -70,7 +70,8 @@ class Cluster:
     def __init__(self, root: Path, n: int, *, advert_interval_s: float = 1.0,
                  chords: int = 2, roles: tuple[str, ...] = ("provider",),
                  extra_args: tuple[str, ...] = (), seed: int = 7,
-                 network_name: str = "local-cluster") -> None:
+                 network_name: str = "local-cluster",
+                 startup_benchmark: bool = False) -> None:
         if not 1 <= n <= 64:
             raise ValueError("a local cluster has 1..64 nodes")
         self.root = root
@@ -81,6 +82,9 @@ class Cluster:
         self.extra_args = extra_args
         self.rng = random.Random(seed)
         self.network_name = network_name
+        #: off by default: n providers benchmarking at once on a small machine only
+        #: slow each other down, and tests do not need the scores
+        self.startup_benchmark = startup_benchmark
         self.nodes: list[ClusterNode] = []
         self.genesis_path = root / "genesis.json"
         self.exit_codes: dict[int, int | None] = {}
@@ -94,6 +98,9 @@ class Cluster:
             data_dir = self.root / f"node{i}"
             identity, _ = load_or_create_key(data_dir)
             identities.append(identity)
+            config = data_dir / "config.toml"
+            if not self.startup_benchmark and not config.exists():
+                config.write_text("startup_benchmark = false\n")
             host = f"127.0.0.{10 + i}"
             self.nodes.append(ClusterNode(i, data_dir, host, free_port(host), identity.peer_id,
                                           self.root / f"node{i}.log"))
