@@ -148,7 +148,7 @@ class JobHost:
         try:
             await self._send(stream, wire.JobAccept(job_id=job_id, price=self.price,
                                                     queue_position=0))
-            output = await self._run(stream, job_id, offer, req.input)
+            output = await self._run_watched(stream, job_id, offer, req.input)
             digest = hashlib.sha256(output).digest()
             await self._send(stream, wire.ResultCommit(job_id=job_id, result_sha256=digest,
                                                        size=len(output)))
@@ -157,8 +157,14 @@ class JobHost:
             self.done += 1
         except JobFailed as exc:
             self.failed += 1
-            await self._send(stream, wire.JobReject(job_id=job_id, reason=exc.reason,
-                                                    detail=exc.detail[:1024]))
+            try:
+                await self._send(stream, wire.JobReject(job_id=job_id, reason=exc.reason,
+                                                        detail=exc.detail[:1024]))
+            except Exception:  # the client is gone: nobody to tell
+                log.info("job %s: %s (client gone)", job_id.hex(), exc)
+        except Exception as exc:  # the stream broke while sending: the client is gone
+            self.failed += 1
+            log.info("job %s ended: %s", job_id.hex(), exc)
         finally:
             self.capacity.reserved.pop(job_id, None)  # released on every path
 
@@ -187,6 +193,37 @@ class JobHost:
         if req.job_id in self.capacity.reserved:
             raise JobFailed("bad_request", "a job with this id is running")
         return offer
+
+    async def _run_watched(self, stream: JobStream, job_id: bytes, offer: KnownOffer,
+                           body: bytes) -> bytes:
+        """Run the job while watching the stream: a client that goes away (or breaks the
+        protocol by sending more) cancels it; the container is removed (the executor's
+        removal is shielded) and the reservation released."""
+        result: list[bytes] = []
+        gone = False
+
+        async def watch(scope: trio.CancelScope) -> None:
+            nonlocal gone
+            try:
+                await stream.receive()
+            except Exception:
+                pass
+            gone = True
+            scope.cancel()
+
+        failure: list[JobFailed] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch, nursery.cancel_scope)
+            try:  # kept out of the nursery, which would wrap it in a group
+                result.append(await self._run(stream, job_id, offer, body))
+            except JobFailed as exc:
+                failure.append(exc)
+            nursery.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
+        if gone and not result:
+            raise JobFailed("bad_request", "the client went away; the job was stopped")
+        return result[0]
 
     async def _run(self, stream: JobStream, job_id: bytes, offer: KnownOffer,
                    body: bytes) -> bytes:

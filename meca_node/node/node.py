@@ -250,6 +250,11 @@ class Node:
             "gossip": {"accepted": dict(self.gate.stats.accepted),
                        "dropped": dict(self.gate.stats.dropped)},
             "cut_off": dict(self._cut_off),
+            "jobs_running": len(self.capacity.reserved) if self.capacity is not None else 0,
+            "free": ({"cpu": self.capacity.free.cpu_milli / 1000,
+                      "mem_mib": self.capacity.free.mem_mib,
+                      "gpus": self.capacity.free.gpu_count}
+                     if self.capacity is not None else None),
         }
 
     def peers(self) -> dict:

@@ -64,3 +64,56 @@ def test_publish_then_run_cold_and_warm_with_the_exact_output(tmp_path):
         assert r.returncode == 1 and b"no connected provider" in r.stderr
         r = cli(user, "run", "nope", "--input", "{}")
         assert r.returncode == 1 and b"no live offer" in r.stderr
+
+
+SLOW = """\
+import time
+from flask import Flask, request
+app = Flask(__name__)
+print("meca-init-done", flush=True)
+
+@app.route("/", methods=["POST"])
+def entry():
+    time.sleep(120)
+    return "too late"
+"""
+
+
+def test_a_client_that_goes_away_mid_job_stops_the_container_and_frees_the_provider(
+        tmp_path):
+    client = docker_engine("python:3.9-slim")
+    folder = tmp_path / "slow"
+    shutil.copytree(EXAMPLES / "echo", folder)
+    (folder / "name.txt").write_text("slow\n")
+    app = next((folder / "src").glob("*.py"))
+    app.write_text(SLOW)
+    with Cluster(tmp_path / "c", 3, advert_interval_s=1.0) as cluster:
+        dev, _provider, user = cluster.nodes
+        cluster.wait_mesh(timeout_s=15)
+        r = cli(dev, "task", "publish", str(folder), "--fee", "0", "--no-test", "--quiet")
+        assert r.returncode == 0, r.stderr.decode()
+        wait_offer(user, "slow")
+        runner = subprocess.Popen([sys.executable, "-m", "meca_node", "run", "slow",
+                                   "--input", "{}", "--timeout", "300", "--data-dir",
+                                   str(user.data_dir)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, env=child_env())
+        try:
+            for line in runner.stderr:  # ends with the CLI: bounded by its own life
+                if b"running" in line:
+                    break
+            hosts = [n for n in cluster.nodes[:2]]
+            busy = [n for n in hosts if n.status()["jobs_running"] == 1]
+            assert len(busy) == 1
+            host = busy[0]
+            assert client.containers.list(filters={"label": f"meca-node.pid={host.proc.pid}"})
+            cluster.kill(user)  # the client node dies mid-job
+            deadline = time.monotonic() + 30
+            while host.status()["jobs_running"]:  # bounded poll of the provider
+                assert time.monotonic() < deadline, "the provider kept the job"
+                time.sleep(0.2)
+            assert client.containers.list(
+                all=True, filters={"label": f"meca-node.pid={host.proc.pid}"}) == []
+            assert host.status()["free"]["mem_mib"] > 0
+        finally:
+            runner.kill()
+            runner.wait(timeout=30)
