@@ -263,26 +263,25 @@ class JobClient:
     def __init__(self, node) -> None:
         self.node = node
 
-    def choose(self, offer: KnownOffer, max_price: int) -> list[str]:
-        """Providers (peer ids) that may run ``offer``: connected, fresh advert, provider
-        role, same arch, enough free resources, price within ``max_price``; cheapest first."""
+    def choose(self, offer: KnownOffer, max_price: int) -> tuple[list[str], list[str]]:
+        """Providers (peer ids) that may run ``offer`` (connected, fresh advert, provider
+        role, the offer's environment and arch, enough free resources, price + fee within
+        ``max_price``), cheapest first; and why each other provider cannot."""
         now = self.node.clock.now_ms()
         connected = {p.peer_id for p in self.node.net.connected_peers()}
         need = offer.offer.resources
-        fits = []
+        fits, reasons = [], []
         for a in self.node.peerbook.fresh(now, 3 * int(self.node.settings.advert_interval_s
                                                         * 1000) + self.node.settings.skew_ms):
             ad = a.advert
-            if ("provider" not in ad.roles or a.peer_id not in connected
-                    or (offer.offer.arch and ad.arch != offer.offer.arch)
-                    or (offer.offer.environment and offer.offer.environment
-                        not in {e.name for e in ad.environments})
-                    or ad.free.cpu_milli < need.cpu_milli or ad.free.mem_mib < need.mem_mib
-                    or ad.free.gpu_count < need.gpu_count
-                    or ad.price + offer.offer.fee > max_price):
+            if "provider" not in ad.roles:
                 continue
-            fits.append((ad.price, a.peer_id))
-        return [pid for _, pid in sorted(fits)]
+            why = _unfit(ad, offer.offer, need, max_price, a.peer_id in connected)
+            if why:
+                reasons.append(f"{a.peer_id[-8:]} {why}")
+            else:
+                fits.append((ad.price, a.peer_id))
+        return [pid for _, pid in sorted(fits)], reasons
 
     async def run(self, ref: str, body: bytes, max_price: int, timeout_s: float,
                   on_progress=None) -> JobOutcome:
@@ -297,10 +296,11 @@ class JobClient:
         if len(body) > self.node.settings.caps.stream_frame - 4096:
             raise JobFailed("bad_request", f"input of {len(body)} bytes is over the inline "
                                            "cap; inputs as IPFS CIDs are not supported yet")
-        providers = self.choose(offer, max_price)
+        providers, reasons = self.choose(offer, max_price)
         if not providers:
+            detail = "; ".join(reasons) if reasons else "no provider has advertised yet"
             raise JobFailed("no_fit", f"no connected provider can run {offer.label} for at "
-                                      f"most {max_price} (see `meca-node peers`)")
+                                      f"most {max_price}: {detail}")
         provider = providers[0]
         job_id = self.node.rand.token_bytes(16)
         t0 = time.monotonic()
@@ -346,6 +346,27 @@ class JobClient:
                                           {"total": time.monotonic() - t0}, progress)
             finally:
                 await stream.close()
+
+
+def _unfit(ad: wire.HostAdvert, offer: wire.TaskOffer, need: wire.Resources,
+           max_price: int, connected: bool) -> str | None:
+    """Why a provider's advert cannot take the offer, or None."""
+    if not connected:
+        return "is not connected"
+    if offer.environment and offer.environment not in {e.name for e in ad.environments}:
+        return f"has no {offer.environment}" + (" (needs a GPU and the NVIDIA runtime)"
+                                                if offer.environment == "docker-gpu" else "")
+    if offer.arch and ad.arch != offer.arch:
+        return f"is {ad.arch}, the task is {offer.arch}"
+    if ad.free.gpu_count < need.gpu_count:
+        return f"has {ad.free.gpu_count} GPU(s) free < {need.gpu_count}"
+    if ad.free.cpu_milli < need.cpu_milli:
+        return f"has {ad.free.cpu_milli / 1000:g} CPU free < {need.cpu_milli / 1000:g}"
+    if ad.free.mem_mib < need.mem_mib:
+        return f"has {ad.free.mem_mib} MiB free < {need.mem_mib} MiB"
+    if ad.price + offer.fee > max_price:
+        return f"asks {ad.price} + fee {offer.fee} > max {max_price}"
+    return None
 
 
 def _public_key(peer_id: str) -> bytes:

@@ -62,6 +62,7 @@ def test_publish_then_run_cold_and_warm_with_the_exact_output(tmp_path):
         assert r.stdout == spec.example_output and b"pulling" not in r.stderr
         r = cli(user, "run", "echo", "--input", "{}", "--max-price", "1")
         assert r.returncode == 1 and b"no connected provider" in r.stderr
+        assert b"asks 0 + fee 2 > max 1" in r.stderr  # each provider's reason
         r = cli(user, "run", "nope", "--input", "{}")
         assert r.returncode == 1 and b"no live offer" in r.stderr
 
