@@ -277,12 +277,13 @@ def offers(data_dir: DataDir = None, config: ConfigFile = None, json_out: JsonOu
 
 
 @app.command()
-def demo(nodes: Annotated[int, typer.Option(min=2, max=8, help="how many nodes")] = 3,
+def demo(nodes: Annotated[int, typer.Option(
+        min=3, max=8, help="how many nodes: 1 developer, N-2 providers, 1 client")] = 5,
          timeout: Annotated[float, typer.Option(help="seconds to wait for the mesh")] = 30.0,
          keep: Annotated[Optional[Path], typer.Option(
              help="keep node data dirs and logs in this folder")] = None):
-    """Run a local network: N nodes on 127.0.0.1 find each other, exchange signed adverts,
-    move a file over IPFS, stop."""
+    """Run a local network: nodes find each other and exchange signed adverts, a file
+    crosses over IPFS, a published task runs for a client on a provider; then all stop."""
     from meca_node.sim.demo import run_demo
 
     raise typer.Exit(run_demo(nodes, timeout, keep, out))

@@ -68,7 +68,8 @@ class Cluster:
     """``with Cluster(root, n) as c: c.wait_mesh(10)`` starts n nodes and stops them after."""
 
     def __init__(self, root: Path, n: int, *, advert_interval_s: float = 1.0,
-                 chords: int = 2, roles: tuple[str, ...] = ("provider",),
+                 chords: int = 2,
+                 roles: tuple[str, ...] | list[tuple[str, ...]] = ("provider",),
                  extra_args: tuple[str, ...] = (), seed: int = 7,
                  network_name: str = "local-cluster",
                  startup_benchmark: bool = False) -> None:
@@ -124,7 +125,8 @@ class Cluster:
                 "--data-dir", str(node.data_dir), "--genesis", str(self.genesis_path),
                 "--listen", f"/ip4/{node.host}/tcp/{node.port}",
                 "--advert-interval", str(self.advert_interval_s), "--json-logs"]
-        for role in self.roles:
+        roles = self.roles[node.index] if isinstance(self.roles, list) else self.roles
+        for role in roles:  # one tuple for every node, or a list: a tuple per node
             args += ["--role", role]
         for peer in self._bootstrap_for(node):
             args += ["--bootstrap", peer.addr]
