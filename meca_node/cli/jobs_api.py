@@ -30,6 +30,39 @@ class IpfsImages:
         self.loaded: dict[str, str] = {}  # image CID -> tag
         self._lock = trio.Lock()
 
+    async def _already_here(self, cid: CID) -> str | None:
+        """The tag of the image this DAG holds if the engine has exactly that image (same
+        config id) already: only the root and manifest.json blocks are fetched to tell."""
+        from meca_node.ipfs import dagpb, unixfs
+
+        bitswap = self.ipfs.bitswap
+        try:
+            await bitswap.pull(cid, timeout_s=30, recursive=False)
+            root = dagpb.decode(self.ipfs.store.get(cid))
+            link = next((ln for ln in root.links if ln.name == "manifest.json"), None)
+            if link is None:
+                return None
+            await bitswap.pull(link.cid, timeout_s=30)
+            manifest = json.loads(b"".join(unixfs.cat(link.cid, self.ipfs.store.get)))
+            entry = manifest[0]
+            config_id = Path(entry["Config"]).name.removesuffix(".json")
+            config_id = config_id.removeprefix("sha256:")
+            for tag in entry.get("RepoTags") or []:
+                image = await trio.to_thread.run_sync(self._image, tag)
+                if image is not None and image.id.removeprefix("sha256:") == config_id:
+                    return tag
+        except Exception as exc:  # any doubt: pull and load it as usual
+            log.debug("image %s not found locally: %s", cid, exc)
+        return None
+
+    def _image(self, tag: str):
+        import docker.errors
+
+        try:
+            return self.client.images.get(tag)
+        except docker.errors.ImageNotFound:
+            return None
+
     def _present(self, tag: str) -> bool:
         import docker.errors
 
@@ -50,6 +83,10 @@ class IpfsImages:
         async with self._lock:  # one pull of an image at a time
             tag = self.loaded.get(image_cid)
             if tag and await trio.to_thread.run_sync(self._present, tag):
+                return tag
+            tag = await self._already_here(cid)
+            if tag:
+                self.loaded[image_cid] = tag
                 return tag
             await progress("pulling", 0, image_cid)
             job = Job("pull")

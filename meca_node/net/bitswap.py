@@ -278,8 +278,9 @@ class Bitswap:
 
     async def pull(self, root: CID, *, timeout_s: float = 600.0,
                    peers: list[str] | None = None,
-                   progress: Progress | None = None) -> PullStats:
-        """Fetch the whole DAG under ``root`` into the block store from connected peers.
+                   progress: Progress | None = None, recursive: bool = True) -> PullStats:
+        """Fetch the whole DAG under ``root`` (only ``root``'s own block when not
+        ``recursive``) into the block store from connected peers.
 
         Blocks already here are not fetched again, so an interrupted pull resumes. Each
         block is checked against its CID before it is stored. Fails with PullError when
@@ -294,7 +295,8 @@ class Bitswap:
         queue: deque[CID] = deque([root])
         try:
             with trio.fail_after(timeout_s):
-                await self._pull_loop(pull, queue, stats, start, progress, peers is None)
+                await self._pull_loop(pull, queue, stats, start, progress, peers is None,
+                                      recursive)
             if stats.blocks:  # what this pull wrote reaches the disk before it succeeds
                 await trio.to_thread.run_sync(self.blocks.sync)
         except trio.TooSlowError:
@@ -313,7 +315,8 @@ class Bitswap:
         return stats
 
     async def _pull_loop(self, pull: _Pull, queue: deque[CID], stats: PullStats,
-                         start: float, progress: Progress | None, follow: bool) -> None:
+                         start: float, progress: Progress | None, follow: bool,
+                         recursive: bool = True) -> None:
         session = pull.session
         seen: set[bytes] = set()
         next_tick = time.monotonic() + 1.0
@@ -329,7 +332,8 @@ class Bitswap:
                 if self.blocks.has(cid):
                     stats.local_blocks += 1
                     if cid.codec == DAG_PB:
-                        queue.extend(dagpb.link_cids(self.blocks.get(cid)))
+                        if recursive:
+                            queue.extend(dagpb.link_cids(self.blocks.get(cid)))
                     continue
                 if not session.peers:
                     raise PullError(f"no peer to fetch {cid} from: connect to one that has "
@@ -360,7 +364,8 @@ class Bitswap:
                 stats.blocks += 1
                 stats.bytes += len(data)
                 if cid.codec == DAG_PB:
-                    queue.extend(dagpb.link_cids(data))
+                    if recursive:
+                        queue.extend(dagpb.link_cids(data))
             if got and progress:
                 stats.seconds = time.monotonic() - start
                 progress(stats, len(session.peers))
