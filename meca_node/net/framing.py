@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from meca_node.ipfs.pb import varint
+
 
 class FrameError(Exception):
     """The peer sent a frame we refuse (too large, truncated, or a bad length prefix)."""
@@ -18,18 +20,7 @@ class _Stream(Protocol):
     async def write(self, data: bytes) -> None: ...
 
 
-def encode_uvarint(n: int) -> bytes:
-    if n < 0:
-        raise ValueError("uvarint must be >= 0")
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+encode_uvarint = varint  # the multiformats unsigned varint (LEB128), minimal
 
 
 async def write_frame(stream: _Stream, data: bytes, max_frame: int) -> None:

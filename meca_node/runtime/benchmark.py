@@ -189,6 +189,8 @@ def _run(client: Any, image: str, command: list[str], resources: TaskResources,
     import docker.errors
     from docker.types import DeviceRequest
 
+    from meca_node.runtime.executor import remove_container
+
     limits = SandboxLimits()
     try:
         user = task_user(client.images.get(image).attrs["Config"].get("User") or "", limits)
@@ -224,12 +226,7 @@ def _run(client: Any, image: str, command: list[str], resources: TaskResources,
         raise BenchmarkError(f"the benchmark container failed: {exc.explanation or exc}") \
             from None
     finally:
-        try:
-            container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            log.warning("could not remove benchmark container %s: %s", container.short_id, exc)
+        remove_container(container)
 
 
 def run_cpu_benchmark(client: Any, host: HostHardware | None = None,

@@ -62,6 +62,16 @@ def isolate_host_from_bridge(bridge: str) -> bool:
     return True
 
 
+def remove_container(container) -> None:
+    """Force-remove ``container``; already gone is fine, another failure is logged."""
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        log.warning("could not remove container %s: %s", container.short_id, exc)
+
+
 class EngineUnavailable(Exception):
     """No Docker engine answers; the message says how to start one."""
 
@@ -261,12 +271,7 @@ class DockerExecutor:
                                f"{exc.explanation or exc}") from None
 
     def _remove(self, container) -> None:
-        try:
-            container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            log.warning("could not remove container %s: %s", container.short_id, exc)
+        remove_container(container)
 
     async def _start(self, container) -> Running:
         t0 = time.monotonic()
