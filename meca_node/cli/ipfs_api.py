@@ -13,6 +13,7 @@ from pathlib import Path
 from meca_node.control.server import HttpError, Request, Streamed
 from meca_node.ipfs import unixfs
 from meca_node.ipfs.cid import CID, CidError
+from meca_node.net.bitswap import PullError
 from meca_node.net.ipfs_node import IpfsNode, Job
 from meca_node.store.blocks import BlockStoreError
 
@@ -134,9 +135,10 @@ def ipfs_routes(ipfs: IpfsNode) -> dict:
             first = await chunks.__anext__()
         except StopAsyncIteration:
             first = b""
-        except (unixfs.UnixfsError, BlockStoreError, Exception) as exc:
-            raise HttpError(404 if "no connected peer" in str(exc) else 400, str(exc)) \
-                from None
+        except PullError as exc:  # not to be had from any peer (or not in time)
+            raise HttpError(404, str(exc)) from None
+        except (ValueError, BlockStoreError) as exc:  # not a file, malformed, or damaged
+            raise HttpError(400, str(exc)) from None
 
         async def rest():
             yield first
