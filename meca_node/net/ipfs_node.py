@@ -80,9 +80,6 @@ class IpfsNode:
 
     def start_job(self, job: Job, work: Callable) -> Job:
         """Run ``await work(job)`` in the node's nursery; ``job`` reports its progress."""
-        return self._start(job, work)
-
-    def _start(self, job: Job, work: Callable) -> Job:
         async def runner() -> None:
             try:
                 job.result = await work(job)
@@ -115,7 +112,7 @@ class IpfsNode:
             return {"cid": str(added.cid), "size": added.size, "tsize": added.tsize,
                     "pinned": pin}
 
-        return self._start(job, work)
+        return self.start_job(job, work)
 
     # -- fetching -------------------------------------------------------------------
     async def connect(self, addrs: list[str]) -> None:
@@ -152,7 +149,7 @@ class IpfsNode:
                 await trio.to_thread.run_sync(self.store.pin, cid)
             return _stats(stats) | {"cid": str(cid), "pinned": pin}
 
-        return self._start(Job("pin" if pin else "pull"), work)
+        return self.start_job(Job("pin" if pin else "pull"), work)
 
     def get(self, cid: CID, out: Path, dial: list[str] = ()) -> Job:
         """Fetch ``cid`` and write it to the new path ``out``."""
@@ -165,7 +162,7 @@ class IpfsNode:
             written = await trio.to_thread.run_sync(unixfs.export, cid, self.store.get, out)
             return _stats(stats) | {"cid": str(cid), "path": str(out), "written": written}
 
-        return self._start(Job("get"), work)
+        return self.start_job(Job("get"), work)
 
     async def cat(self, cid: CID, dial: list[str] = ()) -> AsyncIterator[bytes]:
         """The file's bytes, after the whole DAG is here and checked block by block."""
