@@ -97,7 +97,8 @@ class Bitswap:
         self._asked: OrderedDict[bytes, None] = OrderedDict()
         self._junk: dict[str, int] = {}
         self.served_bytes = 0
-        self.cut_off = 0
+        self.cut_off = 0  # peers cut off (each counted once, however many streams it had)
+        self._cut: set[str] = set()
 
     # -- blocks ---------------------------------------------------------------------
     def _has(self, cid: CID) -> bool:
@@ -187,6 +188,9 @@ class Bitswap:
         return True
 
     async def _cut_off(self, peer: str, why: str) -> None:
+        if peer in self._cut:  # a second stream of the same peer hit the limit too
+            return
+        self._cut.add(peer)
         self.cut_off += 1
         self.server.forget(peer)
         now = time.monotonic()

@@ -14,8 +14,10 @@ i.e. single-core speed of an interpreter-style workload (600-670 on a 2-vCPU 2.4
 VM). The minimum over many short rounds filters out preemption and short bursts of other
 work; sustained contention for the physical core (a saturated host, SMT siblings, other VMs)
 slows the CPU time itself, and then no benchmark repeats: on that VM two runs agree within
-about 10% while it is quiet, and differed by up to 1.7x while other test suites kept it
-saturated. Where schedstat is missing the rounds are timed with ``/proc/uptime`` (10 ms
+about 10% while it is quiet, but on a busy day the speed of a vCPU changed up to 2x from
+one second to the next (the same loop run on the host as a control varied from 420 to
+800), and scores with it; more or shorter rounds did not help (measured: 20 or 40 rounds
+spread 1.4-1.8x), so the benchmark stays short. Where schedstat is missing the rounds are timed with ``/proc/uptime`` (10 ms
 steps, coarser). It takes about 1-1.5 s, most of it the container's start.
 
 ``docker-gpu`` (only where the environment is on): one container with the offered GPUs runs

@@ -4,9 +4,9 @@ cached for the same machine, repeatable when forced, and no container left behin
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
-import psutil
 import pytest
 from conftest import docker_engine, require
 
@@ -39,24 +39,40 @@ def test_cpu_benchmark_cached_and_repeatable(tmp_path):
     assert again.cached and again.score == first.score
     assert time.monotonic() - t0 < 0.5
 
-    cpu0 = psutil.cpu_times()
-    forced = bench.startup_benchmarks(client, host, envs, tmp_path, force=True)[DOCKER_CPU]
-    cpu1 = psutil.cpu_times()
-    assert not forced.cached and forced.score > 0
-    print(f"docker-cpu score {first.score}, forced re-run {forced.score} "
-          f"({first.detail}; {forced.detail})")
+    # Repeatability: forced runs agree within 25% while the host's own speed holds steady.
+    # The score is CPU time of a fixed loop, but on a shared VM the speed of a vCPU itself
+    # changes (SMT siblings, other VMs), and then no benchmark repeats. So the same loop
+    # runs on the host (/bin/sh) before and after each run as a control: the check is made
+    # when the controls agree within 15%, and the test says how unsteady the host was
+    # otherwise (measured on our 2-vCPU VM: controls from 420 to 800 on a busy day).
+    steady: list[int] = []
+    seen: list[str] = []
+    for _ in range(4):
+        before = _host_control()
+        run = bench.startup_benchmarks(client, host, envs, tmp_path, force=True)[DOCKER_CPU]
+        after = _host_control()
+        assert not run.cached and run.score > 0, run.detail
+        seen.append(f"{run.score} (host {before} -> {after})")
+        if abs(after / before - 1) <= 0.15:
+            steady.append(run.score)
+        if len(steady) == 2:
+            break
+    print("docker-cpu forced runs: " + ", ".join(seen))
     assert not _ours(client)
-    ratio = forced.score / first.score
-    if abs(ratio - 1) > 0.25:
-        total = sum(cpu1) - sum(cpu0)
-        idle = (cpu1.idle - cpu0.idle) / total if total > 0 else 1.0
-        # the score is CPU time of a fixed loop; others saturating the host's cores (SMT
-        # siblings, a shared VM) slow that too, and then no benchmark repeats
-        require(idle >= 0.3, f"scores {first.score} and {forced.score} differ by more than "
-                f"25% while the host was {100 - 100 * idle:.0f}% busy: repeatability can "
-                "only be checked on a quiet host")
-        pytest.fail(f"scores {first.score} and {forced.score} differ by more than 25% on a "
-                    f"quiet host ({100 * idle:.0f}% idle)")
+    if len(steady) < 2:
+        pytest.skip("the host's own speed did not hold steady for two runs, so "
+                    f"repeatability cannot be checked here: {', '.join(seen)}")
+    a, b = steady
+    assert abs(b / a - 1) <= 0.25, (f"two runs scored {a} and {b}, more than 25% apart, "
+                                    f"while the host held steady: {', '.join(seen)}")
+
+
+def _host_control() -> int:
+    """The benchmark's loop run on the host by /bin/sh, scored the same way."""
+    out = subprocess.run(["/bin/sh", "-c", bench.CPU_SCRIPT], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    best, _ = bench.parse_cpu_output(out)
+    return bench.cpu_score(best)
 
 
 def test_failing_benchmark_container_is_removed():
