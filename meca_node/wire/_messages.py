@@ -144,6 +144,7 @@ class JobRequest:
     job_id: bytes
     offer_id: bytes
     input: bytes = capped(MAX_INLINE)
+    input_cid: str = capped(128)  # an input over the inline cap: a UnixFS file's CID
     max_price: int
     deadline: int
 
@@ -151,6 +152,8 @@ class JobRequest:
         _length(16, job_id=self.job_id)
         _length(32, offer_id=self.offer_id)
         _nonneg(max_price=self.max_price, deadline=self.deadline)
+        if self.input and self.input_cid:
+            raise ValueError("give input inline or as input_cid, not both")
 
 
 @dataclass(frozen=True, slots=True)

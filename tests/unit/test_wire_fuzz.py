@@ -136,11 +136,12 @@ def rand_body(rng: random.Random, cls: type) -> Any:
           for f in dataclasses.fields(cls)}
     if cls in (wire.TaskOffer, wire.TaskWithdraw) and not kw["name"]:
         kw["name"] = "t"
-    if cls is wire.JobResult and kw["output"] and kw["output_cid"]:
-        if rng.random() < 0.5:
-            kw["output"] = b""
-        else:
-            kw["output_cid"] = ""
+    for data, ref in (("output", "output_cid"), ("input", "input_cid")):
+        if data in kw and kw[data] and kw[ref]:  # exclusive: keep one of them
+            if rng.random() < 0.5:
+                kw[data] = b""
+            else:
+                kw[ref] = ""
     return cls(**kw)
 
 

@@ -44,7 +44,8 @@ VALID: dict[type, dict[str, Any]] = {
                          environment="docker", fee=1, example_input_sha256=H32,
                          example_output_sha256=H32),
     wire.TaskWithdraw: dict(name="t", offer_id=H32),
-    wire.JobRequest: dict(job_id=JOB, offer_id=H32, input=b"{}", max_price=5, deadline=TS),
+    wire.JobRequest: dict(job_id=JOB, offer_id=H32, input=b"{}", input_cid="", max_price=5,
+                          deadline=TS),
     wire.JobAccept: dict(job_id=JOB, price=5, queue_position=0),
     wire.JobReject: dict(job_id=JOB, reason="busy", detail=""),
     wire.JobProgress: dict(job_id=JOB, stage="running", percent=50, detail=""),
@@ -126,6 +127,8 @@ REFUSED += [
     pytest.param(wire.TaskWithdraw, {"name": ""}, "name must not be empty", id="withdraw_name"),
     pytest.param(wire.JobResult, {"output": b"x", "output_cid": "bafy"}, "not both",
                  id="result_both"),
+    pytest.param(wire.JobRequest, {"input": b"x", "input_cid": "bafy"}, "not both",
+                 id="request_both"),
 ]
 ALLOWED += [
     pytest.param(wire.HostAdvert, {"roles": ()}, id="no_roles"),
@@ -135,6 +138,7 @@ ALLOWED += [
     pytest.param(wire.JobProgress, {"percent": 100}, id="percent100"),
     pytest.param(wire.JobResult, {"output": b"", "output_cid": "bafy"}, id="result_cid"),
     pytest.param(wire.JobResult, {"output": b"", "output_cid": ""}, id="result_empty"),
+    pytest.param(wire.JobRequest, {"input": b"", "input_cid": "bafy"}, id="request_cid"),
     pytest.param(wire.TaskOffer, {"name": "x"}, id="offer_name_1"),
 ] + [pytest.param(c, {f: v}, id=f"{c.__name__}.{f}={v}")
      for (c, f), values in ENUM_FIELDS.items() for v in sorted(values) if f != "roles"]
@@ -198,6 +202,7 @@ CAPS: list[tuple[type, str, str, int]] = [
     (wire.TaskOffer, "arch", "text", 32),
     (wire.TaskOffer, "environment", "text", 64),
     (wire.JobRequest, "input", "bytes", 16 * wire.MiB),
+    (wire.JobRequest, "input_cid", "text", 128),
     (wire.JobReject, "detail", "text", 1024),
     (wire.JobProgress, "detail", "text", 256),
     (wire.JobResult, "output", "bytes", 16 * wire.MiB),
@@ -226,12 +231,17 @@ def _sized(cls: type, field: str, kind: str, n: int) -> Any:
     return [item] * n
 
 
+#: a field that excludes another: the other is emptied when the field is set
+_EXCLUSIVE = {(wire.JobResult, "output_cid"): {"output": b""},
+              (wire.JobRequest, "input_cid"): {"input": b""}}
+
+
 def _as_body(cls: type, field: str, value: Any) -> Any:
     """A valid message (of a body type) whose ``cls.field`` is ``value``, built without any
     cap check (dataclasses check no caps; the decoder and seal do)."""
     if isinstance(value, list):
         value = tuple(_schema_value(cls, field, v) for v in value)
-    other = {"output": b""} if (cls, field) == (wire.JobResult, "output_cid") else {}
+    other = _EXCLUSIVE.get((cls, field), {})
     return _wrap_nested(make(cls, **other, **{field: value}))
 
 
@@ -246,7 +256,7 @@ def _schema_value(cls: type, field: str, item: Any) -> Any:
 @pytest.mark.parametrize(("cls", "field", "kind", "cap"), CAPS,
                          ids=[f"{c.__name__}.{f}.{k}" for c, f, k, _ in CAPS])
 def test_cap(cls: type, field: str, kind: str, cap: int) -> None:
-    other = {"output": b""} if (cls, field) == (wire.JobResult, "output_cid") else {}
+    other = _EXCLUSIVE.get((cls, field), {})
     at_cap = wire.cbor_encode(_schema_obj(cls, {**other, field: _sized(cls, field, kind, cap)}))
     body = wire.decode_body(cls, at_cap)
     assert wire.encode_body(body) == at_cap
@@ -274,7 +284,7 @@ def test_text_caps_count_bytes_not_characters(cls: type, field: str, kind: str,
                                               cap: int) -> None:
     """``cap`` characters of two bytes each are over the cap; ``cap`` bytes of four-byte
     characters (plus ASCII to fill) are within it."""
-    other = {"output": b""} if (cls, field) == (wire.JobResult, "output_cid") else {}
+    other = _EXCLUSIVE.get((cls, field), {})
     wrap = (lambda t: [t]) if kind == "item_text" else (lambda t: t)
     emoji = "🙂" * (cap // 4) + "x" * (cap % 4)
     assert len(emoji.encode()) == cap
@@ -524,7 +534,8 @@ STRATEGIES: dict[type, st.SearchStrategy] = {
         example_input_sha256=exact(32), example_output_sha256=exact(32)),
     wire.TaskWithdraw: st.builds(wire.TaskWithdraw, name=text(128, 1), offer_id=exact(32)),
     wire.JobRequest: st.builds(wire.JobRequest, job_id=exact(16), offer_id=exact(32),
-                               input=st.binary(max_size=512), max_price=u64, deadline=u64),
+                               input=st.binary(max_size=512), input_cid=st.just(""),
+                               max_price=u64, deadline=u64),
     wire.JobAccept: st.builds(wire.JobAccept, job_id=exact(16), price=u64, queue_position=u64),
     wire.JobReject: st.builds(wire.JobReject, job_id=exact(16),
                               reason=st.sampled_from(sorted(wire.JOB_REJECT_REASONS)),
