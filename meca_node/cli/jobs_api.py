@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -14,7 +15,7 @@ from meca_node.cli.ipfs_api import _engine
 from meca_node.control.server import HttpError, Request, Streamed
 from meca_node.ipfs.cid import CID, CidError
 from meca_node.net.ipfs_node import IpfsNode, Job
-from meca_node.node.jobs import JobClient, JobFailed
+from meca_node.node.jobs import PULL_TICK_S, JobClient, JobFailed
 
 log = logging.getLogger("meca_node.jobs")
 
@@ -55,6 +56,16 @@ class IpfsImages:
             log.debug("image %s not found locally: %s", cid, exc)
         return None
 
+    def _dag_size(self, cid: CID) -> int:
+        """The image DAG's size from its root's links (0 when the root is not here)."""
+        from meca_node.ipfs import dagpb
+
+        try:
+            root = dagpb.decode(self.ipfs.store.get(cid))
+            return len(self.ipfs.store.get(cid)) + sum(ln.tsize or 0 for ln in root.links)
+        except Exception:
+            return 0
+
     def _image(self, tag: str):
         import docker.errors
 
@@ -88,10 +99,12 @@ class IpfsImages:
             if tag:
                 self.loaded[image_cid] = tag
                 return tag
-            await progress("pulling", 0, image_cid)
-            job = Job("pull")
+            job = Job("pull", total=self._dag_size(cid))
             try:
-                stats = await self.ipfs.ensure(cid, job)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_tick, progress, job, f"image {image_cid}")
+                    stats = await self.ipfs.ensure(cid, job)
+                    nursery.cancel_scope.cancel()
             except Exception as exc:
                 raise JobFailed("internal", f"pulling the image {image_cid}: {exc}") from None
             await progress("loading", 100, f"{stats.bytes if stats else 0} bytes fetched")
@@ -104,8 +117,74 @@ class IpfsImages:
             return names[0]
 
 
+def _read_input(path: str) -> bytes:
+    """A job input file the node reads itself (the CLI sends its path), up to the cap."""
+    from meca_node.node.jobs import MAX_DATA
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_DATA + 1)
+    except OSError as exc:
+        raise HttpError(400, f"the node cannot read the input file {path}: {exc.strerror} "
+                             "(the node reads it itself: give a path its user can read)") \
+            from None
+    if len(data) > MAX_DATA:
+        raise HttpError(400, f"the input file {path} is over the cap of {MAX_DATA} bytes "
+                             f"({MAX_DATA >> 20} MiB)")
+    return data
+
+
+async def _tick(progress, job: Job, what: str) -> None:
+    """``pulling n%`` every PULL_TICK_S while ``job`` pulls (the client's pull clock)."""
+    while True:
+        percent = job.done_bytes * 100 // job.total if job.total else 0
+        total = f"{job.total / 1e6:.1f} MB" if job.total else "?"
+        await progress("pulling", min(99, percent),
+                       f"{what}: {job.done_bytes / 1e6:.1f} of {total}")
+        await trio.sleep(PULL_TICK_S)
+
+
+class IpfsData:
+    """Job inputs and outputs over the inline cap, as UnixFS files in the node's store."""
+
+    def __init__(self, ipfs: IpfsNode) -> None:
+        self.ipfs = ipfs
+
+    @asynccontextmanager
+    async def hold(self, data: bytes):
+        from meca_node.ipfs import unixfs
+
+        store = self.ipfs.store
+        with store.protect() as guard:
+            added = await trio.to_thread.run_sync(
+                lambda: unixfs.add_bytes(data, lambda c, b: store.put(c, b, durable=False)))
+            guard.add(added.cid)
+            yield str(added.cid)
+
+    async def fetch(self, cid: str, peer: str, max_bytes: int, progress) -> bytes:
+        from meca_node.ipfs import unixfs
+
+        try:
+            root = CID.parse(cid)
+        except CidError as exc:
+            raise JobFailed("bad_request", f"unusable CID {cid!r}: {exc}") from None
+        bitswap, store = self.ipfs.bitswap, self.ipfs.store
+        with store.protect([root]):
+            await bitswap.pull(root, timeout_s=30, peers=[peer], recursive=False)
+            entry = await trio.to_thread.run_sync(unixfs.inspect, root, store.get)
+            if entry.kind != "file":
+                raise JobFailed("bad_request", f"{cid} is a {entry.kind}, not a file")
+            if entry.size > max_bytes:
+                raise JobFailed("bad_request", f"{cid} is {entry.size} bytes, over the cap of "
+                                               f"{max_bytes} bytes")
+            await bitswap.pull(root, timeout_s=self.ipfs.pull_timeout_s, peers=[peer],
+                               progress=lambda stats, _n: progress(stats.bytes, entry.size))
+            return await trio.to_thread.run_sync(
+                lambda: b"".join(unixfs.cat(root, store.get)))
+
+
 def job_routes(node, ipfs: IpfsNode) -> dict:
-    jobs = JobClient(node)
+    jobs = JobClient(node, IpfsData(ipfs))
 
     def run(request: Request) -> Streamed:
         body = request.json()
@@ -116,6 +195,9 @@ def job_routes(node, ipfs: IpfsNode) -> dict:
             timeout_s = float(body.get("timeout_s", 120))
         except (ValueError, TypeError) as exc:
             raise HttpError(400, f"bad job parameters: {exc}") from None
+        path = body.get("input_path")
+        if path is not None:
+            data = _read_input(str(path))
         send, receive = trio.open_memory_channel[dict](64)
 
         def on_progress(stage: str, percent: int, detail: str) -> None:
@@ -172,7 +254,7 @@ def start_provider(node, ipfs: IpfsNode, data_dir: Path, values: dict):
         return None
     capacity = Capacity(offer.resources)
     host = JobHost(node, DockerExecutor(client), IpfsImages(ipfs, client, data_dir / "tmp"),
-                   capacity, offer.price, offer.allow_developers)
+                   capacity, offer.price, offer.allow_developers, data=IpfsData(ipfs))
     host.client, host.data_dir = client, data_dir
     host.benchmark = bool(values.get("startup_benchmark", True))
     node.capacity = capacity

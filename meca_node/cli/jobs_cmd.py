@@ -14,14 +14,23 @@ from meca_node.cli import main as m
 from meca_node.cli.ipfs_cmd import follow_job
 
 
-def _input_bytes(value: str) -> bytes:
+#: a literal --input travels in the control request; a file is read by the node itself
+MAX_LITERAL_INPUT = 32 * 1024
+
+
+def _input_field(value: str) -> dict:
+    """The job input for the control API: ``input_path`` for @FILE (the node reads it, up
+    to the job data cap), ``input_b64`` for a literal."""
     if value.startswith("@"):
-        path = Path(value[1:])
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise m._fail(f"cannot read the input file {path}: {exc.strerror}") from None
-    return value.encode()
+        path = Path(value[1:]).expanduser().resolve()
+        if not path.is_file():
+            raise m._fail(f"the input file {path} does not exist or is not a file")
+        return {"input_path": str(path)}
+    data = value.encode()
+    if len(data) > MAX_LITERAL_INPUT:
+        raise m._fail(f"the --input text is {len(data)} bytes; give inputs over "
+                      f"{MAX_LITERAL_INPUT} bytes as a file: --input @FILE")
+    return {"input_b64": base64.b64encode(data).decode()}
 
 
 @m.app.command("run")
@@ -30,17 +39,18 @@ def run(task: Annotated[str, typer.Argument(help="offer id, task name, or name@k
         max_price: Annotated[int, typer.Option("--max-price", min=0,
                                                help="most you pay (provider price + fee)")]
         = 100,
-        timeout: Annotated[float, typer.Option(help="seconds for the whole job")] = 120.0,
+        timeout: Annotated[float, typer.Option(help="seconds for the job to answer, not counting the image and input pulls")] = 120.0,
         json_out: m.JsonOut = False,
         data_dir: m.DataDir = None, config: m.ConfigFile = None):
     """Run a task the network offers; its output goes to stdout, progress to stderr."""
-    body = {"task": task, "input_b64": base64.b64encode(_input_bytes(input)).decode(),
-            "max_price": max_price, "timeout_s": timeout}
+    body = {"task": task, **_input_field(input), "max_price": max_price, "timeout_s": timeout}
     client = m._client(data_dir, config)
     client.timeout_s = max(client.timeout_s, 10.0)
 
     def show(p: dict) -> None:
-        m.err.print(f"==> {p['stage']} {p['detail']}".rstrip(), highlight=False, markup=False)
+        percent = f" {p['percent']}%" if p["stage"] == "pulling" else ""
+        m.err.print(f"==> {p['stage']}{percent} {p['detail']}".rstrip(), highlight=False,
+                    markup=False)
 
     done = follow_job(client, "/v1/jobs/run", body, show, failed="the job failed: ")
     output = base64.b64decode(done["output_b64"])

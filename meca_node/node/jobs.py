@@ -1,11 +1,25 @@
 """The job protocol ``/meca/job/1.0.0``: a provider runs offered tasks for clients.
 
-On one stream the client opened, each message a signed envelope in a frame
+On a stream the client opened, each message a signed envelope in a frame
 (``protocols/stream-framing.md``)::
 
     client   -> JobRequest
-    provider -> JobReject                                  (and the stream ends), or
+    provider -> JobReject, or
     provider -> JobAccept, JobProgress*, ResultCommit, JobResult
+
+then the client may send its next JobRequest on the same stream (one job at a time per
+stream): a fresh libp2p stream costs a round trip of stream negotiation (~2.5 ms here),
+so the client keeps a few idle streams per provider (:data:`CLIENT_IDLE_S`) and the
+provider ends a stream idle for :data:`PROVIDER_IDLE_S`. Anything the client sends while a
+job runs breaks the protocol and stops the job; a client that goes away stops it too.
+
+Inputs and outputs up to the inline cap (the stream frame cap less room for the envelope)
+travel in the messages; larger ones (up to :data:`MAX_DATA`) as the CID of a UnixFS file
+that the other side fetches over Bitswap, checked block by block (the output also
+against the signed ResultCommit). Time spent pulling the input and the image does not
+count against the job's deadline: the provider sends ``pulling`` progress at least every
+:data:`PULL_TICK_S` and the client's clock for the run starts after the pull, while a
+pull that goes silent for :data:`PULL_STALL_S` fails.
 
 The provider admits a request only when it knows the offer, runs the offer's architecture,
 has the resources free and the price fits the client's maximum; it reserves the resources
@@ -15,7 +29,8 @@ sandbox (``starting``) and posts the input (``running``). The client checks the
 provider's signatures and that the output matches the committed hash.
 
 Talks to the world only through ports: the stream side of :class:`Network`, an
-:class:`Executor` (``runtime.executor``) and an :class:`ImageSource` (IPFS + Docker).
+:class:`Executor` (``runtime.executor``, or its warm pool), an :class:`ImageSource` (IPFS +
+Docker) and a :class:`DataSource` (IPFS) for large inputs and outputs.
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +51,26 @@ from meca_node.core.task import TaskResources
 log = logging.getLogger("meca_node.jobs")
 
 PROTOCOL = "/meca/job/1.0.0"
+#: the largest input or output a job carries (inline or as a CID)
+MAX_DATA = 64 * 1024 * 1024
+#: room for the envelope around inline data in a stream frame
+ENVELOPE_ROOM = 4096
+#: the provider ends a job stream with no request for this long
+PROVIDER_IDLE_S = 60.0
+#: the client reuses an idle stream only this long (well inside the provider's idle time)
+CLIENT_IDLE_S = 20.0
+#: idle streams the client keeps per provider
+CLIENT_IDLE_STREAMS = 4
+#: most jobs on one stream
+MAX_JOBS_PER_STREAM = 100_000
+#: the provider reports a running pull at least this often...
+PULL_TICK_S = 1.0
+#: ...and the client gives up on a pull silent for this long
+PULL_STALL_S = 30.0
+#: progress the provider sends only when starting takes longer than this (a warm start
+#: sends none, so a warm job is four messages)
+SLOW_START_S = 0.2
+PULL_STAGES = ("pulling", "loading")
 
 
 class JobStream(Protocol):
@@ -55,6 +91,15 @@ class Executor(Protocol):
     async def check_gpus(self, resources: TaskResources) -> None: ...
     def run(self, image: str, resources: TaskResources) -> Any: ...
     async def request(self, running: Any, body: bytes) -> tuple[bytes, float]: ...
+
+
+class DataSource(Protocol):
+    async def fetch(self, cid: str, peer: str, max_bytes: int, progress) -> bytes:
+        """The bytes of the UnixFS file ``cid`` from ``peer`` (refused over ``max_bytes``
+        before it is pulled); ``progress(done_bytes, total)`` while pulling."""
+
+    def hold(self, data: bytes) -> AbstractAsyncContextManager[str]:
+        """Add ``data`` to the local store; its CID, kept while the context is open."""
 
 
 class JobFailed(Exception):
@@ -102,22 +147,26 @@ class JobHost:
     """The provider side. ``node`` gives keys, clock, the offer book and the network."""
 
     def __init__(self, node, executor: Executor, images: ImageSource, capacity: Capacity,
-                 price: int, allow: frozenset[bytes] = frozenset()) -> None:
+                 price: int, allow: frozenset[bytes] = frozenset(),
+                 data: DataSource | None = None) -> None:
         self.node = node
         self.executor = executor
         self.images = images
         self.capacity = capacity
         self.price = price
         self.allow = allow
+        self.data = data
         self.done = 0
         self.failed = 0
 
     def install(self) -> None:
         self.node.net.set_stream_handler(PROTOCOL, self.handle)
 
-    def _open(self, data: bytes | None) -> wire.Envelope:
-        if data is None:
-            raise JobFailed("bad_request", "the stream ended before a JobRequest")
+    @property
+    def inline_cap(self) -> int:
+        return self.node.settings.caps.stream_frame - ENVELOPE_ROOM
+
+    def _open(self, data: bytes) -> wire.Envelope:
         env = wire.open_envelope(data, max_size=self.node.settings.caps.stream_frame)
         if env.net != self.node.genesis.network_id:
             raise JobFailed("bad_request", "the request is for another network")
@@ -127,44 +176,75 @@ class JobHost:
         await stream.send(self.node.seal(body))
 
     async def handle(self, stream: JobStream) -> None:
+        """Serve jobs one after the other on ``stream`` until the client closes it, it
+        idles for PROVIDER_IDLE_S, or a job ends it (client gone, protocol broken)."""
+        try:
+            for _ in range(MAX_JOBS_PER_STREAM):
+                data = None
+                with trio.move_on_after(PROVIDER_IDLE_S):
+                    data = await stream.receive()
+                if data is None or not await self._job(stream, data):
+                    return
+        except Exception as exc:  # the stream broke: the client is gone
+            log.debug("job stream from %s ended: %s", stream.remote_peer, exc)
+        finally:
+            await stream.close()
+
+    async def _job(self, stream: JobStream, data: bytes) -> bool:
+        """Answer one JobRequest; whether the stream may carry another."""
         job_id = bytes(16)
         try:
-            env = self._open(await stream.receive())
+            env = self._open(data)
             if not isinstance(env.body, wire.JobRequest):
                 raise JobFailed("bad_request", f"expected a JobRequest, got {env.type}")
             req: wire.JobRequest = env.body
             job_id = req.job_id
             offer = self._admit(req, env.signer)
-        except JobFailed as exc:
-            await self._send(stream, wire.JobReject(job_id=job_id, reason=exc.reason,
-                                                    detail=exc.detail[:1024]))
-            return
-        except wire.WireError as exc:
-            await self._send(stream, wire.JobReject(job_id=job_id, reason="bad_request",
-                                                    detail=str(exc)[:1024]))
-            return
-        need = offer.offer.resources
-        self.capacity.reserved[job_id] = need
+        except (JobFailed, wire.WireError) as exc:
+            reason = exc.reason if isinstance(exc, JobFailed) else "bad_request"
+            await self._send(stream, wire.JobReject(job_id=job_id, reason=reason,
+                                                    detail=str(getattr(exc, "detail", exc))
+                                                    [:1024]))
+            return True
+        budget_s = max(0.0, (req.deadline - self.node.clock.now_ms()) / 1000)
+        self.capacity.reserved[job_id] = offer.offer.resources
         try:
             await self._send(stream, wire.JobAccept(job_id=job_id, price=self.price,
                                                     queue_position=0))
-            output = await self._run_watched(stream, job_id, offer, req.input)
+            output = await self._run_watched(stream, job_id, offer, req, budget_s)
             digest = hashlib.sha256(output).digest()
             await self._send(stream, wire.ResultCommit(job_id=job_id, result_sha256=digest,
                                                        size=len(output)))
-            await self._send(stream, wire.JobResult(job_id=job_id, output=output,
-                                                    output_cid=""))
+            if len(output) <= self.inline_cap or self.data is None:
+                await self._send(stream, wire.JobResult(job_id=job_id, output=output,
+                                                        output_cid=""))
+            else:
+                async with self.data.hold(output) as cid:
+                    await self._send(stream, wire.JobResult(job_id=job_id, output=b"",
+                                                            output_cid=cid))
+                    # kept until the client has fetched it and closed the stream
+                    with trio.move_on_after(PROVIDER_IDLE_S):
+                        await stream.receive()
+                self.done += 1
+                return False
             self.done += 1
+            return True
         except JobFailed as exc:
             self.failed += 1
+            if exc.reason == "gone":
+                log.info("job %s: %s", job_id.hex(), exc.detail)
+                return False
             try:
                 await self._send(stream, wire.JobReject(job_id=job_id, reason=exc.reason,
                                                         detail=exc.detail[:1024]))
             except Exception:  # the client is gone: nobody to tell
                 log.info("job %s: %s (client gone)", job_id.hex(), exc)
+                return False
+            return True
         except Exception as exc:  # the stream broke while sending: the client is gone
             self.failed += 1
             log.info("job %s ended: %s", job_id.hex(), exc)
+            return False
         finally:
             self.capacity.reserved.pop(job_id, None)  # released on every path
 
@@ -187,6 +267,8 @@ class JobHost:
         if total > req.max_price:
             raise JobFailed("price", f"price {self.price} + fee {offer.offer.fee} = {total} "
                                      f"> max {req.max_price}")
+        if req.input_cid and self.data is None:
+            raise JobFailed("bad_request", "this provider takes inline inputs only")
         short = self.capacity.shortfall(offer.offer.resources)
         if short:
             raise JobFailed("no_fit", short)
@@ -195,10 +277,10 @@ class JobHost:
         return offer
 
     async def _run_watched(self, stream: JobStream, job_id: bytes, offer: KnownOffer,
-                           body: bytes) -> bytes:
+                           req: wire.JobRequest, budget_s: float) -> bytes:
         """Run the job while watching the stream: a client that goes away (or breaks the
-        protocol by sending more) cancels it; the container is removed (the executor's
-        removal is shielded) and the reservation released."""
+        protocol by sending during the job) cancels it; the container is removed (the
+        executor's removal is shielded) and the reservation released."""
         result: list[bytes] = []
         gone = False
 
@@ -215,18 +297,19 @@ class JobHost:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch, nursery.cancel_scope)
             try:  # kept out of the nursery, which would wrap it in a group
-                result.append(await self._run(stream, job_id, offer, body))
+                result.append(await self._run(stream, job_id, offer, req, budget_s))
             except JobFailed as exc:
                 failure.append(exc)
             nursery.cancel_scope.cancel()
+        if gone and not result:
+            raise JobFailed("gone", "the client went away (or sent during the job); the job "
+                                    "was stopped")
         if failure:
             raise failure[0]
-        if gone and not result:
-            raise JobFailed("bad_request", "the client went away; the job was stopped")
         return result[0]
 
     async def _run(self, stream: JobStream, job_id: bytes, offer: KnownOffer,
-                   body: bytes) -> bytes:
+                   req: wire.JobRequest, budget_s: float) -> bytes:
         async def progress(stage: str, percent: int, detail: str = "") -> None:
             await self._send(stream, wire.JobProgress(job_id=job_id, stage=stage,
                                                       percent=max(0, min(100, percent)),
@@ -235,17 +318,66 @@ class JobHost:
         resources = task_resources(offer.offer.resources)
         try:
             await self.executor.check_gpus(resources)
+            body = req.input
+            if req.input_cid:
+                body = await self._fetch_input(req.input_cid, stream.remote_peer, progress)
             tag = await self.images.ensure(offer.offer.image_cid, progress)
-            await progress("starting", 0)
-            async with self.executor.run(tag, resources) as running:
-                await progress("running", 0)
-                output, _ = await self.executor.request(running, body)
+            # the pulls are done: the job's own deadline runs from here
+            with trio.move_on_after(budget_s) as scope:
+                output = await self._start_and_post(tag, resources, body, progress)
+            if scope.cancelled_caught:
+                raise JobFailed("deadline", f"the task did not answer within the job's "
+                                            f"{budget_s:.1f} s (image pull not counted)")
             return output
         except JobFailed:
             raise
         except Exception as exc:  # the executor's and the pull's errors carry their why
             stage = getattr(exc, "stage", "internal")
             raise JobFailed("internal", f"{stage}: {exc}") from None
+
+    async def _start_and_post(self, tag: str, resources: TaskResources, body: bytes,
+                              progress) -> bytes:
+        announced = False
+        timer = trio.CancelScope()
+
+        async def slow_start() -> None:
+            nonlocal announced
+            with timer:
+                await trio.sleep(SLOW_START_S)
+                announced = True
+                await progress("starting", 0)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow_start)
+            async with self.executor.run(tag, resources) as running:
+                timer.cancel()
+                if announced:
+                    await progress("running", 0)
+                output, _ = await self.executor.request(running, body)
+        return output
+
+    async def _fetch_input(self, cid: str, peer: str, progress) -> bytes:
+        last = [0.0]
+
+        def on_bytes(done: int, total: int) -> None:
+            last[0] = done / total * 100 if total else 0
+
+        async with trio.open_nursery() as nursery:
+            async def tick() -> None:
+                while True:
+                    await progress("pulling", int(last[0]), f"input {cid}")
+                    await trio.sleep(PULL_TICK_S)
+
+            nursery.start_soon(tick)
+            try:
+                data = await self.data.fetch(cid, peer, MAX_DATA, on_bytes)
+            except JobFailed:
+                raise
+            except Exception as exc:
+                raise JobFailed("bad_request", f"the input {cid} could not be fetched from "
+                                               f"the client: {exc}") from None
+            nursery.cancel_scope.cancel()
+        return data
 
 
 @dataclass
@@ -257,11 +389,25 @@ class JobOutcome:
     progress: list[tuple[str, int, str]]
 
 
-class JobClient:
-    """The client side: pick a provider for an offer, send the request, check the answer."""
+@dataclass
+class _Idle:
+    stream: JobStream
+    since: float
 
-    def __init__(self, node) -> None:
+
+class JobClient:
+    """The client side: pick a provider for an offer, send the request, check the answer.
+    ``data`` (IPFS) carries inputs and outputs over the inline cap."""
+
+    def __init__(self, node, data: DataSource | None = None) -> None:
         self.node = node
+        self.data = data
+        self._idle: dict[str, list[_Idle]] = {}
+        self.streams_opened = 0
+
+    @property
+    def inline_cap(self) -> int:
+        return self.node.settings.caps.stream_frame - ENVELOPE_ROOM
 
     def choose(self, offer: KnownOffer, max_price: int) -> tuple[list[str], list[str]]:
         """Providers (peer ids) that may run ``offer`` (connected, fresh advert, provider
@@ -285,6 +431,8 @@ class JobClient:
 
     async def run(self, ref: str, body: bytes, max_price: int, timeout_s: float,
                   on_progress=None) -> JobOutcome:
+        """Run the offer ``ref`` (id, name or name@key-prefix) on ``body``; the job's
+        ``timeout_s`` does not count time spent pulling the image and input."""
         now = self.node.clock.now_ms()
         try:
             offer = self.node.offers.find(ref, now)
@@ -293,9 +441,13 @@ class JobClient:
         if offer is None:
             raise JobFailed("unknown_offer", f"no live offer matches {ref!r} (see "
                                              "`meca-node offers`)")
-        if len(body) > self.node.settings.caps.stream_frame - 4096:
-            raise JobFailed("bad_request", f"input of {len(body)} bytes is over the inline "
-                                           "cap; inputs as IPFS CIDs are not supported yet")
+        if len(body) > MAX_DATA:
+            raise JobFailed("bad_request", f"the input is {len(body)} bytes, over the cap of "
+                                           f"{MAX_DATA} bytes ({MAX_DATA >> 20} MiB)")
+        if len(body) > self.inline_cap and self.data is None:
+            raise JobFailed("bad_request", f"the input is {len(body)} bytes, over the inline "
+                                           f"cap of {self.inline_cap} bytes, and this node "
+                                           "has no IPFS store to send it as a CID")
         providers, reasons = self.choose(offer, max_price)
         if not providers:
             detail = "; ".join(reasons) if reasons else "no provider has advertised yet"
@@ -303,49 +455,173 @@ class JobClient:
                                       f"most {max_price}: {detail}")
         provider = providers[0]
         job_id = self.node.rand.token_bytes(16)
-        t0 = time.monotonic()
-        progress: list[tuple[str, int, str]] = []
-        request = wire.JobRequest(job_id=job_id, offer_id=offer.offer_id, input=body,
-                                  max_price=max_price,
-                                  deadline=now + int(timeout_s * 1000))
-        cap = self.node.settings.caps.stream_frame
-        with trio.fail_after(timeout_s):
-            stream = await self.node.net.open_stream(provider, PROTOCOL)
+        if len(body) <= self.inline_cap:
+            return await self._run_on(provider, offer, job_id, body, "", max_price,
+                                      timeout_s, on_progress)
+        async with self.data.hold(body) as cid:  # the provider fetches it from us
+            return await self._run_on(provider, offer, job_id, b"", cid, max_price,
+                                      timeout_s, on_progress)
+
+    async def _stream(self, provider: str) -> tuple[JobStream, bool]:
+        """An idle stream to ``provider`` (reused) or a new one; and whether reused."""
+        now = time.monotonic()
+        idle = self._idle.get(provider, [])
+        while idle:
+            entry = idle.pop()
+            if now - entry.since < CLIENT_IDLE_S:
+                return entry.stream, True
+            await entry.stream.close()
+        self.streams_opened += 1
+        return await self.node.net.open_stream(provider, PROTOCOL), False
+
+    async def _release(self, provider: str, stream: JobStream, reusable: bool) -> None:
+        idle = self._idle.setdefault(provider, [])
+        if reusable and len(idle) < CLIENT_IDLE_STREAMS:
+            idle.append(_Idle(stream, time.monotonic()))
+        else:
+            await stream.close()
+
+    async def _send_request(self, provider: str, request: bytes
+                            ) -> tuple[JobStream, bytes | None]:
+        """Send ``request`` on an idle stream, or a new one when the idle one turns out to
+        be closed already; the stream and the provider's first answer."""
+        for _ in range(CLIENT_IDLE_STREAMS + 1):  # the idle ones, then a new one
+            stream, reused = await self._stream(provider)
             try:
-                await stream.send(self.node.seal(request))
-                commit = None
-                accepted = None
-                while True:
-                    data = await stream.receive()
-                    if data is None:
-                        raise JobFailed("internal", "the provider ended the stream early")
-                    env = wire.open_envelope(data, max_size=cap)
-                    if env.signer != _public_key(provider) or env.body.job_id != job_id:
-                        raise JobFailed("internal", "a message not from the provider or "
-                                                    "not for this job")
-                    body_ = env.body
-                    if isinstance(body_, wire.JobReject):
-                        raise JobFailed(body_.reason, f"{provider}: {body_.detail}")
-                    if isinstance(body_, wire.JobAccept):
-                        accepted = body_
-                    elif isinstance(body_, wire.JobProgress):
-                        progress.append((body_.stage, body_.percent, body_.detail))
-                        if on_progress:
-                            on_progress(body_.stage, body_.percent, body_.detail)
-                    elif isinstance(body_, wire.ResultCommit):
-                        commit = body_
-                    elif isinstance(body_, wire.JobResult):
-                        if commit is None or accepted is None:
-                            raise JobFailed("internal", "a result without accept and commit")
-                        out = body_.output
-                        if (hashlib.sha256(out).digest() != commit.result_sha256
-                                or len(out) != commit.size):
-                            raise JobFailed("internal", f"{provider}'s output does not match "
-                                                        "its signed commitment")
-                        return JobOutcome(out, provider, accepted.price,
-                                          {"total": time.monotonic() - t0}, progress)
-            finally:
+                await stream.send(request)
+                first = await stream.receive()
+            except (trio.Cancelled, trio.TooSlowError):
                 await stream.close()
+                raise
+            except Exception as exc:
+                await stream.close()
+                if reused:
+                    continue  # the provider had ended the idle stream: take another
+                raise JobFailed("internal", f"{provider} did not take the request ({exc}); "
+                                            "it stopped or went away") from None
+            if first is None and reused:
+                await stream.close()
+                continue
+            return stream, first
+        raise JobFailed("internal", f"{provider} closed the job streams; it stopped or went "
+                                    "away")
+
+    async def _run_on(self, provider: str, offer: KnownOffer, job_id: bytes, body: bytes,
+                      input_cid: str, max_price: int, timeout_s: float,
+                      on_progress) -> JobOutcome:
+        t0 = time.monotonic()
+        now = self.node.clock.now_ms()
+        request = self.node.seal(wire.JobRequest(
+            job_id=job_id, offer_id=offer.offer_id, input=body, input_cid=input_cid,
+            max_price=max_price, deadline=now + int(timeout_s * 1000)))
+        run_deadline = trio.current_time() + timeout_s
+        state = _Exchange(provider, job_id, run_deadline)
+        with trio.CancelScope(deadline=run_deadline) as scope:
+            state.scope = scope
+            stream, first = await self._send_request(provider, request)
+            reusable = False
+            try:
+                out, price = await self._answer(stream, state, first, on_progress)
+                reusable = not state.output_cid  # the provider holds a CID until we close
+                return JobOutcome(out, provider, price, {"total": time.monotonic() - t0,
+                                                         "pull": state.pulled},
+                                  state.progress)
+            except JobFailed as exc:
+                reusable = exc.reason != "internal"  # a reject leaves the stream usable
+                raise
+            except (trio.Cancelled, trio.TooSlowError):
+                raise
+            except Exception as exc:  # the stream broke
+                raise JobFailed("internal", f"{provider}: the job stream broke ({exc}); the "
+                                            "provider stopped or went away") from None
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._release(provider, stream, reusable and not scope.cancel_called)
+        raise JobFailed("deadline", f"no result from {provider} within {timeout_s:g} s"
+                                    + (f" (+{state.pulled:.1f} s pulling)" if state.pulled
+                                       else ""))
+
+    async def _answer(self, stream: JobStream, st: "_Exchange", data: bytes | None,
+                      on_progress) -> tuple[bytes, int]:
+        """Read the provider's messages for this job up to the checked output."""
+        cap = self.node.settings.caps.stream_frame
+        key = _public_key(st.provider)
+        commit = accepted = None
+        for _ in range(100_000):  # bounded: progress arrives at most every PULL_TICK_S
+            if data is None:
+                raise JobFailed("internal", f"{st.provider} ended the stream before the "
+                                            "result (it stopped or went away)")
+            env = wire.open_envelope(data, max_size=cap)
+            if env.signer != key or getattr(env.body, "job_id", None) != st.job_id:
+                raise JobFailed("internal", "a message not from the provider or not for "
+                                            "this job")
+            body_ = env.body
+            if isinstance(body_, wire.JobReject):
+                raise JobFailed(body_.reason, f"{st.provider}: {body_.detail}")
+            if isinstance(body_, wire.JobAccept):
+                accepted = body_
+            elif isinstance(body_, wire.JobProgress):
+                st.on_stage(body_.stage)
+                st.progress.append((body_.stage, body_.percent, body_.detail))
+                if on_progress:
+                    on_progress(body_.stage, body_.percent, body_.detail)
+            elif isinstance(body_, wire.ResultCommit):
+                st.on_stage("result")
+                commit = body_
+            elif isinstance(body_, wire.JobResult):
+                if commit is None or accepted is None:
+                    raise JobFailed("internal", "a result without accept and commit")
+                out = body_.output
+                if body_.output_cid:
+                    out = await self._fetch_output(body_.output_cid, st, commit.size)
+                if (hashlib.sha256(out).digest() != commit.result_sha256
+                        or len(out) != commit.size):
+                    raise JobFailed("internal", f"{st.provider}'s output does not match its "
+                                                "signed commitment")
+                return out, accepted.price
+            data = await stream.receive()
+        raise JobFailed("internal", f"{st.provider} sent too many messages")
+
+    async def _fetch_output(self, cid: str, st: "_Exchange", size: int) -> bytes:
+        if self.data is None:
+            raise JobFailed("internal", "the output came as a CID and this node has no IPFS "
+                                        "store to fetch it")
+        if size > MAX_DATA:
+            raise JobFailed("internal", f"the provider committed to {size} bytes of output, "
+                                        f"over the cap of {MAX_DATA}")
+        st.on_stage("pulling")
+        st.output_cid = cid
+        try:
+            return await self.data.fetch(cid, st.provider, size, lambda done, total:
+                                         st.on_stage("pulling"))
+        except Exception as exc:
+            raise JobFailed("internal", f"the output {cid} could not be fetched from "
+                                        f"{st.provider}: {exc}") from None
+
+
+@dataclass
+class _Exchange:
+    """One job's client-side state: the deadline stretches over pulls."""
+
+    provider: str
+    job_id: bytes
+    run_deadline: float
+    scope: trio.CancelScope | None = None
+    pull_since: float | None = None
+    pulled: float = 0.0
+    output_cid: str = ""
+    progress: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def on_stage(self, stage: str) -> None:
+        now = trio.current_time()
+        if stage in PULL_STAGES:
+            if self.pull_since is None:
+                self.pull_since = now
+            self.scope.deadline = now + PULL_STALL_S  # a pull that goes silent fails
+        elif self.pull_since is not None:
+            self.pulled += now - self.pull_since
+            self.pull_since = None
+            self.scope.deadline = self.run_deadline + self.pulled
 
 
 def _unfit(ad: wire.HostAdvert, offer: wire.TaskOffer, need: wire.Resources,

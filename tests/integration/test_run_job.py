@@ -44,8 +44,9 @@ def test_publish_then_run_cold_and_warm_with_the_exact_output(tmp_path):
     folder = tmp_path / "echo"
     shutil.copytree(EXAMPLES / "echo", folder)
     spec = read_task_folder(folder)
-    with Cluster(tmp_path / "c", 3, advert_interval_s=1.0) as cluster:
-        dev, _provider, user = cluster.nodes
+    roles = [("developer",), ("provider",), ("client",)]  # the image must travel
+    with Cluster(tmp_path / "c", 3, advert_interval_s=1.0, roles=roles) as cluster:
+        dev, provider, user = cluster.nodes
         cluster.wait_mesh(timeout_s=15)
         r = cli(dev, "task", "publish", str(folder), "--fee", "2", "--quiet")
         assert r.returncode == 0, r.stderr.decode()
@@ -55,7 +56,8 @@ def test_publish_then_run_cold_and_warm_with_the_exact_output(tmp_path):
                 "--max-price", "5")
         assert r.returncode == 0, r.stderr.decode()
         assert r.stdout == spec.example_output
-        assert b"pulling" in r.stderr and b"running" in r.stderr
+        assert b"==> pulling" in r.stderr and b"running" in r.stderr, r.stderr.decode()
+        assert provider.peer_id.encode() in r.stderr  # ran there, on an image it pulled
         r = cli(user, "run", "echo", "--input", f"@{folder / 'example_input.bin'}",
                 "--max-price", "5")  # warm: the image is here now
         assert r.returncode == 0, r.stderr.decode()
@@ -88,8 +90,9 @@ def test_a_client_that_goes_away_mid_job_stops_the_container_and_frees_the_provi
     (folder / "name.txt").write_text("slow\n")
     app = next((folder / "src").glob("*.py"))
     app.write_text(SLOW)
-    with Cluster(tmp_path / "c", 3, advert_interval_s=1.0) as cluster:
-        dev, _provider, user = cluster.nodes
+    roles = [("developer",), ("provider",), ("client",)]  # the image must travel
+    with Cluster(tmp_path / "c", 3, advert_interval_s=1.0, roles=roles) as cluster:
+        dev, provider, user = cluster.nodes
         cluster.wait_mesh(timeout_s=15)
         r = cli(dev, "task", "publish", str(folder), "--fee", "0", "--no-test", "--quiet")
         assert r.returncode == 0, r.stderr.decode()
