@@ -24,12 +24,34 @@ class IpfsImages:
     """Images by CID: the local one if loaded already, else pulled over IPFS, every block
     verified, then ``docker load``ed. Pull progress goes to the job's JobProgress."""
 
-    def __init__(self, ipfs: IpfsNode, client, work_dir: Path) -> None:
+    def __init__(self, ipfs: IpfsNode, client, work_dir: Path, on_cached=None) -> None:
         self.ipfs = ipfs
         self.client = client
         self.work_dir = work_dir
         self.loaded: dict[str, str] = {}  # image CID -> tag
+        self.on_cached = on_cached  # called with the image CIDs loaded, when they change
         self._lock = trio.Lock()
+
+    def _remember(self, image_cid: str, tag: str) -> None:
+        if self.loaded.get(image_cid) != tag:
+            self.loaded[image_cid] = tag
+            if self.on_cached is not None:
+                self.on_cached(tuple(self.loaded))
+
+    async def scan(self, image_cids) -> None:
+        """Remember which of ``image_cids`` the engine has already, from local blocks only
+        (a provider's restart: its adverts show them as cached from the start)."""
+        for image_cid in list(image_cids)[:256]:
+            try:
+                cid = CID.parse(image_cid)
+            except CidError:
+                continue
+            if image_cid in self.loaded or not self.ipfs.store.has(cid):
+                continue
+            async with self._lock:
+                tag = await self._already_here(cid)
+            if tag:
+                self._remember(image_cid, tag)
 
     async def _already_here(self, cid: CID) -> str | None:
         """The tag of the image this DAG holds if the engine has exactly that image (same
@@ -97,7 +119,7 @@ class IpfsImages:
                 return tag
             tag = await self._already_here(cid)
             if tag:
-                self.loaded[image_cid] = tag
+                self._remember(image_cid, tag)
                 return tag
             job = Job("pull", total=self._dag_size(cid))
             try:
@@ -113,7 +135,7 @@ class IpfsImages:
                                                   self.ipfs.store.get, self.work_dir)
             if not names:
                 raise JobFailed("internal", f"image {image_cid} loaded without a tag")
-            self.loaded[image_cid] = names[0]
+            self._remember(image_cid, names[0])
             return names[0]
 
 
@@ -253,7 +275,11 @@ def start_provider(node, ipfs: IpfsNode, data_dir: Path, values: dict):
         log.warning("not running jobs: %s", exc)
         return None
     capacity = Capacity(offer.resources)
-    host = JobHost(node, DockerExecutor(client), IpfsImages(ipfs, client, data_dir / "tmp"),
+    def on_cached(cids: tuple[str, ...]) -> None:
+        node.cached_images = cids[-256:]
+
+    host = JobHost(node, DockerExecutor(client),
+                   IpfsImages(ipfs, client, data_dir / "tmp", on_cached),
                    capacity, offer.price, offer.allow_developers, data=IpfsData(ipfs))
     host.client, host.data_dir = client, data_dir
     host.benchmark = bool(values.get("startup_benchmark", True))
@@ -284,6 +310,8 @@ async def provider_up(host) -> None:
         log.error("not running jobs: the Docker sandbox could not be prepared (%s)", exc)
         return
     host.install()
+    await host.images.scan(o.offer.image_cid for o in
+                           host.node.offers.live(host.node.clock.now_ms()))
     log.info("taking jobs: %s", ", ".join(f"{e.name} (score {e.score})"
                                          for e in host.node.environments))
     try:  # tell the network now rather than at the next advert round

@@ -412,7 +412,8 @@ class JobClient:
     def choose(self, offer: KnownOffer, max_price: int) -> tuple[list[str], list[str]]:
         """Providers (peer ids) that may run ``offer`` (connected, fresh advert, provider
         role, the offer's environment and arch, enough free resources, price + fee within
-        ``max_price``), cheapest first; and why each other provider cannot."""
+        ``max_price``), cheapest first and, at one price, those with the image cached
+        first; and why each other provider cannot."""
         now = self.node.clock.now_ms()
         connected = {p.peer_id for p in self.node.net.connected_peers()}
         need = offer.offer.resources
@@ -426,8 +427,9 @@ class JobClient:
             if why:
                 reasons.append(f"{a.peer_id[-8:]} {why}")
             else:
-                fits.append((ad.price, a.peer_id))
-        return [pid for _, pid in sorted(fits)], reasons
+                cold = offer.offer.image_cid not in ad.cached_images
+                fits.append((ad.price, cold, a.peer_id))
+        return [pid for *_, pid in sorted(fits)], reasons
 
     async def run(self, ref: str, body: bytes, max_price: int, timeout_s: float,
                   on_progress=None) -> JobOutcome:

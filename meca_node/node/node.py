@@ -63,6 +63,7 @@ class Node:
         self._own_offers: dict[str, wire.TaskOffer] = {}  # ours, re-announced while we run
         self.capacity = None  # a provider's jobs.Capacity: its adverts show what is free
         self.environments: tuple[wire.Environment, ...] = ()  # a provider's, with scores
+        self.cached_images: tuple[str, ...] = ()  # image CIDs a provider runs without a pull
         self.adverts_sent = 0
         self.advert_seen = trio.Event()  # set whenever a new advert arrives (then replaced)
         self._started_mono = time.monotonic()
@@ -187,9 +188,17 @@ class Node:
         return wire.HostAdvert(
             roles=self.settings.roles, arch=self.arch, hardware=hw,
             free=free,
-            price=self.settings.price, environments=self.environments, cached_images=(),
+            price=self.settings.price, environments=self.environments,
+            cached_images=self.cached_images[:256],
             queue=len(self.capacity.reserved) if self.capacity is not None else 0,
             addrs=tuple(self.net.listen_addrs()[:16]))
+
+    def _advert_state(self) -> tuple:
+        """What changes in an advert between rounds."""
+        cap = self.capacity
+        return (cap.free if cap is not None else None,
+                len(cap.reserved) if cap is not None else 0,
+                self.cached_images, self.environments)
 
     def seal(self, body) -> bytes:
         return wire.seal(body, key=self.identity.signing_key, net=self.genesis.network_id,
@@ -200,17 +209,22 @@ class Node:
         self.adverts_sent += 1
 
     async def _advert_loop(self) -> None:
-        """Advertise at start, every interval, and soon after new peers connect."""
+        """Advertise at start, every interval, soon after new peers connect, and within a
+        tick of a change in what the advert says (free resources, queue, cached images,
+        environments): at most one advert per tick."""
         interval = self.settings.advert_interval_s
         tick = min(1.0, interval)
         last = -interval
         known: set[str] = set()
+        said = None
         while True:
             now = trio.current_time()
             peers = {p.peer_id for p in self.net.connected_peers()}
             grew = bool(peers - known)
             known = peers
-            if now - last >= interval or grew:
+            state = self._advert_state()
+            if now - last >= interval or grew or state != said:
+                said = state
                 if grew:
                     # let gossipsub graft the new peer into the mesh first (1 s heartbeat)
                     await trio.sleep(1.2)
@@ -251,10 +265,9 @@ class Node:
                        "dropped": dict(self.gate.stats.dropped)},
             "cut_off": dict(self._cut_off),
             "jobs_running": len(self.capacity.reserved) if self.capacity is not None else 0,
-            "free": ({"cpu": self.capacity.free.cpu_milli / 1000,
-                      "mem_mib": self.capacity.free.mem_mib,
-                      "gpus": self.capacity.free.gpu_count}
-                     if self.capacity is not None else None),
+            "free": (_resources(self.capacity.free) if self.capacity is not None else None),
+            "offered": (_resources(self.capacity.offered) if self.capacity is not None
+                        else None),
         }
 
     def peers(self) -> dict:
@@ -267,9 +280,14 @@ class Node:
                 "cpu_count": a.advert.hardware.cpu_count, "mem_mib": a.advert.hardware.mem_mib,
                 "gpus": len(a.advert.hardware.gpus), "price": a.advert.price,
                 "age_s": round((now - a.ts) / 1000, 1), "connected": a.peer_id in connected,
-                "addrs": list(a.advert.addrs),
+                "addrs": list(a.advert.addrs), "free": _resources(a.advert.free),
+                "cached_images": list(a.advert.cached_images),
             })
         return {"connected": connected, "adverts": adverts}
 
     def advert_peer_ids(self) -> set[str]:
         return {peer_id_of(a.signer) for a in self.peerbook.fresh(self.clock.now_ms(), 10**12)}
+
+
+def _resources(r: wire.Resources) -> dict:
+    return {"cpu": r.cpu_milli / 1000, "mem_mib": r.mem_mib, "gpus": r.gpu_count}

@@ -39,6 +39,18 @@ def wait_offer(node, name, timeout_s=15.0):
         time.sleep(0.2)
 
 
+def wait_advert(node, peer_id, ok, timeout_s=15.0):
+    """``peer_id``'s advert as ``node`` sees it, once ``ok(advert)`` (bounded poll)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ads = json.loads(cli(node, "peers", "--json").stdout)["adverts"]
+        ad = next((a for a in ads if a["peer_id"] == peer_id), None)
+        if ad is not None and ok(ad):
+            return ad
+        assert time.monotonic() < deadline, ad
+        time.sleep(0.2)
+
+
 def test_publish_then_run_cold_and_warm_with_the_exact_output(tmp_path):
     client = docker_engine("python:3.9-slim")
     folder = tmp_path / "echo"
@@ -62,6 +74,10 @@ def test_publish_then_run_cold_and_warm_with_the_exact_output(tmp_path):
                 "--max-price", "5")  # warm: the image is here now
         assert r.returncode == 0, r.stderr.decode()
         assert r.stdout == spec.example_output and b"pulling" not in r.stderr
+        image_cid = next(o["image_cid"] for o in json.loads(
+            cli(user, "offers", "--json").stdout)["offers"] if o["name"] == "echo")
+        ad = wait_advert(user, provider.peer_id, lambda ad: image_cid in ad["cached_images"])
+        assert ad["free"] == json.loads(cli(provider, "status", "--json").stdout)["offered"]
         r = cli(user, "run", "echo", "--input", "{}", "--max-price", "1")
         assert r.returncode == 1 and b"no connected provider" in r.stderr
         assert b"asks 0 + fee 2 > max 1" in r.stderr  # each provider's reason
