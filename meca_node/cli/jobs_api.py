@@ -231,11 +231,13 @@ def job_routes(node, ipfs: IpfsNode) -> dict:
 
         async def work(job: Job) -> dict:
             try:
-                outcome = await jobs.run(ref, data, max_price, timeout_s, on_progress)
+                outcome = await jobs.run(ref, data, max_price, timeout_s, on_progress,
+                                         provider=body.get("provider") or None)
             except trio.TooSlowError:
                 raise JobFailed("deadline", f"no result within {timeout_s:g} s") from None
             return {"provider": outcome.provider, "price": outcome.price,
-                    "seconds": round(outcome.timings["total"], 3),
+                    "seconds": round(outcome.timings["total"], 6),
+                    "pull_seconds": round(outcome.timings["pull"], 3),
                     "output_b64": base64.b64encode(outcome.output).decode()}
 
         job = ipfs.start_job(Job("run"), work)

@@ -40,10 +40,13 @@ def run(task: Annotated[str, typer.Argument(help="offer id, task name, or name@k
                                                help="most you pay (provider price + fee)")]
         = 100,
         timeout: Annotated[float, typer.Option(help="seconds for the job to answer, not counting the image and input pulls")] = 120.0,
+        provider: Annotated[str, typer.Option(
+            "--provider", help="run on this provider (peer id) only")] = "",
         json_out: m.JsonOut = False,
         data_dir: m.DataDir = None, config: m.ConfigFile = None):
     """Run a task the network offers; its output goes to stdout, progress to stderr."""
-    body = {"task": task, **_input_field(input), "max_price": max_price, "timeout_s": timeout}
+    body = {"task": task, **_input_field(input), "max_price": max_price, "timeout_s": timeout,
+            "provider": provider}
     client = m._client(data_dir, config)
     client.timeout_s = max(client.timeout_s, 10.0)
 
@@ -58,7 +61,7 @@ def run(task: Annotated[str, typer.Argument(help="offer id, task name, or name@k
         print(json.dumps({**{k: v for k, v in done.items() if k != "output_b64"},
                           "output": output.decode("utf-8", "replace")}))
         return
-    m.err.print(f"ran on {done['provider']} for {done['price']} in {done['seconds']} s",
+    m.err.print(f"ran on {done['provider']} for {done['price']} in {done['seconds']:.3f} s",
                 highlight=False)
     sys.stdout.buffer.write(output)
     sys.stdout.buffer.flush()

@@ -432,9 +432,10 @@ class JobClient:
         return [pid for *_, pid in sorted(fits)], reasons
 
     async def run(self, ref: str, body: bytes, max_price: int, timeout_s: float,
-                  on_progress=None) -> JobOutcome:
-        """Run the offer ``ref`` (id, name or name@key-prefix) on ``body``; the job's
-        ``timeout_s`` does not count time spent pulling the image and input."""
+                  on_progress=None, provider: str | None = None) -> JobOutcome:
+        """Run the offer ``ref`` (id, name or name@key-prefix) on ``body``, on the best
+        fitting provider or on ``provider`` (a peer id); the job's ``timeout_s`` does not
+        count time spent pulling the image and input."""
         now = self.node.clock.now_ms()
         try:
             offer = self.node.offers.find(ref, now)
@@ -451,6 +452,13 @@ class JobClient:
                                            f"cap of {self.inline_cap} bytes, and this node "
                                            "has no IPFS store to send it as a CID")
         providers, reasons = self.choose(offer, max_price)
+        if provider is not None:
+            if provider not in providers:
+                why = next((r.split(" ", 1)[1] for r in reasons
+                            if r.startswith(provider[-8:] + " ")), "has not advertised")
+                raise JobFailed("no_fit", f"provider {provider} cannot run {offer.label} for "
+                                          f"at most {max_price}: it {why}")
+            providers = [provider]
         if not providers:
             detail = "; ".join(reasons) if reasons else "no provider has advertised yet"
             raise JobFailed("no_fit", f"no connected provider can run {offer.label} for at "

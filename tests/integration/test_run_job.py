@@ -137,3 +137,47 @@ def test_a_client_that_goes_away_mid_job_stops_the_container_and_frees_the_provi
         finally:
             runner.kill()
             runner.wait(timeout=30)
+
+
+DOUBLE = """\
+from flask import Flask, request
+app = Flask(__name__)
+print("meca-init-done", flush=True)
+
+@app.route("/", methods=["POST"])
+def entry():
+    return request.get_data() * 2
+"""
+
+
+def test_input_and_output_over_the_inline_cap_travel_as_cids(tmp_path):
+    """1.5 MiB in, 3 MiB out: both over the ~1 MiB inline cap, so the provider fetches the
+    input from the client over Bitswap and the client the output from the provider; the
+    bytes arrive exactly, and a file over the 64 MiB cap is refused before anything is
+    sent."""
+    import os
+
+    docker_engine("python:3.9-slim")
+    folder = tmp_path / "double"
+    shutil.copytree(EXAMPLES / "echo", folder)
+    (folder / "name.txt").write_text("double\n")
+    next((folder / "src").glob("*.py")).write_text(DOUBLE)
+    data = os.urandom(1536 * 1024)
+    (tmp_path / "in.bin").write_bytes(data)
+    roles = [("developer",), ("provider",), ("client",)]
+    with Cluster(tmp_path / "c", 3, advert_interval_s=1.0, roles=roles) as cluster:
+        dev, provider, user = cluster.nodes
+        cluster.wait_mesh(timeout_s=15)
+        r = cli(dev, "task", "publish", str(folder), "--fee", "0", "--no-test", "--quiet")
+        assert r.returncode == 0, r.stderr.decode()
+        wait_offer(user, "double")
+        r = cli(user, "run", "double", "--input", f"@{tmp_path / 'in.bin'}", "--max-price",
+                "0")
+        assert r.returncode == 0, r.stderr.decode()
+        assert r.stdout == data * 2
+        assert b"% input baf" in r.stderr, r.stderr.decode()  # fetched by CID
+        with open(tmp_path / "huge.bin", "wb") as f:
+            f.truncate(64 * 1024 * 1024 + 1)
+        r = cli(user, "run", "double", "--input", f"@{tmp_path / 'huge.bin'}")
+        assert r.returncode == 1 and b"over the cap" in r.stderr, r.stderr.decode()
+        assert provider.status()["jobs_running"] == 0
