@@ -27,6 +27,7 @@ class Option:
     kind: str  # str | int | float | bool | list | path
     default: Any
     doc: str
+    zero_ok: bool = False  # float: 0 is allowed (it means "off")
 
 
 _CAPS = wire.Caps()
@@ -54,6 +55,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("ipfs_quota_mb", "int", 20480, "most MiB the IPFS block store may hold"),
     Option("startup_benchmark", "bool", True,
            "providers: measure each environment at start (cached per hardware); off: score 0"),
+    Option("warm_pool_s", "float", 300.0,
+           "providers: seconds a task container stays warm after its job for the next job "
+           "of the same image and resources (0: no warm containers)", zero_ok=True),
+    Option("warm_pool_max", "int", 4,
+           "providers: most warm (idle) task containers kept; the oldest goes first "
+           "(0: no warm containers)"),
     Option("ipfs_pull_timeout_s", "float", 600.0,
            "seconds an IPFS pull (image or file) may take, apart from any job timeout"),
     Option("skew_s", "int", 120, "accept message timestamps within this many seconds of ours"),
@@ -131,7 +138,9 @@ def _coerce(opt: Option, value: Any, source: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError("expected a number")
             out = float(value)
-            if out <= 0:
+            if opt.zero_ok and not out >= 0:  # NaN too
+                raise ValueError("must be >= 0 (0: off)")
+            if not opt.zero_ok and not out > 0:
                 raise ValueError("must be > 0")
             return out
         if opt.kind == "path":

@@ -2,6 +2,9 @@
 
 Docker SDK calls block, so each runs in a worker thread (``trio.to_thread``). A run
 always removes its container, also when cancelled (the removal is shielded).
+:meth:`DockerExecutor.start` and :meth:`DockerExecutor.stop` are the two halves of
+:meth:`DockerExecutor.run`, for an owner that keeps a started container across jobs (the
+warm pool, ``warmpool.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -85,13 +89,23 @@ class TaskRunError(Exception):
         self.logs = logs
 
 
+class AppUnreachable(TaskRunError):
+    """One POST (:meth:`DockerExecutor.request_once`) got no byte of an answer: the
+    connection was refused, timed out or dropped before a reply began. For an app that
+    answered before, this means it has died."""
+
+
 @dataclass
 class Running:
+    """A started task container that printed meca-init-done; whoever got it from
+    :meth:`DockerExecutor.start` owns it and ends it with :meth:`DockerExecutor.stop`."""
+
     container_id: str
     address: str
     started_mono: float
     init_s: float
-    http: httpx.AsyncClient | None = None  # one keep-alive connection pool per run
+    http: httpx.AsyncClient | None = None  # one keep-alive connection pool, owned
+    container: Any = None  # the docker SDK Container, for stop()
 
 
 def connect() -> docker.DockerClient:
@@ -237,6 +251,16 @@ class DockerExecutor:
     @asynccontextmanager
     async def run(self, image: str, resources: TaskResources) -> AsyncIterator[Running]:
         """Start the task, wait until it is ready, yield it; always remove the container."""
+        running = await self.start(image, resources)
+        try:
+            yield running
+        finally:
+            await self.stop(running)
+
+    async def start(self, image: str, resources: TaskResources) -> Running:
+        """Create and start the task, wait until it prints meca-init-done; the caller owns
+        the result (its container and HTTP client) and must :meth:`stop` it. On any error
+        or cancellation here the container is removed before this raises."""
         await self.check_gpus(resources)
         user = task_user(await trio.to_thread.run_sync(self._image_user, image), self.limits)
         options = container_options(image, resources, self.limits, self.network,
@@ -247,12 +271,22 @@ class DockerExecutor:
         container = await trio.to_thread.run_sync(self._create, options)
         try:
             running = await self._start(container)
-            async with httpx.AsyncClient(timeout=self.request_timeout_s) as http:
-                running.http = http
-                yield running
-        finally:
+        except BaseException:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._remove, container)
+            raise
+        running.http = httpx.AsyncClient(timeout=self.request_timeout_s)
+        return running
+
+    async def stop(self, running: Running) -> None:
+        """Close the run's HTTP client and remove its container; shielded from
+        cancellation, so it completes even in a cancelled scope."""
+        with trio.CancelScope(shield=True):
+            try:
+                if running.http is not None:
+                    await running.http.aclose()
+            finally:
+                await trio.to_thread.run_sync(self._remove, running.container)
 
     def _image_user(self, image: str) -> str:
         try:
@@ -296,7 +330,8 @@ class DockerExecutor:
         if address is None:  # it died right after printing the line: no address any more
             state, logs = await trio.to_thread.run_sync(self._state_and_logs, container)
             raise self._died(state, logs, "right after printing meca-init-done")
-        return Running(container.id, address, t0, time.monotonic() - t0)
+        return Running(container.id, address, t0, time.monotonic() - t0,
+                       container=container)
 
     def _state_and_logs(self, container) -> tuple[dict, str]:
         container.reload()
@@ -321,7 +356,7 @@ class DockerExecutor:
         """POST ``body`` to the app; retries until the port answers (bounded). Returns
         (reply, seconds for this request)."""
         deadline = trio.current_time() + self.answer_timeout_s
-        assert running.http is not None, "request() needs a Running from run()"
+        assert running.http is not None, "request() needs a Running from run() or start()"
         http = running.http
         next_check = trio.current_time() + 0.5
         while True:
@@ -348,19 +383,51 @@ class DockerExecutor:
                                        _tail(logs)) from None
                 await trio.sleep(0.05)
 
+    async def request_once(self, running: Running, body: bytes,
+                           connect_timeout_s: float) -> tuple[bytes, float]:
+        """POST ``body`` once, for an app that has answered before: no waiting for a late
+        bind and no look at the engine. Raises :class:`AppUnreachable` when no byte of a
+        reply came back (connection refused or not made within ``connect_timeout_s``, or
+        closed or reset before the status line); a reply that breaks off later is a plain
+        :class:`TaskRunError`. Returns (reply, seconds for this request)."""
+        assert running.http is not None, "request_once() needs a Running from start()"
+        t0 = time.monotonic()
+        timeout = httpx.Timeout(self.request_timeout_s, connect=connect_timeout_s)
+        request = running.http.build_request("POST", running.address, content=body,
+                                             headers=_JSON, timeout=timeout)
+        try:
+            resp = await running.http.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
+                httpx.ReadError, httpx.WriteError) as exc:  # closed or reset before a reply
+            raise AppUnreachable("request", f"the app at {running.address} gave no answer "
+                                 f"({type(exc).__name__}: {exc})") from None
+        try:
+            return await self._read(resp), time.monotonic() - t0
+        except httpx.TransportError as exc:
+            raise TaskRunError("request", f"the app broke off its reply "
+                               f"({type(exc).__name__}: {exc})") from None
+        finally:
+            await resp.aclose()
+
     async def _post(self, http: httpx.AsyncClient, url: str, body: bytes) -> bytes:
-        async with http.stream("POST", url, content=body,
-                               headers={"content-type": "application/json"}) as resp:
-            out = bytearray()
-            async for chunk in resp.aiter_raw():
-                out += chunk
-                if len(out) > self.max_output:
-                    raise TaskRunError("output", f"the reply is larger than the cap of "
-                                       f"{self.max_output} bytes")
-            if resp.status_code != 200:
-                raise TaskRunError("request", f"the app answered HTTP {resp.status_code}: "
-                                   f"{bytes(out[:500])!r}")
-            return bytes(out)
+        async with http.stream("POST", url, content=body, headers=_JSON) as resp:
+            return await self._read(resp)
+
+    async def _read(self, resp: httpx.Response) -> bytes:
+        """The body of ``resp``, capped at max_output; an error unless HTTP 200."""
+        out = bytearray()
+        async for chunk in resp.aiter_raw():
+            out += chunk
+            if len(out) > self.max_output:
+                raise TaskRunError("output", f"the reply is larger than the cap of "
+                                   f"{self.max_output} bytes")
+        if resp.status_code != 200:
+            raise TaskRunError("request", f"the app answered HTTP {resp.status_code}: "
+                               f"{bytes(out[:500])!r}")
+        return bytes(out)
+
+
+_JSON = {"content-type": "application/json"}
 
 
 _NO_INDEX_HINTS = ("Temporary failure in name resolution", "Network is unreachable",

@@ -43,6 +43,10 @@ def test_config_toml_in_data_dir_is_read(tmp_path):
     ("mdns = 'perhaps'\n", "mdns"),
     ("log_level = 'loud'\n", "log_level"),
     ("[caps]\nqueue = 'big'\n", "caps.queue"),
+    ("warm_pool_s = -1\n", "warm_pool_s"),
+    ("warm_pool_s = 'nan'\n", "warm_pool_s"),
+    ("warm_pool_max = -2\n", "warm_pool_max"),
+    ("advert_interval_s = 0\n", "advert_interval_s"),
     ("not toml =\n", "not valid TOML"),
 ])
 def test_invalid_config_names_the_key(tmp_path, text, needle):
@@ -51,6 +55,15 @@ def test_invalid_config_names_the_key(tmp_path, text, needle):
     with pytest.raises(ConfigError) as e:
         load_config(f, {}, {"data_dir": tmp_path})
     assert needle in str(e.value)
+
+
+def test_warm_pool_can_be_turned_off_with_zero(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("warm_pool_s = 0\nwarm_pool_max = 0\n")
+    cfg = load_config(f, {}, {"data_dir": tmp_path})
+    assert cfg["warm_pool_s"] == 0.0 and cfg["warm_pool_max"] == 0
+    defaults = load_config(None, {}, {"data_dir": tmp_path})
+    assert defaults["warm_pool_s"] == 300.0 and defaults["warm_pool_max"] == 4
 
 
 def test_every_option_has_an_env_name_and_doc():

@@ -1,0 +1,319 @@
+"""Warm task containers for providers: repeat jobs of the same image skip the cold start.
+
+A cold start (create, start, wait for ``meca-init-done``, wait for the app to bind) takes a
+second or more; taking a warm container costs a list scan and a few microseconds of
+``/proc``. :class:`WarmPool` keeps up to ``max_idle`` started containers after their job,
+keyed by (image, resources), instead of removing them, and hands one to the next job with
+the same key. :meth:`WarmPool.serve` removes containers idle longer than ``idle_s`` and,
+when cancelled, every idle one. ``idle_s == 0`` or ``max_idle == 0`` turns pooling off:
+:meth:`WarmPool.run` is then :meth:`DockerExecutor.run`.
+
+Ownership. A container is in exactly one place: the idle list or one job's lease. Taking
+one removes it from the idle list before any await, so no container is handed to two jobs
+at once. A lease that ends cleanly, with every request made through
+:meth:`WarmPool.request` answered, puts the container back, timestamped (when the pool is
+full the oldest idle one is removed); an exception, a cancellation or a failed request
+removes it, shielded from cancellation. Once ``serve`` has returned the pool is closed:
+leases still running then remove their container at the end. Pooled containers keep the
+executor's labels (``meca-node=1``, ``meca-node.pid``), so the orphan sweep of
+:meth:`DockerExecutor.prepare` removes them after a crash. Idle containers hold memory that
+a provider's per-job reservations do not count; ``max_idle`` bounds it.
+
+Privacy. Consecutive jobs of the same image may share a container, as with a Lambda warm
+start: a job can see what an earlier job of the *same task* left in the container's
+memory or tmpfs. That is why only the same image and resources reuse one; a job of another
+task never gets it. The image is keyed by the reference given; providers and ``task test``
+pass content-derived tags, so one reference names one image.
+
+Dead warm containers. An idle container may have died (out of memory, app crash, killed).
+Taking one makes no Docker API call, so a dead one is caught in two cheap ways:
+
+1. When a warm container is taken, and again right before its first POST, the pool checks
+   that the container's main process is still the one the engine started (its start time
+   in ``/proc/<pid>/stat``, recorded at start). This is needed for correctness, not only
+   speed: the engine gives a stopped container's address to the next container it starts,
+   possibly another task's, so a POST to a dead container's address could reach a stranger
+   with this job's input. A running container keeps its address, so a live main process
+   means the POST reaches it. Where the engine's processes are not visible here (another
+   pid namespace), one inspect call takes the place of the check.
+2. The first POST on a warm container goes out once, with a short connect timeout
+   (``warm_connect_timeout_s``) and none of the retry loop that waits for a fresh app's late
+   bind (:meth:`DockerExecutor.request_once`): a warm app that refuses the connection, lets
+   it time out, or drops it before any byte of an answer came back is dead.
+
+Either way the pool removes the dead container, starts a fresh one of the same key in its
+place (the caller's :class:`Running` is updated in place, so the lease's end handles the
+new one) and POSTs through :meth:`DockerExecutor.request`, which waits for the fresh app to
+bind. It retries once only, so a job that itself kills its app runs at most twice. Pooled
+runs must use :meth:`WarmPool.request`; ``executor.request`` on one still works but reports
+a dead warm container as an error instead of replacing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import docker.errors
+import trio
+
+from meca_node.core.task import TaskResources
+from meca_node.runtime.executor import AppUnreachable, DockerExecutor, Running
+
+log = logging.getLogger("meca_node.runtime.warmpool")
+
+Key = tuple[str, TaskResources]
+
+
+@dataclass
+class _Idle:
+    key: Key
+    running: Running
+    since: float  # trio.current_time() when it was put back
+
+
+@dataclass
+class _Lease:
+    key: Key
+    warm: bool  # taken from the pool and not yet answered in this lease
+    failed: bool = False  # a request failed: the container does not go back
+
+
+class WarmPool:
+    """Started task containers kept for the next job of the same (image, resources)."""
+
+    #: connect timeout of the first POST on a warm container: its kernel answers a
+    #: connection at once, so a longer wait means the address is dead
+    warm_connect_timeout_s = 1.0
+
+    def __init__(self, executor: DockerExecutor, idle_s: float = 300.0,
+                 max_idle: int = 4) -> None:
+        if not idle_s >= 0:  # also refuses NaN
+            raise ValueError(f"idle_s must be >= 0 seconds (0: no pooling); got {idle_s!r}")
+        if max_idle < 0:
+            raise ValueError(f"max_idle must be >= 0 (0: no pooling); got {max_idle!r}")
+        self.executor = executor
+        self.idle_s = float(idle_s)
+        self.max_idle = int(max_idle)
+        self._idle: list[_Idle] = []  # oldest first
+        self._leases: dict[int, _Lease] = {}  # id(Running) -> its lease
+        self._proc: dict[str, tuple[int, int] | None] = {}  # container id -> (pid, start)
+        self._wake = trio.Event()
+        self._serving = False
+        self._closed = False
+        self._hits = self._misses = self._evicted = 0
+        self.dead = 0  # warm containers found dead and replaced or dropped
+
+    @property
+    def enabled(self) -> bool:
+        return self.idle_s > 0 and self.max_idle > 0
+
+    def stats(self) -> dict:
+        """Idle containers now; runs that took a warm one (hits) or started one (misses);
+        idle ones removed for the bound or for idling longer than idle_s (evicted)."""
+        return {"idle": len(self._idle), "hits": self._hits, "misses": self._misses,
+                "evicted": self._evicted}
+
+    async def check_gpus(self, resources: TaskResources) -> None:
+        """As :meth:`DockerExecutor.check_gpus` (so the pool can stand in for it)."""
+        await self.executor.check_gpus(resources)
+
+    # -- leases ---------------------------------------------------------------------------
+    @asynccontextmanager
+    async def run(self, image: str, resources: TaskResources) -> AsyncIterator[Running]:
+        """Same contract as DockerExecutor.run: yields a ready Running (running.http set).
+        Takes an idle container of the same (image, resources) if one is there, else starts
+        one through the executor. On a clean exit the container goes back to the pool (idle,
+        timestamped) instead of being removed; on any exception or cancellation it is
+        removed (removal shielded from cancellation).
+
+        ``running.init_s`` is the container's own start, so a warm run shows its first
+        job's start time; POST with :meth:`request`."""
+        if not self.enabled or self._closed:
+            self._misses += 1
+            async with self.executor.run(image, resources) as running:
+                yield running
+            return
+        key = (image, resources)
+        running = await self._take(key)
+        if running is None:
+            self._misses += 1
+            running = await self._start(key)
+            lease = _Lease(key, warm=False)
+        else:
+            self._hits += 1
+            lease = _Lease(key, warm=True)
+        self._leases[id(running)] = lease
+        clean = False
+        try:
+            yield running
+            clean = True
+        finally:
+            del self._leases[id(running)]
+            if clean and not lease.failed and not self._closed:
+                await self._put(key, running)
+            else:
+                await self._stop(running)
+
+    async def request(self, running: Running, body: bytes) -> tuple[bytes, float]:
+        """POST ``body`` as :meth:`DockerExecutor.request` does; returns (reply, seconds).
+        The first POST on a warm container is made once, and if the container turns out
+        dead it is replaced by a fresh one (in ``running``, in place) and the POST is made
+        there. A failed request keeps the container from going back to the pool."""
+        lease = self._leases.get(id(running))
+        if lease is None:  # pooling is off: a plain run
+            return await self.executor.request(running, body)
+        try:
+            if not lease.warm:
+                return await self.executor.request(running, body)
+            lease.warm = False
+            try:
+                if not await self._alive(running):
+                    raise AppUnreachable("request", "its main process has exited")
+                return await self.executor.request_once(running, body,
+                                                        self.warm_connect_timeout_s)
+            except AppUnreachable as exc:
+                self.dead += 1
+                log.info("warm container %s is dead (%s); starting a fresh one",
+                         running.container_id[:12], exc)
+            await self._replace(running, lease.key)
+            return await self.executor.request(running, body)
+        except BaseException:
+            lease.failed = True
+            raise
+
+    # -- the service ------------------------------------------------------------------------
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Service (run with nursery.start): removes containers idle longer than idle_s;
+        on cancellation removes every idle container (shielded) before returning."""
+        if self._serving or self._closed:
+            raise RuntimeError("WarmPool.serve runs once per pool")
+        self._serving = True
+        try:
+            task_status.started()
+            while True:
+                now = trio.current_time()
+                expired = [e for e in self._idle if now - e.since >= self.idle_s]
+                if expired:
+                    self._idle = [e for e in self._idle if now - e.since < self.idle_s]
+                    await self._stop_all([e.running for e in expired])
+                    self._evicted += len(expired)  # counted once removed
+                    continue
+                self._wake = trio.Event()
+                oldest = min((e.since for e in self._idle), default=math.inf)
+                with trio.move_on_at(oldest + self.idle_s):
+                    await self._wake.wait()
+        finally:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            await self._stop_all([e.running for e in idle])
+
+    # -- internals ------------------------------------------------------------------------
+    async def _take(self, key: Key) -> Running | None:
+        """The most recently returned live idle container of ``key``, now leased; dead ones
+        met on the way are removed."""
+        while True:
+            entry = next((e for e in reversed(self._idle) if e.key == key), None)
+            if entry is None:
+                return None
+            self._idle.remove(entry)  # leased before any await: no second taker
+            alive = False
+            try:
+                alive = await self._alive(entry.running)
+            finally:
+                if not alive:
+                    self.dead += 1
+                    log.info("idle container %s has died; removing it",
+                             entry.running.container_id[:12])
+                    await self._stop(entry.running)
+            if alive:
+                return entry.running
+
+    async def _put(self, key: Key, running: Running) -> None:
+        """Back into the pool, idle from now; over max_idle the oldest idle one goes."""
+        self._idle.append(_Idle(key, running, trio.current_time()))
+        self._wake.set()
+        if len(self._idle) > self.max_idle:
+            oldest = self._idle.pop(0)
+            await self._stop(oldest.running)
+            self._evicted += 1  # counted once removed
+
+    async def _start(self, key: Key) -> Running:
+        running = await self.executor.start(*key)
+        self._proc[running.container_id] = _identity(running)
+        return running
+
+    async def _replace(self, running: Running, key: Key) -> None:
+        """Start a fresh container of ``key`` and make ``running`` it; remove the old one.
+        If the start fails, ``running`` stays the old one, which the lease's end removes."""
+        fresh = await self._start(key)
+        old = dataclasses.replace(running)
+        for f in dataclasses.fields(Running):
+            setattr(running, f.name, getattr(fresh, f.name))
+        await self._stop(old)
+
+    async def _stop(self, running: Running) -> None:
+        self._proc.pop(running.container_id, None)
+        await self.executor.stop(running)  # shielded
+
+    async def _stop_all(self, runs: list[Running]) -> None:
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as nursery:
+                for running in runs:
+                    nursery.start_soon(self._stop, running)
+
+    async def _alive(self, running: Running) -> bool:
+        """Whether the container's main process is still the one the engine started: from
+        /proc when its pid is visible here, else from the engine (one inspect)."""
+        ident = self._proc.get(running.container_id)
+        if ident is not None:
+            pid, start = ident
+            return _proc_start_time(pid) == start
+        return await trio.to_thread.run_sync(self._engine_says_running, running)
+
+    def _engine_says_running(self, running: Running) -> bool:
+        try:
+            running.container.reload()
+        except docker.errors.NotFound:
+            return False
+        return running.container.attrs["State"]["Status"] == "running"
+
+
+def _identity(running: Running) -> tuple[int, int] | None:
+    """(pid, start time) of the container's main process from the inspect data its start
+    left (no API call), or None when that process is not visible in this pid namespace
+    (its /proc entry missing or not in the container's cgroup)."""
+    attrs = getattr(running.container, "attrs", None) or {}
+    pid = (attrs.get("State") or {}).get("Pid") or 0
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            if running.container_id not in f.read():
+                return None  # another process in our namespace with that number
+    except OSError:
+        return None
+    start = _proc_start_time(pid)
+    return None if start is None else (pid, start)
+
+
+def _proc_start_time(pid: int) -> int | None:
+    """The start time (clock ticks after boot) of process ``pid``; None if it is gone or
+    has exited (a zombie not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after its last ")"
+    fields = stat[stat.rfind(b")") + 2:].split()
+    try:
+        if fields[0] in (b"Z", b"X"):  # field 3, the state: exited
+            return None
+        return int(fields[19])  # field 22, starttime
+    except (IndexError, ValueError):
+        return None
