@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -122,11 +123,17 @@ class IpfsImages:
                 self._remember(image_cid, tag)
                 return tag
             job = Job("pull", total=self._dag_size(cid))
+            failure: list[Exception] = []
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_tick, progress, job, f"image {image_cid}")
-                    stats = await self.ipfs.ensure(cid, job)
+                    try:  # kept out of the nursery, which would wrap it in a group
+                        stats = await self.ipfs.ensure(cid, job)
+                    except Exception as exc:
+                        failure.append(exc)
                     nursery.cancel_scope.cancel()
+                if failure:
+                    raise failure[0]
             except Exception as exc:
                 raise JobFailed("internal", f"pulling the image {image_cid}: {exc}") from None
             await progress("loading", 100, f"{stats.bytes if stats else 0} bytes fetched")
@@ -146,13 +153,14 @@ def _read_input(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_DATA + 1)
+            size = max(os.fstat(f.fileno()).st_size, len(data))
     except OSError as exc:
         raise HttpError(400, f"the node cannot read the input file {path}: {exc.strerror} "
                              "(the node reads it itself: give a path its user can read)") \
             from None
     if len(data) > MAX_DATA:
-        raise HttpError(400, f"the input file {path} is over the cap of {MAX_DATA} bytes "
-                             f"({MAX_DATA >> 20} MiB)")
+        raise HttpError(400, f"the input file {path} is {size} bytes, over the cap of "
+                             f"{MAX_DATA} bytes ({MAX_DATA >> 20} MiB)")
     return data
 
 

@@ -347,13 +347,20 @@ class JobHost:
                 announced = True
                 await progress("starting", 0)
 
+        failure: list[Exception] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(slow_start)
-            async with self.executor.run(tag, resources) as running:
+            try:  # kept out of the nursery, which would wrap it in a group
+                async with self.executor.run(tag, resources) as running:
+                    timer.cancel()
+                    if announced:
+                        await progress("running", 0)
+                    output, _ = await self.executor.request(running, body)
+            except Exception as exc:
                 timer.cancel()
-                if announced:
-                    await progress("running", 0)
-                output, _ = await self.executor.request(running, body)
+                failure.append(exc)
+        if failure:
+            raise failure[0]
         return output
 
     async def _fetch_input(self, cid: str, peer: str, progress) -> bytes:
