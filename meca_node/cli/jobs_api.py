@@ -21,6 +21,11 @@ from meca_node.node.jobs import PULL_TICK_S, JobClient, JobFailed
 log = logging.getLogger("meca_node.jobs")
 
 
+#: how long an image the engine had is trusted to be there still (someone may `docker rmi`
+#: it; the job then fails at start and the next one pulls it again)
+RECHECK_S = 10.0
+
+
 class IpfsImages:
     """Images by CID: the local one if loaded already, else pulled over IPFS, every block
     verified, then ``docker load``ed. Pull progress goes to the job's JobProgress."""
@@ -31,9 +36,11 @@ class IpfsImages:
         self.work_dir = work_dir
         self.loaded: dict[str, str] = {}  # image CID -> tag
         self.on_cached = on_cached  # called with the image CIDs loaded, when they change
+        self._checked: dict[str, float] = {}  # image CID -> when the engine last had it
         self._lock = trio.Lock()
 
     def _remember(self, image_cid: str, tag: str) -> None:
+        self._checked[image_cid] = trio.current_time()
         if self.loaded.get(image_cid) != tag:
             self.loaded[image_cid] = tag
             if self.on_cached is not None:
@@ -116,7 +123,11 @@ class IpfsImages:
                 from None
         async with self._lock:  # one pull of an image at a time
             tag = self.loaded.get(image_cid)
+            now = trio.current_time()
+            if tag and now - self._checked.get(image_cid, -1e9) < RECHECK_S:
+                return tag  # a warm job makes no engine call here
             if tag and await trio.to_thread.run_sync(self._present, tag):
+                self._checked[image_cid] = now
                 return tag
             tag = await self._already_here(cid)
             if tag:
@@ -275,6 +286,7 @@ def start_provider(node, ipfs: IpfsNode, data_dir: Path, values: dict):
     from meca_node.node.jobs import Capacity, JobHost
     from meca_node.runtime.environments import plan_offer
     from meca_node.runtime.executor import DockerExecutor
+    from meca_node.runtime.warmpool import WarmPool
 
     offer = plan_offer(node.hardware, values)
     for warning in offer.warnings:
@@ -285,21 +297,26 @@ def start_provider(node, ipfs: IpfsNode, data_dir: Path, values: dict):
         log.warning("not running jobs: %s", exc)
         return None
     capacity = Capacity(offer.resources)
+    docker = DockerExecutor(client)
+    pool = WarmPool(docker, idle_s=float(values.get("warm_pool_s", 300)),
+                    max_idle=int(values.get("warm_pool_max", 4)))
     def on_cached(cids: tuple[str, ...]) -> None:
         node.cached_images = cids[-256:]
 
-    host = JobHost(node, DockerExecutor(client),
+    host = JobHost(node, pool,
                    IpfsImages(ipfs, client, data_dir / "tmp", on_cached),
                    capacity, offer.price, offer.allow_developers, data=IpfsData(ipfs))
-    host.client, host.data_dir = client, data_dir
+    host.client, host.data_dir, host.docker = client, data_dir, docker
     host.benchmark = bool(values.get("startup_benchmark", True))
     node.capacity = capacity
+    node.warm_pool = pool
     return host  # install() once environments are known and the sandbox is prepared
 
 
 async def provider_up(host) -> None:
     """Decide the environments, benchmark them (cached per hardware), prepare the sandbox,
-    then take jobs. Runs beside the node: it starts serving before this finishes."""
+    then take jobs, and run the warm pool until the node stops. Runs beside the node: it
+    starts serving before the jobs are taken."""
     from meca_node.runtime.benchmark import scores, startup_benchmarks
     from meca_node.runtime.environments import advertised, gather_environments
     from meca_node.runtime.hardware import detect_host
@@ -315,7 +332,7 @@ async def provider_up(host) -> None:
             results = await trio.to_thread.run_sync(startup_benchmarks, host.client, machine,
                                                     envs, host.data_dir)
         host.node.environments = advertised(envs, scores(results))
-        await host.executor.prepare()
+        await host.docker.prepare()  # before the pool holds any container
     except Exception as exc:
         log.error("not running jobs: the Docker sandbox could not be prepared (%s)", exc)
         return
@@ -328,3 +345,4 @@ async def provider_up(host) -> None:
         await host.node.publish_advert()
     except Exception as exc:
         log.debug("advert publish failed: %s", exc)
+    await host.executor.serve()  # the warm pool: idle containers expire; removed at exit

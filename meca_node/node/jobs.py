@@ -369,6 +369,9 @@ class JobHost:
         def on_bytes(done: int, total: int) -> None:
             last[0] = done / total * 100 if total else 0
 
+        failure: Exception | None = None
+        data = b""
+
         async with trio.open_nursery() as nursery:
             async def tick() -> None:
                 while True:
@@ -376,14 +379,16 @@ class JobHost:
                     await trio.sleep(PULL_TICK_S)
 
             nursery.start_soon(tick)
-            try:
+            try:  # kept out of the nursery, which would wrap it in a group
                 data = await self.data.fetch(cid, peer, MAX_DATA, on_bytes)
-            except JobFailed:
-                raise
             except Exception as exc:
-                raise JobFailed("bad_request", f"the input {cid} could not be fetched from "
-                                               f"the client: {exc}") from None
+                failure = exc
             nursery.cancel_scope.cancel()
+        if isinstance(failure, JobFailed):
+            raise failure
+        if failure is not None:
+            raise JobFailed("bad_request", f"the input {cid} could not be fetched from the "
+                                           f"client: {failure}")
         return data
 
 

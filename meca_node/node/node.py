@@ -64,6 +64,7 @@ class Node:
         self.capacity = None  # a provider's jobs.Capacity: its adverts show what is free
         self.environments: tuple[wire.Environment, ...] = ()  # a provider's, with scores
         self.cached_images: tuple[str, ...] = ()  # image CIDs a provider runs without a pull
+        self.warm_pool = None  # a provider's warm container pool: stats() goes into status
         self.adverts_sent = 0
         self.advert_seen = trio.Event()  # set whenever a new advert arrives (then replaced)
         self._started_mono = time.monotonic()
@@ -268,6 +269,7 @@ class Node:
             "free": (_resources(self.capacity.free) if self.capacity is not None else None),
             "offered": (_resources(self.capacity.offered) if self.capacity is not None
                         else None),
+            "warm_pool": self.warm_pool.stats() if self.warm_pool is not None else None,
         }
 
     def peers(self) -> dict:
@@ -282,6 +284,8 @@ class Node:
                 "age_s": round((now - a.ts) / 1000, 1), "connected": a.peer_id in connected,
                 "addrs": list(a.advert.addrs), "free": _resources(a.advert.free),
                 "cached_images": list(a.advert.cached_images),
+                "environments": [{"name": e.name, "score": e.score}
+                                 for e in a.advert.environments],
             })
         return {"connected": connected, "adverts": adverts}
 
