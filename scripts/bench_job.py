@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from meca_node.runtime.executor import connect  # noqa: E402
 from meca_node.runtime.sandbox import APP_PORT, NETWORK  # noqa: E402
 from meca_node.sim import Cluster  # noqa: E402
+from meca_node.sim.baseline import docker_run_first_answer, remove  # noqa: E402
 from meca_node.sim.cluster import ClusterError, ClusterNode, child_env  # noqa: E402
 from meca_node.sim.demo import _job  # noqa: E402
 from meca_node.store.taskdir import read_task_folder  # noqa: E402
@@ -106,28 +107,12 @@ def direct_posts(url: str, body: bytes, expected: bytes, n: int) -> list[float]:
     return out
 
 
-def docker_run_first_answer(client, tag: str, spec, timeout_s: float = 60) -> float:
-    t0 = time.monotonic()
-    cid = subprocess.run(["docker", "run", "-d", "--network", NETWORK, tag], check=True,
-                         capture_output=True, text=True, timeout=120).stdout.strip()
-    try:
-        ip = client.containers.get(cid).attrs["NetworkSettings"]["Networks"][NETWORK][
-            "IPAddress"]
-        with httpx.Client(timeout=30) as http:
-            while True:
-                try:
-                    r = http.post(f"http://{ip}:{APP_PORT}/", content=spec.example_input,
-                                  headers={"content-type": "application/json"})
-                    break
-                except httpx.TransportError:
-                    if time.monotonic() - t0 > timeout_s:
-                        raise ClusterError("the docker run container never answered")
-                    time.sleep(0.02)  # bounded poll until the port answers
-        if r.content != spec.example_output:
-            raise ClusterError(f"docker run answered {r.content[:200]!r}")
-        return time.monotonic() - t0
-    finally:
-        subprocess.run(["docker", "rm", "-f", cid], capture_output=True, timeout=60)
+def docker_run_once(client, tag: str, spec) -> float:
+    cid, _, seconds, reply = docker_run_first_answer(client, NETWORK, tag, spec.example_input)
+    remove(cid)
+    if reply != spec.example_output:
+        raise ClusterError(f"docker run answered {reply[:200]!r}")
+    return seconds
 
 
 def main() -> int:
@@ -179,7 +164,7 @@ def main() -> int:
                   f"docker run + first answer", flush=True)
             cold_ours = [run_job(user, offer_id, spec, cold.peer_id)
                          for _ in range(args.cold)]
-            cold_base = [docker_run_first_answer(client, tag, spec) for _ in range(args.cold)]
+            cold_base = [docker_run_once(client, tag, spec) for _ in range(args.cold)]
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

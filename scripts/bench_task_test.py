@@ -17,7 +17,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from meca_node.node.developer import image_tag  # noqa: E402
 from meca_node.runtime.executor import DockerExecutor, connect  # noqa: E402
+from meca_node.sim.baseline import docker_run_first_answer, remove  # noqa: E402
 from meca_node.store.taskdir import folder_digest, read_task_folder  # noqa: E402
 
 
@@ -59,33 +59,19 @@ async def ours(executor: DockerExecutor, tag: str, spec, n: int) -> dict:
 
 
 def baseline(client, network: str, tag: str, spec, n: int, timeout_s: float = 60) -> dict:
-    t0 = time.monotonic()
-    cid = subprocess.run(["docker", "run", "-d", "--network", network, tag], check=True,
-                         capture_output=True, text=True, timeout=120).stdout.strip()
+    cid, url, first, reply = docker_run_first_answer(client, network, tag, spec.example_input,
+                                                     timeout_s)
     try:
-        ip = client.containers.get(cid).attrs["NetworkSettings"]["Networks"][network][
-            "IPAddress"]
-        url = f"http://{ip}:8080/"
+        assert reply == spec.example_output, reply
+        lat = []
         with httpx.Client(timeout=30) as http:
-            while True:
-                try:
-                    r = http.post(url, content=spec.example_input,
-                                  headers={"content-type": "application/json"})
-                    break
-                except httpx.TransportError:
-                    if time.monotonic() - t0 > timeout_s:
-                        raise SystemExit("baseline container never answered")
-                    time.sleep(0.05)  # bounded poll until the port answers
-            first = time.monotonic() - t0
-            assert r.content == spec.example_output, r.content
-            lat = []
             for _ in range(n):
                 t = time.monotonic()
-                r = http.post(url, content=spec.example_input,
-                              headers={"content-type": "application/json"})
+                http.post(url, content=spec.example_input,
+                          headers={"content-type": "application/json"})
                 lat.append(time.monotonic() - t)
     finally:
-        subprocess.run(["docker", "rm", "-f", cid], capture_output=True, timeout=60)
+        remove(cid)
     return summary(first, lat)
 
 
