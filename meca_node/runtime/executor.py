@@ -21,11 +21,11 @@ from typing import Any
 
 import docker
 import docker.errors
-import httpx
 import trio
 from docker.types import DeviceRequest
 
 from meca_node.core.task import TaskResources
+from meca_node.runtime import apphttp
 from meca_node.runtime.sandbox import (
     APP_PORT, LABEL, NETWORK, SandboxLimits, container_options, task_user,
 )
@@ -104,7 +104,6 @@ class Running:
     address: str
     started_mono: float
     init_s: float
-    http: httpx.AsyncClient | None = None  # one keep-alive connection pool, owned
     container: Any = None  # the docker SDK Container, for stop()
 
 
@@ -275,18 +274,13 @@ class DockerExecutor:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._remove, container)
             raise
-        running.http = httpx.AsyncClient(timeout=self.request_timeout_s)
         return running
 
     async def stop(self, running: Running) -> None:
-        """Close the run's HTTP client and remove its container; shielded from
-        cancellation, so it completes even in a cancelled scope."""
+        """Remove the run's container; shielded from cancellation, so it completes even in
+        a cancelled scope."""
         with trio.CancelScope(shield=True):
-            try:
-                if running.http is not None:
-                    await running.http.aclose()
-            finally:
-                await trio.to_thread.run_sync(self._remove, running.container)
+            await trio.to_thread.run_sync(self._remove, running.container)
 
     def _image_user(self, image: str) -> str:
         try:
@@ -314,14 +308,23 @@ class DockerExecutor:
         except docker.errors.APIError as exc:
             raise TaskRunError("start", f"cannot start the container: "
                                f"{exc.explanation or exc}") from None
+        # the app's output, followed as it comes: the line is seen the moment it is printed
+        # (polling the engine cost two API calls per look and up to a poll interval late)
+        stream = await trio.to_thread.run_sync(
+            lambda: container.logs(stream=True, follow=True, stdout=True, stderr=True))
+        found = False
         with trio.move_on_after(self.init_timeout_s) as scope:
-            while True:
-                state, logs = await trio.to_thread.run_sync(self._state_and_logs, container)
-                if any(line.strip() == INIT_LINE for line in logs.splitlines()):
-                    break
-                if state["Status"] in ("exited", "dead"):
-                    raise self._died(state, logs, "before printing meca-init-done")
-                await trio.sleep(0.05)  # poll the engine; bounded by init_timeout_s
+            try:
+                found = await trio.to_thread.run_sync(_follow_until_init, stream,
+                                                      abandon_on_cancel=True)
+            finally:
+                stream.close()  # ends the worker's read if it is still waiting
+        if not found and not scope.cancelled_caught:  # the output ended: it stopped
+            state, logs = await trio.to_thread.run_sync(self._state_and_logs, container)
+            if state["Status"] in ("exited", "dead"):
+                raise self._died(state, logs, "before printing meca-init-done")
+            raise TaskRunError("init", f"the app's output ended before {INIT_LINE!r}",
+                               _tail(logs))
         if scope.cancelled_caught:
             _, logs = await trio.to_thread.run_sync(self._state_and_logs, container)
             raise TaskRunError("init", f"the app did not print {INIT_LINE!r} within "
@@ -356,17 +359,15 @@ class DockerExecutor:
         """POST ``body`` to the app; retries until the port answers (bounded). Returns
         (reply, seconds for this request)."""
         deadline = trio.current_time() + self.answer_timeout_s
-        assert running.http is not None, "request() needs a Running from run() or start()"
-        http = running.http
         next_check = trio.current_time() + 0.5
         while True:
             t0 = time.monotonic()
             try:
-                return await self._post(http, running.address, body), time.monotonic() - t0
-            except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+                return await self._post(running.address, body), time.monotonic() - t0
+            except apphttp.NoAnswer as exc:
                 late = trio.current_time() > deadline
                 if not late and trio.current_time() < next_check:
-                    await trio.sleep(0.05)  # the app may print the line before binding
+                    await trio.sleep(0.01)  # the app may print the line before binding
                     continue
                 # every 0.5 s, and at the deadline: a dead app (crash, out of memory) is
                 # reported at once instead of waiting out the deadline
@@ -390,44 +391,28 @@ class DockerExecutor:
         reply came back (connection refused or not made within ``connect_timeout_s``, or
         closed or reset before the status line); a reply that breaks off later is a plain
         :class:`TaskRunError`. Returns (reply, seconds for this request)."""
-        assert running.http is not None, "request_once() needs a Running from start()"
         t0 = time.monotonic()
-        timeout = httpx.Timeout(self.request_timeout_s, connect=connect_timeout_s)
-        request = running.http.build_request("POST", running.address, content=body,
-                                             headers=_JSON, timeout=timeout)
         try:
-            resp = await running.http.send(request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
-                httpx.ReadError, httpx.WriteError) as exc:  # closed or reset before a reply
+            return (await self._post(running.address, body, connect_timeout_s),
+                    time.monotonic() - t0)
+        except apphttp.NoAnswer as exc:  # closed or reset before a reply
             raise AppUnreachable("request", f"the app at {running.address} gave no answer "
-                                 f"({type(exc).__name__}: {exc})") from None
+                                 f"({exc})") from None
+
+    async def _post(self, url: str, body: bytes, connect_timeout_s: float = 5.0) -> bytes:
+        """One POST (:mod:`apphttp`); NoAnswer passes through for the callers' retries."""
         try:
-            return await self._read(resp), time.monotonic() - t0
-        except httpx.TransportError as exc:
-            raise TaskRunError("request", f"the app broke off its reply "
-                               f"({type(exc).__name__}: {exc})") from None
-        finally:
-            await resp.aclose()
-
-    async def _post(self, http: httpx.AsyncClient, url: str, body: bytes) -> bytes:
-        async with http.stream("POST", url, content=body, headers=_JSON) as resp:
-            return await self._read(resp)
-
-    async def _read(self, resp: httpx.Response) -> bytes:
-        """The body of ``resp``, capped at max_output; an error unless HTTP 200."""
-        out = bytearray()
-        async for chunk in resp.aiter_raw():
-            out += chunk
-            if len(out) > self.max_output:
-                raise TaskRunError("output", f"the reply is larger than the cap of "
-                                   f"{self.max_output} bytes")
-        if resp.status_code != 200:
-            raise TaskRunError("request", f"the app answered HTTP {resp.status_code}: "
-                               f"{bytes(out[:500])!r}")
-        return bytes(out)
+            return await apphttp.post(url, body, connect_timeout_s=connect_timeout_s,
+                                      timeout_s=self.request_timeout_s,
+                                      max_output=self.max_output)
+        except apphttp.BadReply as exc:
+            stage = "output" if isinstance(exc, apphttp.TooLarge) else "request"
+            raise TaskRunError(stage, str(exc)) from None
+        except trio.TooSlowError:
+            raise TaskRunError("request", f"the app did not reply within "
+                               f"{self.request_timeout_s:g} s") from None
 
 
-_JSON = {"content-type": "application/json"}
 
 
 _NO_INDEX_HINTS = ("Temporary failure in name resolution", "Network is unreachable",
@@ -565,6 +550,23 @@ def missing_base_image(step: str) -> str | None:
     if len(words) >= 2 and words[0].upper() == "FROM":
         return words[1]
     return None
+
+
+def _follow_until_init(stream) -> bool:
+    """Read a container's followed output until a whole line is :data:`INIT_LINE` (True)
+    or the output ends (False: the container stopped). Keeps the last 64 KiB only."""
+    want = INIT_LINE.encode()
+    pending = b""
+    try:
+        for chunk in stream:
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if any(line.strip() == want for line in lines):
+                return True
+            pending = pending[-65536:]
+    except Exception:  # the stream was closed under us (timeout, cancel) or broke
+        return False
+    return pending.strip() == want
 
 
 def _tail(logs: str, lines: int = 20) -> str:

@@ -125,7 +125,7 @@ class WarmPool:
     # -- leases ---------------------------------------------------------------------------
     @asynccontextmanager
     async def run(self, image: str, resources: TaskResources) -> AsyncIterator[Running]:
-        """Same contract as DockerExecutor.run: yields a ready Running (running.http set).
+        """Same contract as DockerExecutor.run: yields a ready Running.
         Takes an idle container of the same (image, resources) if one is there, else starts
         one through the executor. On a clean exit the container goes back to the pool (idle,
         timestamped) instead of being removed; on any exception or cancellation it is

@@ -10,14 +10,21 @@ import httpx
 from meca_node.runtime.sandbox import APP_PORT
 
 
+def limit_args(cpu: float, mem_mib: int) -> list[str]:
+    """`docker run` options for a task's declared CPU and memory (no extra swap)."""
+    return ["--cpus", f"{cpu:g}", "--memory", f"{mem_mib}m", "--memory-swap", f"{mem_mib}m"]
+
+
 def docker_run_first_answer(client, network: str, tag: str, body: bytes,
-                            timeout_s: float = 60.0) -> tuple[str, str, float, bytes]:
-    """`docker run -d` of ``tag`` on ``network``, then POST ``body`` to the container's
+                            timeout_s: float = 60.0, extra_args: list[str] = ()
+                            ) -> tuple[str, str, float, bytes]:
+    """`docker run -d [extra_args]` of ``tag`` on ``network``, then POST ``body`` to the container's
     address until it answers (bounded by ``timeout_s``). Returns (container id, URL,
     seconds from the run to the first answer, that answer); the caller removes the
     container (``docker rm -f``) when done."""
     t0 = time.monotonic()
-    cid = subprocess.run(["docker", "run", "-d", "--network", network, tag], check=True,
+    cid = subprocess.run(["docker", "run", "-d", "--network", network, *extra_args, tag],
+                         check=True,
                          capture_output=True, text=True, timeout=120).stdout.strip()
     try:
         ip = client.containers.get(cid).attrs["NetworkSettings"]["Networks"][network][
