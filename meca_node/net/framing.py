@@ -30,6 +30,16 @@ async def write_frame(stream: _Stream, data: bytes, max_frame: int) -> None:
     await stream.write(encode_uvarint(len(data)) + data)
 
 
+async def write_frames(stream: _Stream, frames: list[bytes], max_frame: int) -> None:
+    """Write several frames with one write."""
+    out = bytearray()
+    for data in frames:
+        if len(data) > max_frame:
+            raise ValueError(f"frame of {len(data)} bytes exceeds the cap of {max_frame}")
+        out += encode_uvarint(len(data)) + data
+    await stream.write(bytes(out))
+
+
 async def read_frame(stream: _Stream, max_frame: int) -> bytes | None:
     """Read one frame; ``None`` at a clean end of stream before a frame starts."""
     length = 0

@@ -35,7 +35,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
-from meca_node.net.framing import FrameError, read_frame, write_frame
+from meca_node.net.framing import FrameError, read_frame, write_frame, write_frames
 
 log = logging.getLogger("meca_node.net")
 
@@ -311,6 +311,10 @@ class FramedStream:
 
     async def send(self, data: bytes) -> None:
         await write_frame(self._stream, data, self.max_frame)
+
+    async def send_many(self, frames: list[bytes]) -> None:
+        """Several frames in one write (one pass through the muxer and the encryption)."""
+        await write_frames(self._stream, frames, self.max_frame)
 
     async def receive(self) -> bytes | None:
         return await read_frame(self._stream, self.max_frame)

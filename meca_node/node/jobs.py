@@ -7,6 +7,9 @@ On a stream the client opened, each message a signed envelope in a frame
     provider -> JobReject, or
     provider -> JobAccept, JobProgress*, ResultCommit, JobResult
 
+(a job that answers within :data:`SLOW_START_S` gets its JobAccept, ResultCommit and
+JobResult in one write; a slower one gets the JobAccept with its first progress)
+
 then the client may send its next JobRequest on the same stream (one job at a time per
 stream): a fresh libp2p stream costs a round trip of stream negotiation (~2.5 ms here),
 so the client keeps a few idle streams per provider (:data:`CLIENT_IDLE_S`) and the
@@ -77,6 +80,7 @@ class JobStream(Protocol):
     @property
     def remote_peer(self) -> str: ...
     async def send(self, data: bytes) -> None: ...
+    async def send_many(self, frames: list[bytes]) -> None: ...
     async def receive(self) -> bytes | None: ...
     async def close(self) -> None: ...
     async def reset(self) -> None: ...
@@ -158,6 +162,7 @@ class JobHost:
         self.data = data
         self.done = 0
         self.failed = 0
+        self._held: dict[int, list[bytes]] = {}  # per stream: sealed, not sent yet
 
     def install(self) -> None:
         self.node.net.set_stream_handler(PROTOCOL, self.handle)
@@ -172,8 +177,19 @@ class JobHost:
             raise JobFailed("bad_request", "the request is for another network")
         return env
 
-    async def _send(self, stream: JobStream, body) -> None:
-        await stream.send(self.node.seal(body))
+    async def _send(self, stream: JobStream, *bodies) -> None:
+        """Send ``bodies``, after any message held for this stream, in one write."""
+        frames = self._held.pop(id(stream), []) + [self.node.seal(b) for b in bodies]
+        if len(frames) == 1:
+            await stream.send(frames[0])
+        else:
+            await stream.send_many(frames)
+
+    def _hold(self, stream: JobStream, body) -> None:
+        """Send ``body`` with the stream's next message: a JobAccept waits for the result
+        of a job that answers fast (one write instead of two), or for the first progress
+        of a slow one."""
+        self._held.setdefault(id(stream), []).append(self.node.seal(body))
 
     async def handle(self, stream: JobStream) -> None:
         """Serve jobs one after the other on ``stream`` until the client closes it, it
@@ -209,19 +225,18 @@ class JobHost:
         budget_s = max(0.0, (req.deadline - self.node.clock.now_ms()) / 1000)
         self.capacity.reserved[job_id] = offer.offer.resources
         try:
-            await self._send(stream, wire.JobAccept(job_id=job_id, price=self.price,
-                                                    queue_position=0))
+            self._hold(stream, wire.JobAccept(job_id=job_id, price=self.price,
+                                              queue_position=0))
             output = await self._run_watched(stream, job_id, offer, req, budget_s)
             digest = hashlib.sha256(output).digest()
-            await self._send(stream, wire.ResultCommit(job_id=job_id, result_sha256=digest,
-                                                       size=len(output)))
+            commit = wire.ResultCommit(job_id=job_id, result_sha256=digest, size=len(output))
             if len(output) <= self.inline_cap or self.data is None:
-                await self._send(stream, wire.JobResult(job_id=job_id, output=output,
-                                                        output_cid=""))
+                await self._send(stream, commit, wire.JobResult(job_id=job_id, output=output,
+                                                                output_cid=""))
             else:
                 async with self.data.hold(output) as cid:
-                    await self._send(stream, wire.JobResult(job_id=job_id, output=b"",
-                                                            output_cid=cid))
+                    await self._send(stream, commit, wire.JobResult(
+                        job_id=job_id, output=b"", output_cid=cid))
                     # kept until the client has fetched it and closed the stream
                     with trio.move_on_after(PROVIDER_IDLE_S):
                         await stream.receive()
@@ -231,6 +246,7 @@ class JobHost:
             return True
         except JobFailed as exc:
             self.failed += 1
+            self._held.pop(id(stream), None)  # a reject says it all
             if exc.reason == "gone":
                 log.info("job %s: %s", job_id.hex(), exc.detail)
                 return False
@@ -246,6 +262,7 @@ class JobHost:
             log.info("job %s ended: %s", job_id.hex(), exc)
             return False
         finally:
+            self._held.pop(id(stream), None)
             self.capacity.reserved.pop(job_id, None)  # released on every path
 
     def _admit(self, req: wire.JobRequest, client: bytes) -> KnownOffer:
@@ -337,28 +354,32 @@ class JobHost:
 
     async def _start_and_post(self, tag: str, resources: TaskResources, body: bytes,
                               progress) -> bytes:
-        announced = False
+        """Start (or take a warm container) and POST. A job done within SLOW_START_S sends
+        no progress (its JobAccept goes with the result); a slower one reports
+        ``starting`` and/or ``running`` (which sends the JobAccept)."""
+        stage = "starting"
         timer = trio.CancelScope()
 
-        async def slow_start() -> None:
-            nonlocal announced
+        async def slow() -> None:
+            nonlocal stage
             with timer:
                 await trio.sleep(SLOW_START_S)
-                announced = True
-                await progress("starting", 0)
+                shown, stage = stage, "shown"
+                await progress(shown, 0)
 
         failure: list[Exception] = []
+        output = b""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(slow_start)
+            nursery.start_soon(slow)
             try:  # kept out of the nursery, which would wrap it in a group
                 async with self.executor.run(tag, resources) as running:
-                    timer.cancel()
-                    if announced:
+                    if stage == "shown":  # "starting" went out: now it runs
                         await progress("running", 0)
+                    stage = "running"
                     output, _ = await self.executor.request(running, body)
             except Exception as exc:
-                timer.cancel()
                 failure.append(exc)
+            timer.cancel()
         if failure:
             raise failure[0]
         return output

@@ -40,12 +40,31 @@ async def post(url: str, body: bytes, *, connect_timeout_s: float, timeout_s: fl
     with trio.fail_after(timeout_s):
         try:
             with trio.fail_after(connect_timeout_s):
-                stream = await trio.open_tcp_stream(host, port)
+                stream = await _connect(host, port)
         except (OSError, trio.TooSlowError) as exc:
             raise NoAnswer(f"cannot connect to {host}:{port} ({type(exc).__name__}: "
                            f"{exc})") from None
         async with stream:
             return await _exchange(stream, parts, body, max_output, content_type)
+
+
+async def _connect(host: str, port: int) -> trio.SocketStream:
+    """A TCP connection to a numeric address (a container's) without the resolver and
+    happy-eyeballs machinery of ``trio.open_tcp_stream``; a name falls back to it."""
+    import ipaddress
+
+    try:
+        family = (trio.socket.AF_INET6 if ipaddress.ip_address(host).version == 6
+                  else trio.socket.AF_INET)
+    except ValueError:
+        return await trio.open_tcp_stream(host, port)
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
 
 
 async def _exchange(stream: trio.SocketStream, parts, body: bytes, max_output: int,
