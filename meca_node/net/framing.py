@@ -40,39 +40,56 @@ async def write_frames(stream: _Stream, frames: list[bytes], max_frame: int) -> 
     await stream.write(bytes(out))
 
 
-async def read_frame(stream: _Stream, max_frame: int) -> bytes | None:
-    """Read one frame; ``None`` at a clean end of stream before a frame starts."""
-    length = 0
-    for shift in range(0, 63, 7):  # unsigned-varint spec: at most 9 bytes, minimal
-        b = await _read_exact(stream, 1, allow_eof=(shift == 0))
-        if b is None:
-            return None
-        length |= (b[0] & 0x7F) << shift
-        if length > max_frame:
-            raise FrameError(f"peer announced a frame of more than {max_frame} bytes")
-        if not b[0] & 0x80:
-            if b[0] == 0 and shift:
-                raise FrameError("length prefix is not minimally encoded")
-            break
-    else:
-        raise FrameError("length prefix longer than 9 bytes")
-    data = await _read_exact(stream, length, allow_eof=False)
-    assert data is not None
-    return data
+class FrameReader:
+    """Frames from a stream this reader owns, read in chunks: the frames that arrive
+    together (a job's accept, commit and result; a run of Bitswap messages) cost one read
+    through the muxer instead of one per varint byte and one per payload. Holds at most
+    one frame plus 64 KiB; a cancelled read loses nothing (what was read stays here)."""
 
+    CHUNK = 65536
 
-async def _read_exact(stream: _Stream, n: int, allow_eof: bool) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        try:
-            chunk = await stream.read(n - len(buf))
-        except Exception as exc:  # py-libp2p raises several EOF/reset types
-            if not buf and allow_eof:
+    def __init__(self, stream: _Stream, max_frame: int) -> None:
+        self._stream = stream
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    async def read(self) -> bytes | None:
+        """The next frame; ``None`` at a clean end of stream between frames."""
+        while True:
+            need = self._parse()
+            if isinstance(need, bytes):
+                return need
+            try:
+                chunk = await self._stream.read(max(need, self.CHUNK))
+            except Exception as exc:  # py-libp2p raises several EOF/reset types
+                chunk = b""
+                if self._buf:
+                    raise FrameError(f"stream ended inside a frame ({type(exc).__name__})") \
+                        from None
+            if not chunk:
+                if self._buf:
+                    raise FrameError("stream ended inside a frame")
                 return None
-            raise FrameError(f"stream ended inside a frame ({type(exc).__name__})") from None
-        if not chunk:
-            if not buf and allow_eof:
-                return None
-            raise FrameError("stream ended inside a frame")
-        buf += chunk
-    return bytes(buf)
+            self._buf += chunk
+
+    def _parse(self) -> bytes | int:
+        """A whole frame off the front of the buffer, or how many more bytes it needs."""
+        buf = self._buf
+        length = 0
+        for i in range(min(len(buf), 10)):
+            b = buf[i]
+            length |= (b & 0x7F) << (7 * i)
+            if length > self.max_frame:
+                raise FrameError(f"peer announced a frame of more than {self.max_frame} bytes")
+            if not b & 0x80:
+                if b == 0 and i:
+                    raise FrameError("length prefix is not minimally encoded")
+                end = i + 1 + length
+                if len(buf) < end:
+                    return end - len(buf)
+                frame = bytes(buf[i + 1:end])
+                del buf[:end]
+                return frame
+            if i == 8:
+                raise FrameError("length prefix longer than 9 bytes")
+        return 1

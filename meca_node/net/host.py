@@ -35,7 +35,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
-from meca_node.net.framing import FrameError, read_frame, write_frame, write_frames
+from meca_node.net.framing import FrameError, FrameReader, write_frame, write_frames
 
 log = logging.getLogger("meca_node.net")
 
@@ -301,6 +301,7 @@ class FramedStream:
     def __init__(self, stream, max_frame: int) -> None:
         self._stream = stream
         self.max_frame = max_frame
+        self._reader = FrameReader(stream, max_frame)
 
     @property
     def remote_peer(self) -> str:
@@ -317,7 +318,7 @@ class FramedStream:
         await write_frames(self._stream, frames, self.max_frame)
 
     async def receive(self) -> bytes | None:
-        return await read_frame(self._stream, self.max_frame)
+        return await self._reader.read()
 
     async def close(self) -> None:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from meca_node.net import FrameError, NetConfig, open_net, read_frame
+from meca_node.net import FrameError, FrameReader, NetConfig, open_net
 from meca_node.net.framing import encode_uvarint
 
 pytestmark = pytest.mark.integration
@@ -56,20 +56,45 @@ async def test_framed_echo_and_oversized_frame_is_refused():
             await s2.close()
 
 
+class Bytes:
+    """A stream that hands out at most ``step`` bytes per read."""
+
+    def __init__(self, data, step=None):
+        self.data = data
+        self.step = step
+        self.reads = 0
+
+    async def read(self, n=None):
+        self.reads += 1
+        n = min(n, self.step) if self.step else n
+        chunk, self.data = self.data[:n], self.data[n:]
+        return chunk
+
+
+async def read_frame(stream, max_frame):
+    return await FrameReader(stream, max_frame).read()
+
+
 async def test_read_frame_rejects_long_prefix_and_truncation():
-    class Bytes:
-        def __init__(self, data):
-            self.data = data
-
-        async def read(self, n=None):
-            chunk, self.data = self.data[:n], self.data[n:]
-            return chunk
-
     with pytest.raises(FrameError):
         await read_frame(Bytes(b"\xff" * 10), max_frame=2**62)
     with pytest.raises(FrameError):
         await read_frame(Bytes(encode_uvarint(5) + b"abc"), max_frame=10)
     with pytest.raises(FrameError):  # 5 as 0x85 0x00: not the shortest form
         await read_frame(Bytes(b"\x85\x00abcde"), max_frame=10)
+    with pytest.raises(FrameError, match="more than 10"):  # refused from the prefix alone
+        await read_frame(Bytes(encode_uvarint(11)), max_frame=10)
     assert await read_frame(Bytes(b""), max_frame=10) is None
     assert await read_frame(Bytes(encode_uvarint(0)), max_frame=10) == b""
+
+
+@pytest.mark.parametrize("step", [None, 1, 3])
+async def test_frame_reader_frames_in_one_chunk_or_byte_by_byte(step):
+    frames = [b"", b"a", b"x" * 300, b"y" * 70000, b"z"]
+    data = b"".join(encode_uvarint(len(f)) + f for f in frames)
+    stream = Bytes(data, step)
+    reader = FrameReader(stream, max_frame=100000)
+    assert [await reader.read() for _ in frames] == frames
+    assert await reader.read() is None
+    if step is None:  # frames that came together cost one read each 64 KiB, not per byte
+        assert stream.reads <= 4
