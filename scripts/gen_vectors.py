@@ -102,6 +102,12 @@ def sample_bodies() -> dict[str, Any]:
                        nonce=nonce("fork-a"))
     fork_b = wire.seal(receipt(7, 90), key=KEYS["alice"], net=NET, ts=NOW_MS - 59_000,
                        nonce=nonce("fork-b"))
+    # alice's first entry pays bob; bob's first entry receives it (source: SHA-256 of the
+    # envelope of envelopes.json's valid_Transfer)
+    transfer = wire.Transfer(seq=0, prev=bytes(32), to=PUB["bob"], amount=1_500,
+                             memo="for the GPU hours, danke schön")
+    transfer_env = wire.seal(transfer, key=KEYS["alice"], net=NET, ts=NOW_MS,
+                             nonce=nonce("Transfer"))
     return {
         "HostAdvert": wire.HostAdvert(
             roles=("provider", "client"), arch="amd64",
@@ -140,6 +146,10 @@ def sample_bodies() -> dict[str, Any]:
             job_id=JOB_ID, output=b"",
             output_cid="bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"),
         "Receipt": receipt(8, 100),
+        "Transfer": transfer,
+        "Receive": wire.Receive(seq=0, prev=bytes(32),
+                                source=hashlib.sha256(transfer_env).digest(), payer=PUB["alice"],
+                                payer_seq=0, amount=1_500),
         "FraudProof": wire.FraudProof(kind="fork", account=PUB["alice"], first=fork_a,
                                       second=fork_b),
     }
@@ -482,6 +492,19 @@ def body_vectors() -> list[dict]:
          "second one byte over its cap of 16384", R),
         ("receipt_commit_4097", "Receipt", setp("commit", bytes(4097)), "commit cap is 4096", R),
         ("receipt_prev_0", "Receipt", setp("prev", b""), "prev is exactly 32 bytes", R),
+        ("transfer_amount_0", "Transfer", setp("amount", 0), "a transfer moves more than 0", R),
+        ("transfer_amount_u64_max", "Transfer", setp("amount", 2**64 - 1),
+         "the largest unsigned integer is a valid amount (a ledger refuses it as an overdraft)",
+         None),
+        ("transfer_to_31", "Transfer", setp("to", bytes(31)), "to is a 32-byte key", R),
+        ("transfer_memo_256_bytes_multibyte", "Transfer", setp("memo", utf8_text(256)),
+         "a memo of exactly 256 UTF-8 bytes", None),
+        ("transfer_memo_257_bytes_multibyte", "Transfer", setp("memo", utf8_text(257)),
+         "a memo of 257 UTF-8 bytes: one over the cap of 256", R),
+        ("receive_amount_0", "Receive", setp("amount", 0), "a receive claims more than 0", R),
+        ("receive_source_33", "Receive", setp("source", bytes(33)),
+         "source is a 32-byte SHA-256", R),
+        ("receive_payer_seq_negative", "Receive", setp("payer_seq", -1), "seq is unsigned", R),
     ]
     for name, label, fn, desc, reason in cases:
         add(name, by_name[label], mutate(label, fn), desc, reason)
@@ -526,7 +549,7 @@ def envelope_vectors() -> list[dict]:
         vs.append({"name": name, "description": desc, "max_size": max_size, "hex": data.hex(),
                    "expected": exp})
 
-    signer_of = {"HostAdvert": "bob", "ResultCommit": "bob", "JobAccept": "bob",
+    signer_of = {"HostAdvert": "bob", "ResultCommit": "bob", "JobAccept": "bob", "Receive": "bob",
                  "JobReject": "bob", "JobProgress": "bob", "JobResult": "bob",
                  "TaskOffer": "carol", "TaskWithdraw": "carol"}
     for label, body in BODIES.items():
@@ -555,6 +578,8 @@ def envelope_vectors() -> list[dict]:
     add("job_accept_as_reject", resigned("JobAccept", lambda o: None, "JobReject/1"),
         "a JobAccept body under the type JobReject/1", R)
     # (a FraudProof with both at their cap of 16384 bytes: gate.json accept_FraudProof_at_caps)
+    add("transfer_amount_0", resigned("Transfer", setf("amount", 0)),
+        "validly signed, but a transfer of 0", R)
     add("fraud_first_16385", resigned("FraudProof",
                                       setf("first", fill(16385, "fraud-first"))),
         "validly signed, but first is 16385 bytes (cap 16384)", R)
@@ -600,7 +625,8 @@ def gate_vectors() -> list[dict]:
     vs: list[dict] = []
     topic_of = {"HostAdvert": wire.TOPIC_ADVERTS, "TaskOffer": wire.TOPIC_OFFERS,
                 "TaskWithdraw": wire.TOPIC_OFFERS,
-                "Receipt": wire.TOPIC_RECEIPTS, "FraudProof": wire.TOPIC_RECEIPTS}
+                "Receipt": wire.TOPIC_RECEIPTS, "Transfer": wire.TOPIC_RECEIPTS,
+                "Receive": wire.TOPIC_RECEIPTS, "FraudProof": wire.TOPIC_RECEIPTS}
 
     def run(steps: list[tuple[bytes, str, int]]) -> list[Any]:
         gate = GossipGate(GateConfig(network_id=NET))
@@ -635,10 +661,10 @@ def gate_vectors() -> list[dict]:
         vs.append(v)
 
     for label in ("HostAdvert", "HostAdvert.minimal", "TaskOffer", "TaskWithdraw", "Receipt",
-                  "FraudProof"):
+                  "Transfer", "Receive", "FraudProof"):
         body = BODIES[label]
-        signer = {"HostAdvert": "bob", "TaskOffer": "carol",
-                  "TaskWithdraw": "carol"}.get(type(body).TYPE, "alice")
+        signer = {"HostAdvert": "bob", "TaskOffer": "carol", "TaskWithdraw": "carol",
+                  "Receive": "bob"}.get(type(body).TYPE, "alice")
         add(f"accept_{label}", sealed(body, signer=signer, label=f"gate-{label}"),
             f"a valid {wire.type_id(type(body))} on {topic_of[type(body).TYPE]}", None,
             topic=topic_of[type(body).TYPE])

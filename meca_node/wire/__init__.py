@@ -13,9 +13,9 @@ from ._envelope import (
 from ._errors import WireError
 from ._genesis import Alloc, Genesis, genesis_from_json, make_genesis
 from ._messages import (
-    BODY_TYPES, FRAUD_KINDS, JOB_REJECT_REASONS, JOB_STAGES, ROLES, Environment, FraudProof,
-    Gpu, Hardware, HostAdvert, JobAccept, JobProgress, JobReject, JobRequest, JobResult,
-    Receipt, Resources, ResultCommit, TaskOffer, TaskWithdraw,
+    BODY_TYPES, ENTRY_TYPES, FRAUD_KINDS, JOB_REJECT_REASONS, JOB_STAGES, ROLES, Environment,
+    FraudProof, Gpu, Hardware, HostAdvert, JobAccept, JobProgress, JobReject, JobRequest, JobResult,
+    Receipt, Receive, Resources, ResultCommit, TaskOffer, TaskWithdraw, Transfer,
 )
 
 TOPIC_ADVERTS = "meca/adverts/1"
@@ -26,15 +26,17 @@ TOPICS = (TOPIC_ADVERTS, TOPIC_OFFERS, TOPIC_RECEIPTS)
 TOPIC_TYPES: dict[str, frozenset[str]] = {
     TOPIC_ADVERTS: frozenset({"HostAdvert"}),
     TOPIC_OFFERS: frozenset({"TaskOffer", "TaskWithdraw"}),
-    TOPIC_RECEIPTS: frozenset({"Receipt", "FraudProof"}),
+    TOPIC_RECEIPTS: frozenset({"Receipt", "Transfer", "Receive", "FraudProof"}),
 }
 
 __all__ = [
-    "Alloc", "BODY_TYPES", "BODY_VERSION", "Caps", "ENVELOPE_VERSION", "Envelope",
+    "Alloc", "BODY_TYPES", "BODY_VERSION", "Caps", "ENTRY_TYPES", "ENVELOPE_VERSION",
+    "Envelope",
     "Environment", "FRAUD_KINDS", "FraudProof", "Genesis", "GiB", "Gpu", "Hardware",
     "HostAdvert", "JOB_REJECT_REASONS", "JOB_STAGES", "JobAccept", "JobProgress", "JobReject",
-    "JobRequest", "JobResult", "KiB", "MiB", "ROLES", "Receipt", "Resources", "ResultCommit",
-    "TOPICS", "TOPIC_ADVERTS", "TOPIC_OFFERS", "TOPIC_RECEIPTS", "TOPIC_TYPES", "TaskOffer", "TaskWithdraw",
+    "JobRequest", "JobResult", "KiB", "MiB", "ROLES", "Receipt", "Receive", "Resources",
+    "ResultCommit", "TOPICS", "TOPIC_ADVERTS", "TOPIC_OFFERS", "TOPIC_RECEIPTS", "TOPIC_TYPES",
+    "TaskOffer", "TaskWithdraw", "Transfer",
     "WireError", "cbor_decode", "cbor_encode", "decode_body", "encode_body", "genesis_from_json",
     "make_genesis", "open_envelope", "seal", "type_id",
 ]

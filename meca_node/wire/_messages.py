@@ -30,6 +30,12 @@ def _nonneg(**values: int) -> None:
             raise ValueError(f"{name} must be >= 0, got {value}")
 
 
+def _positive(**values: int) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"{name} must be > 0, got {value}")
+
+
 def _length(expected: int, **values: bytes) -> None:
     for name, value in values.items():
         if len(value) != expected:
@@ -250,6 +256,47 @@ class Receipt:
 
 
 @dataclass(frozen=True, slots=True)
+class Transfer:
+    """A payment of ``amount`` from the signer's account to ``to`` (``wallet send``): an entry
+    of the payer's account chain. The payee is credited only when it signs a ``Receive``."""
+
+    TYPE: ClassVar[str] = "Transfer"
+    seq: int
+    prev: bytes
+    to: bytes
+    amount: int
+    memo: str = capped(256)
+
+    def __post_init__(self) -> None:
+        _nonneg(seq=self.seq)
+        _positive(amount=self.amount)
+        _length(32, prev=self.prev, to=self.to)
+
+
+@dataclass(frozen=True, slots=True)
+class Receive:
+    """The payee's claim, signed into its own account chain, of what one payer entry pays it.
+
+    ``source`` is SHA-256 of the payer's whole signed entry envelope (a ``Receipt`` or a
+    ``Transfer``); ``payer`` and ``payer_seq`` name that entry (to fetch it); ``amount`` is
+    all that entry pays this account (a Receipt's price to its provider plus its fee to its
+    developer, whichever of the two this account is)."""
+
+    TYPE: ClassVar[str] = "Receive"
+    seq: int
+    prev: bytes
+    source: bytes
+    payer: bytes
+    payer_seq: int
+    amount: int
+
+    def __post_init__(self) -> None:
+        _nonneg(seq=self.seq, payer_seq=self.payer_seq)
+        _positive(amount=self.amount)
+        _length(32, prev=self.prev, source=self.source, payer=self.payer)
+
+
+@dataclass(frozen=True, slots=True)
 class FraudProof:
     """Two signed envelopes that together prove ``account`` cheated (``kind`` says how)."""
 
@@ -268,5 +315,7 @@ class FraudProof:
 
 BODY_TYPES: tuple[type, ...] = (
     HostAdvert, TaskOffer, TaskWithdraw, JobRequest, JobAccept, JobReject, JobProgress, ResultCommit,
-    JobResult, Receipt, FraudProof,
+    JobResult, Receipt, Transfer, Receive, FraudProof,
 )
+#: the bodies of account chain entries (each has ``seq`` and ``prev``)
+ENTRY_TYPES: tuple[type, ...] = (Receipt, Transfer, Receive)

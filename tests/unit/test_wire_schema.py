@@ -53,6 +53,8 @@ VALID: dict[type, dict[str, Any]] = {
     wire.JobResult: dict(job_id=JOB, output=b"out", output_cid=""),
     wire.Receipt: dict(seq=0, prev=H32, job_id=JOB, offer_id=H32, commit=b"c", provider=H32,
                        developer=H32, price=5, fee=1),
+    wire.Transfer: dict(seq=1, prev=H32, to=H32, amount=5, memo="thanks"),
+    wire.Receive: dict(seq=2, prev=H32, source=H32, payer=H32, payer_seq=0, amount=5),
     wire.FraudProof: dict(kind="fork", account=H32, first=b"a", second=b"b"),
 }
 CLASSES = tuple(VALID)
@@ -81,7 +83,11 @@ NONNEG = {
     wire.JobAccept: ("price", "queue_position"),
     wire.ResultCommit: ("size",),
     wire.Receipt: ("seq", "price", "fee"),
+    wire.Transfer: ("seq",),
+    wire.Receive: ("seq", "payer_seq"),
 }
+#: integer fields that must be above zero (an amount that moves money)
+POSITIVE = {wire.Transfer: ("amount",), wire.Receive: ("amount",)}
 EXACT = {
     wire.TaskOffer: {"example_input_sha256": 32, "example_output_sha256": 32},
     wire.TaskWithdraw: {"offer_id": 32},
@@ -92,6 +98,8 @@ EXACT = {
     wire.ResultCommit: {"job_id": 16, "result_sha256": 32},
     wire.JobResult: {"job_id": 16},
     wire.Receipt: {"prev": 32, "job_id": 16, "offer_id": 32, "provider": 32, "developer": 32},
+    wire.Transfer: {"prev": 32, "to": 32},
+    wire.Receive: {"prev": 32, "source": 32, "payer": 32},
     wire.FraudProof: {"account": 32},
 }
 ENUM_FIELDS = {
@@ -108,6 +116,13 @@ for _cls, _fields in NONNEG.items():
         REFUSED.append(pytest.param(_cls, {_f: -1}, f"{_f} must be >= 0",
                                     id=f"{_cls.__name__}.{_f}=-1"))
         ALLOWED.append(pytest.param(_cls, {_f: 0}, id=f"{_cls.__name__}.{_f}=0"))
+        ALLOWED.append(pytest.param(_cls, {_f: U64}, id=f"{_cls.__name__}.{_f}=2^64-1"))
+for _cls, _fields in POSITIVE.items():
+    for _f in _fields:
+        for _bad in (0, -1):
+            REFUSED.append(pytest.param(_cls, {_f: _bad}, f"{_f} must be > 0",
+                                        id=f"{_cls.__name__}.{_f}={_bad}"))
+        ALLOWED.append(pytest.param(_cls, {_f: 1}, id=f"{_cls.__name__}.{_f}=1"))
         ALLOWED.append(pytest.param(_cls, {_f: U64}, id=f"{_cls.__name__}.{_f}=2^64-1"))
 for _cls, _lengths in EXACT.items():
     for _f, _n in _lengths.items():
@@ -176,7 +191,8 @@ def test_rule_tables_cover_every_field() -> None:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if hints[f.name] is int and (cls, f.name) != (wire.JobProgress, "percent"):
-                assert f.name in NONNEG.get(cls, ()), f"{cls.__name__}.{f.name}"
+                assert f.name in NONNEG.get(cls, ()) + POSITIVE.get(cls, ()), \
+                    f"{cls.__name__}.{f.name}"
             if hints[f.name] is bytes:
                 assert f.name in EXACT.get(cls, {}) or "max" in f.metadata, \
                     f"{cls.__name__}.{f.name}"
@@ -208,6 +224,7 @@ CAPS: list[tuple[type, str, str, int]] = [
     (wire.JobResult, "output", "bytes", 16 * wire.MiB),
     (wire.JobResult, "output_cid", "text", 128),
     (wire.Receipt, "commit", "bytes", 4096),
+    (wire.Transfer, "memo", "text", 256),
     (wire.FraudProof, "first", "bytes", 16384),
     (wire.FraudProof, "second", "bytes", 16384),
 ]
@@ -454,6 +471,8 @@ def _expected_cddl(cls: type, name: str, tp: Any, cap: int | None) -> str:
     if dataclasses.is_dataclass(tp):
         return tp.__name__
     if tp is int:
+        if name in POSITIVE.get(cls, ()):
+            return "u64-pos"
         return "0..100" if (cls, name) == (wire.JobProgress, "percent") else "u64"
     if tp is str:
         low = 1 if (cls, name) in ((wire.TaskOffer, "name"), (wire.TaskWithdraw, "name")) else 0
@@ -553,6 +572,10 @@ STRATEGIES: dict[type, st.SearchStrategy] = {
     wire.Receipt: st.builds(wire.Receipt, seq=u64, prev=exact(32), job_id=exact(16),
                             offer_id=exact(32), commit=st.binary(max_size=512),
                             provider=exact(32), developer=exact(32), price=u64, fee=u64),
+    wire.Transfer: st.builds(wire.Transfer, seq=u64, prev=exact(32), to=exact(32),
+                             amount=st.integers(1, U64), memo=text(256)),
+    wire.Receive: st.builds(wire.Receive, seq=u64, prev=exact(32), source=exact(32),
+                            payer=exact(32), payer_seq=u64, amount=st.integers(1, U64)),
     wire.FraudProof: st.builds(wire.FraudProof, kind=st.sampled_from(sorted(wire.FRAUD_KINDS)),
                                account=exact(32), first=st.binary(max_size=512),
                                second=st.binary(max_size=512)),
