@@ -103,6 +103,14 @@ def _job_step(cluster: Cluster, console: Console) -> bool:
                   highlight=False)
     if r.stdout != expected:
         raise ClusterError("the task's output differs from example_output.bin")
+    r = _cli(user, "run", offer_id, "--input", f"@{ECHO / 'example_input.bin'}",
+             "--max-price", "5", "--provider", ran_on, "--json")
+    again = json.loads(r.stdout) if r.returncode == 0 else {}
+    if again.get("output", "").encode() != expected:
+        raise ClusterError(f"the second run failed: {r.stderr.decode(errors='replace')[-800:]}")
+    console.print(f"node{user.index} ran it again on {who}: {again['seconds'] * 1000:.1f} ms "
+                  "from request to checked answer (warm container, reused stream)",
+                  highlight=False)
     return True
 
 

@@ -15,4 +15,5 @@ def test_demo_meshes_moves_a_file_runs_a_task_and_stops_cleanly():
     assert r.returncode == 0, r.stdout + r.stderr
     assert "same bytes: yes" in r.stdout
     assert "equals example_output.bin: yes" in r.stdout
+    assert "ran it again on" in r.stdout and "warm container" in r.stdout
     assert "all 5 stopped with exit 0" in r.stdout
