@@ -147,10 +147,22 @@ class IpfsImages:
                     raise failure[0]
             except Exception as exc:
                 raise JobFailed("internal", f"pulling the image {image_cid}: {exc}") from None
-            await progress("loading", 100, f"{stats.bytes if stats else 0} bytes fetched")
+            fetched = f"{(stats.bytes if stats else 0) / 1e6:.1f} MB fetched"
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            names = await trio.to_thread.run_sync(images.dag_to_image, self.client, cid,
-                                                  self.ipfs.store.get, self.work_dir)
+            names, failure = [], []
+            async with trio.open_nursery() as nursery:
+                # a large image loads for a while: keep telling the client (its pull clock)
+                nursery.start_soon(_repeat, progress, "loading", fetched)
+                try:  # kept out of the nursery, which would wrap it in a group
+                    names = await trio.to_thread.run_sync(
+                        images.dag_to_image, self.client, cid, self.ipfs.store.get,
+                        self.work_dir)
+                except Exception as exc:
+                    failure.append(exc)
+                nursery.cancel_scope.cancel()
+            if failure:
+                raise JobFailed("internal", f"loading the image {image_cid} into the engine: "
+                                            f"{failure[0]}")
             if not names:
                 raise JobFailed("internal", f"image {image_cid} loaded without a tag")
             self._remember(image_cid, names[0])
@@ -173,6 +185,13 @@ def _read_input(path: str) -> bytes:
         raise HttpError(400, f"the input file {path} is {size} bytes, over the cap of "
                              f"{MAX_DATA} bytes ({MAX_DATA >> 20} MiB)")
     return data
+
+
+async def _repeat(progress, stage: str, detail: str) -> None:
+    """``stage`` at 100% every PULL_TICK_S until cancelled."""
+    while True:
+        await progress(stage, 100, detail)
+        await trio.sleep(PULL_TICK_S)
 
 
 async def _tick(progress, job: Job, what: str) -> None:

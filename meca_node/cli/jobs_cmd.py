@@ -50,7 +50,15 @@ def run(task: Annotated[str, typer.Argument(help="offer id, task name, or name@k
     client = m._client(data_dir, config)
     client.timeout_s = max(client.timeout_s, 10.0)
 
+    last = {"stage": "", "percent": -100}
+
     def show(p: dict) -> None:
+        # the provider repeats progress every second (its keep-alive while it pulls and
+        # loads): a line per new stage, and per 10 points of a pull
+        same = p["stage"] == last["stage"]
+        if same and (p["stage"] != "pulling" or p["percent"] < last["percent"] + 10):
+            return
+        last.update(stage=p["stage"], percent=p["percent"])
         percent = f" {p['percent']}%" if p["stage"] == "pulling" else ""
         m.err.print(f"==> {p['stage']}{percent} {p['detail']}".rstrip(), highlight=False,
                     markup=False)
