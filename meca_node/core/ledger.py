@@ -326,6 +326,13 @@ class Chains:
         acct = self._account(key)
         if acct.fork is None:
             acct.fork = fork
+            head = acct.pending.get(len(acct.entries))
+            if head is not None and isinstance(head.body, Receive):  # no longer waiting
+                waiters = self._waiting.get(head.body.source, [])
+                if key in waiters:
+                    waiters.remove(key)
+                    if not waiters:
+                        del self._waiting[head.body.source]
             self._pending_total -= len(acct.pending)
             acct.pending.clear()
         return fork

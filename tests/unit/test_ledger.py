@@ -273,6 +273,14 @@ def test_fork_against_a_pending_entry_drops_the_accounts_pending(book: Book) -> 
     c.add(a)
     c.add(other)
     assert c.add(b) == Fork(a, b) and c.pending_count == 0
+    # a Receive waiting for its source stops waiting when its account forks
+    t = sign(BOB, transfer(0, bytes(32), CAROL, 5))
+    r = sign(CAROL, receive(0, bytes(32), t, 5))
+    assert c.add(r).wants_source == entry_hash(t) and c._waiting
+    assert isinstance(c.add(sign(CAROL, receive(0, bytes(32), t, 4))), Fork)
+    assert c._waiting == {} and c.pending_count == 0
+    assert isinstance(c.add(t), Accepted)
+    assert c.head(PUB[CAROL]) == (0, bytes(32)) and conserved(c)
 
 
 def test_fork_against_a_refused_entry(book: Book) -> None:
