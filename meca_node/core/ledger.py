@@ -305,6 +305,15 @@ class Chains:
             return Accepted(env, self._release(key, entry_hash(env)))
         return verdict
 
+    def mark_forked(self, fork: Fork) -> bool:
+        """Refuse ``fork.account`` on a checked proof (``check_fork_proof``) without applying
+        either of its entries: its pending entries are dropped and later ones refused, as
+        when ``add`` finds the fork itself. ``False`` if the account was forked already."""
+        if self.fork(fork.account) is not None:
+            return False
+        self._forked(fork.account, fork)
+        return True
+
     def _account(self, key: bytes) -> _Account:
         acct = self._accounts.get(key)
         if acct is None:

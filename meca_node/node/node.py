@@ -17,7 +17,9 @@ from meca_node import wire
 from meca_node.core import (
     GateConfig, GossipGate, Identity, KnownOffer, OfferBook, PeerBook, offer_id_of, peer_id_of,
 )
-from meca_node.node.ports import Clock, Network, Random
+from meca_node.core.ledger import check_fork_proof
+from meca_node.node.ledger import NodeLedger
+from meca_node.node.ports import Clock, LedgerStore, Network, Random
 
 log = logging.getLogger("meca_node.node")
 
@@ -43,7 +45,7 @@ class Node:
 
     def __init__(self, settings: NodeSettings, identity: Identity, genesis: wire.Genesis,
                  net: Network, clock: Clock, rand: Random, hardware: wire.Hardware,
-                 arch: str) -> None:
+                 arch: str, ledger_store: LedgerStore | None = None) -> None:
         self.settings = settings
         self.identity = identity
         self.genesis = genesis
@@ -73,6 +75,10 @@ class Node:
         self._strikes: Counter[str] = Counter()
         self._cut_off: dict[str, str] = {}
         self._nursery: trio.Nursery | None = None
+        #: account chains and balances; entries from meca/receipts/1 and our own, kept in
+        #: ``ledger_store`` (memory only without one)
+        self.ledger = NodeLedger(genesis, identity.public_key, self.seal, net.publish,
+                                 ledger_store)
 
     # -- gossip intake ------------------------------------------------------------
     def _validate(self, topic: str, data: bytes, origin: str) -> bool:
@@ -82,6 +88,13 @@ class Node:
         if origin in self._cut_off:
             return False
         verdict = self.gate.check(data, topic, self.clock.now_ms())
+        if verdict.ok and isinstance(verdict.envelope.body, wire.FraudProof):  # type: ignore
+            try:  # a proof that proves nothing is not forwarded
+                check_fork_proof(verdict.envelope.body, self.genesis.network_id)  # type: ignore
+            except ValueError as exc:
+                self.ledger.stats["bad_proof"] += 1
+                log.warning("dropped a fraud proof from %s: %s", origin, exc)
+                return False
         if verdict.ok:
             self._accepted[data] = verdict.envelope  # type: ignore[assignment]
             while len(self._accepted) > self.settings.caps.queue:
@@ -114,7 +127,10 @@ class Node:
             env = self._accepted.pop(msg.data, None)
             if env is None:
                 continue  # evicted under load; it was counted when validated
-            self._handle(env)
+            if topic == wire.TOPIC_RECEIPTS:
+                await self.ledger.on_gossip(env)
+            else:
+                self._handle(env)
 
     def _handle(self, env: wire.Envelope) -> None:
         if isinstance(env.body, wire.HostAdvert):
@@ -125,7 +141,6 @@ class Node:
             if self.offers.observe(env, self.clock.now_ms()):
                 self.offer_seen.set()
                 self.offer_seen = trio.Event()
-        # Receipt and FraudProof handling arrive with their issues
 
     # -- offers -----------------------------------------------------------------
     async def publish_offer(self, offer: wire.TaskOffer) -> KnownOffer:
@@ -239,8 +254,10 @@ class Node:
 
     # -- lifecycle ----------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        await self.ledger.load()  # balances from before a restart, before any intake
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self.ledger.auto_receive)
             for topic in wire.TOPICS:
                 self.net.set_validator(topic, self._validate)
                 messages = await self.net.subscribe(topic)
@@ -270,6 +287,7 @@ class Node:
             "offered": (_resources(self.capacity.offered) if self.capacity is not None
                         else None),
             "warm_pool": self.warm_pool.stats() if self.warm_pool is not None else None,
+            "ledger": self.ledger.status(),
         }
 
     def peers(self) -> dict:

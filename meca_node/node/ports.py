@@ -38,3 +38,18 @@ class Clock(Protocol):
 
 class Random(Protocol):
     def token_bytes(self, n: int) -> bytes: ...
+
+
+class StoredEntry(Protocol):
+    id: int
+    kind: str
+    raw: bytes
+
+
+class LedgerStore(Protocol):
+    """Durable ledger rows, as :class:`meca_node.store.ledger_db.LedgerDB` keeps them.
+    Blocking: the node calls ``add`` and ``rows`` from a worker thread."""
+
+    def room_for(self, account: bytes) -> bool: ...
+    def add(self, account: bytes, seq: int, kind: str, raw: bytes) -> bool: ...
+    def rows(self) -> Sequence[StoredEntry]: ...

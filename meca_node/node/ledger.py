@@ -1,0 +1,333 @@
+"""The node's ledger: the core account chains fed from gossip and our own entries, kept on
+disk through the :class:`~meca_node.node.ports.LedgerStore` port.
+
+**Intake** (``on_gossip``, one task: the ``meca/receipts/1`` consumer). Every entry envelope
+(Receipt, Transfer, Receive) goes through :meth:`Chains.add`; what the chains keep (applied,
+pending, or the two entries of a fork) is stored, and committed, *before* anything else
+depends on it. A ``Fork`` found here marks the account refused and we gossip its
+``FraudProof`` once; a ``FraudProof`` received is checked with ``check_fork_proof`` (bad
+ones are counted and dropped) and refuses the account too.
+
+**Our own account** (``append_own``). Entries are sealed one at a time under a lock, at our
+chain's head, after checks that make the core accept them (no overdraft, a Receive claims
+a payment we have not received): a refused own entry would hold our seq and the next one
+there would be a fork of ourselves. Order: seal, apply, store (durable), gossip; a crash
+before the store loses an entry nobody saw, so no fork either.
+
+**Auto-receive.** One task waits on an event that intake sets when an applied entry pays
+us, then signs one Receive per payment still unclaimed (``Chains.unclaimed``) until none is
+left. It works from the chains' own state, so it is idempotent (a claimed payment is no
+longer unclaimed, also after a restart: the Receive is stored before it is gossiped) and
+bounded (one task, no queue; the set of unclaimed payments is bounded by the chains).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from meca_node import wire
+from meca_node.core.identity import peer_id_of
+from meca_node.core.ledger import (
+    MAX_ENTRY, Accepted, Chains, Fork, Gap, Invalid, check_fork_proof, cost, entry_hash,
+    payouts,
+)
+from meca_node.node.ports import LedgerStore
+
+log = logging.getLogger("meca_node.ledger")
+
+
+class LedgerRefused(ValueError):
+    """Our node will not sign this entry (the reason is the message)."""
+
+
+class Overdraft(LedgerRefused):
+    """A send our balance does not cover."""
+
+
+def _kind(env_or_body: Any) -> str:
+    body = getattr(env_or_body, "body", env_or_body)
+    return type(body).TYPE
+
+
+class NodeLedger:
+    def __init__(self, genesis: wire.Genesis, public_key: bytes,
+                 seal: Callable[[Any], bytes],
+                 publish: Callable[[str, bytes], Awaitable[None]],
+                 store: LedgerStore | None = None) -> None:
+        self.genesis = genesis
+        self.public_key = public_key
+        self.chains = Chains(genesis)
+        self.store = store
+        self._seal = seal
+        self._publish = publish
+        self._lock = trio.Lock()
+        self._db_limiter = trio.CapacityLimiter(1)
+        self._paid_us = trio.Event()
+        self.changed = trio.Event()  # set whenever an entry is applied (then replaced)
+        self.stats: Counter[str] = Counter()
+        self.faults: list[str] = []  # what replay found wrong in the stored rows (bounded)
+
+    # -- queries ----------------------------------------------------------------------
+    def balance(self, key: bytes) -> int:
+        return self.chains.balance(key)
+
+    def next_entry(self, key: bytes | None = None) -> tuple[int, bytes]:
+        """(seq, prev) of the next entry ``key`` (default: ours) would sign."""
+        return self.chains.head(self.public_key if key is None else key)
+
+    def is_refused(self, key: bytes) -> bool:
+        """Whether ``key`` is proven to have forked its chain."""
+        return self.chains.fork(key) is not None
+
+    def history(self, key: bytes | None = None) -> list[dict]:
+        """The applied entries of ``key``'s chain (default: ours), oldest first."""
+        key = self.public_key if key is None else key
+        return [describe(env) for env in self.chains.entries(key)]
+
+    def view(self) -> dict:
+        """Every balance, outstanding payments, supply and forks (for the control API)."""
+        balances = self.chains.balances()
+        return {
+            "balances": {k.hex(): v for k, v in balances.items()},
+            "outstanding": self.chains.outstanding(),
+            "total_supply": self.chains.total_supply,
+            "forked": sorted(k.hex() for k in self.chains.forks()),
+            "pending": self.chains.pending_count,
+        }
+
+    def status(self) -> dict:
+        return {"balance": self.balance(self.public_key),
+                "next_seq": self.next_entry()[0],
+                "accounts": len(self.chains.balances()),
+                "pending": self.chains.pending_count,
+                "forked": len(self.chains.forks()),
+                "unclaimed": len(self.chains.unclaimed(self.public_key)),
+                "intake": dict(self.stats)}
+
+    # -- start: replay what is stored -----------------------------------------------------
+    async def load(self) -> int:
+        """Replay the stored rows into the chains; how many there were."""
+        if self.store is None:
+            return 0
+        rows = await trio.to_thread.run_sync(self.store.rows, limiter=self._db_limiter)
+        self.faults = replay(self.chains, rows)[:1000]
+        for fault in self.faults[:20]:
+            log.warning("ledger replay: %s", fault)
+        self._paid_us.set()  # payments applied but not received before a restart
+        return len(rows)
+
+    # -- intake -----------------------------------------------------------------------
+    async def on_gossip(self, env: wire.Envelope) -> None:
+        """An envelope from ``meca/receipts/1`` (already through the gossip gate)."""
+        if isinstance(env.body, wire.FraudProof):
+            await self.on_proof(env.body)
+        elif type(env.body) in wire.ENTRY_TYPES:
+            if len(env.raw) > MAX_ENTRY:
+                self.stats["dropped_oversize"] += 1
+                return
+            async with self._lock:
+                await self._take(env)
+
+    async def on_proof(self, proof: wire.FraudProof) -> bool:
+        """Check a fork proof and refuse its account; ``False`` if it proves nothing."""
+        try:
+            fork = check_fork_proof(proof, self.genesis.network_id)
+        except ValueError as exc:
+            self.stats["bad_proof"] += 1
+            log.warning("dropped a fraud proof: %s", exc)
+            return False
+        async with self._lock:
+            if self.chains.fork(fork.account) is not None:
+                self.stats["proof_known"] += 1
+                return True
+            await self._store(fork.account, fork.seq, "FraudProof", wire.encode_body(proof))
+            self.chains.mark_forked(fork)
+            self.stats["proof_accepted"] += 1
+            log.warning("account %s is refused: fraud proof of a fork at seq %d",
+                        peer_id_of(fork.account), fork.seq)
+        return True
+
+    async def _take(self, env: wire.Envelope) -> Any:
+        """Add one entry (lock held): chains, then the store, then what follows."""
+        key = env.signer
+        if self.store is not None and not self.store.room_for(key):
+            self.stats["dropped_full"] += 1
+            return None
+        was_forked = self.chains.fork(key) is not None
+        verdict = self.chains.add(env)
+        self.stats[type(verdict).__name__.lower()] += 1
+        if isinstance(verdict, Accepted) or (isinstance(verdict, Gap) and verdict.kept):
+            await self._store(key, env.body.seq, env.kind, env.raw)
+        if isinstance(verdict, Accepted):
+            self._applied([env, *(e for e, v in verdict.resolved if isinstance(v, Accepted))])
+        elif isinstance(verdict, Fork):
+            # both entries: replay then finds the same fork (the first may have been refused)
+            await self._store(key, verdict.seq, verdict.first.kind, verdict.first.raw)
+            await self._store(key, verdict.seq, env.kind, env.raw)
+            if not was_forked:
+                log.warning("account %s forked its chain at seq %d; refused, proof gossiped",
+                            peer_id_of(key), verdict.seq)
+                try:
+                    await self._publish(wire.TOPIC_RECEIPTS, self._seal(verdict.proof()))
+                except Exception as exc:  # no peers: others find the fork themselves
+                    log.debug("fraud proof publish failed: %s", exc)
+        return verdict
+
+    async def _store(self, key: bytes, seq: int, kind: str, raw: bytes) -> None:
+        if self.store is None:
+            return
+        await trio.to_thread.run_sync(self.store.add, key, seq, kind, raw,
+                                      limiter=self._db_limiter)
+
+    def _applied(self, envs: list[wire.Envelope]) -> None:
+        if any(self.public_key in payouts(e.body) for e in envs):
+            self._paid_us.set()
+        self.changed.set()
+        self.changed = trio.Event()
+
+    # -- our own account --------------------------------------------------------------------
+    async def append_own(self, body: Any) -> wire.Envelope:
+        """Seal ``body`` (a Transfer, Receipt or Receive; its seq and prev are replaced by our
+        head's) as our next entry, store it durably, gossip it. ``Overdraft`` or
+        ``LedgerRefused`` before anything is signed when the core would refuse it."""
+        async with self._lock:
+            return await self._append(body)
+
+    async def _append(self, body: Any) -> wire.Envelope:
+        if type(body) not in wire.ENTRY_TYPES:
+            raise LedgerRefused(f"{type(body).__name__} is not an account chain entry")
+        me = self.public_key
+        if self.chains.fork(me) is not None:
+            raise LedgerRefused("our own account is forked: it can sign no entry")
+        if self.store is not None and not self.store.room_for(me):
+            raise LedgerRefused("our account has as many stored entries as the ledger keeps")
+        seq, prev = self.chains.head(me)
+        body = dataclasses.replace(body, seq=seq, prev=prev)
+        if isinstance(body, wire.Receive):
+            claims = {c.source: c for c in self.chains.unclaimed(me)}
+            claim = claims.get(body.source)
+            if claim is None or (claim.payer, claim.payer_seq, claim.amount) != (
+                    body.payer, body.payer_seq, body.amount):
+                raise LedgerRefused("no unclaimed payment to us matches this Receive")
+        else:
+            have, spend = self.chains.balance(me), cost(body)
+            if spend > have:
+                raise Overdraft(f"sending {spend} needs more than the balance of {have}")
+        raw = self._seal(body)
+        env = wire.open_envelope(raw, max_size=MAX_ENTRY)
+        verdict = self.chains.add(env)
+        if not isinstance(verdict, Accepted):  # the checks above make this a bug
+            raise RuntimeError(f"our own entry was not accepted: {verdict}")
+        await self._store(me, seq, env.kind, raw)
+        self._applied([env, *(e for e, v in verdict.resolved if isinstance(v, Accepted))])
+        self.stats["own"] += 1
+        try:
+            await self._publish(wire.TOPIC_RECEIPTS, raw)
+        except Exception as exc:  # stored: it is ours whatever the network does
+            log.warning("entry %d stored but not gossiped: %s", seq, exc)
+        return env
+
+    async def send(self, to: bytes, amount: int, memo: str = "") -> wire.Envelope:
+        """``wallet send``: a Transfer from our account."""
+        return await self.append_own(wire.Transfer(seq=0, prev=bytes(32), to=to,
+                                                   amount=amount, memo=memo))
+
+    async def auto_receive(self) -> None:
+        """Run forever: sign a Receive for every payment to us that is not received yet."""
+        while True:
+            await self._paid_us.wait()
+            self._paid_us = trio.Event()
+            while True:
+                async with self._lock:
+                    claims = self.chains.unclaimed(self.public_key)
+                    if not claims or self.chains.fork(self.public_key) is not None:
+                        break
+                    c = claims[0]
+                    try:
+                        await self._append(wire.Receive(
+                            seq=0, prev=bytes(32), source=c.source, payer=c.payer,
+                            payer_seq=c.payer_seq, amount=c.amount))
+                    except LedgerRefused as exc:  # our store is full: nothing more to do
+                        log.error("cannot receive a payment of %d: %s", c.amount, exc)
+                        break
+                    self.stats["auto_received"] += 1
+
+    # -- verify -------------------------------------------------------------------------
+    async def verify(self) -> dict:
+        """Recompute every chain from genesis out of the stored rows; report every fault and
+        whether the result matches what the node holds now."""
+        if self.store is None:
+            return {"ok": False, "faults": ["this node keeps no ledger database"]}
+        rows = await trio.to_thread.run_sync(self.store.rows, limiter=self._db_limiter)
+        fresh = Chains(self.genesis)
+        faults = replay(fresh, rows)
+        live = self.chains.balances()
+        again = fresh.balances()
+        differ = {k.hex(): {"now": live.get(k, 0), "recomputed": again.get(k, 0)}
+                  for k in set(live) | set(again) if live.get(k, 0) != again.get(k, 0)}
+        conserved = sum(again.values()) + fresh.outstanding() == fresh.total_supply
+        forks = [{"account": k.hex(), "peer_id": peer_id_of(k), "seq": f.seq}
+                 for k, f in fresh.forks().items()]
+        return {"ok": not faults and not differ and conserved, "rows": len(rows),
+                "accounts": len(again), "entries": sum(len(fresh.entries(k)) for k in again),
+                "pending": fresh.pending_count, "forks": forks, "faults": faults,
+                "differs_from_live": differ, "conserved": conserved,
+                "total_supply": fresh.total_supply}
+
+
+def replay(chains: Chains, rows) -> list[str]:
+    """Add stored rows, in order, to ``chains``; the faults found (each a sentence).
+    A fork or a refused entry is a fault of the account that signed it, not of this node."""
+    faults: list[str] = []
+    for row in rows:
+        if row.kind == "FraudProof":
+            try:
+                proof = wire.decode_body(wire.FraudProof, row.raw)
+                fork = check_fork_proof(proof, chains.network_id)
+            except (ValueError, wire.WireError) as exc:
+                faults.append(f"row {row.id}: a stored fraud proof does not hold: {exc}")
+                continue
+            chains.mark_forked(fork)
+            faults.append(f"fork: account {peer_id_of(fork.account)} signed two entries at "
+                          f"seq {fork.seq} (fraud proof)")
+            continue
+        try:
+            env = wire.open_envelope(row.raw, max_size=MAX_ENTRY)
+        except wire.WireError as exc:
+            faults.append(f"row {row.id}: stored entry does not open: {exc}")
+            continue
+        verdict = chains.add(env)
+        refused = [(env, verdict)] if isinstance(verdict, Invalid) else []
+        if isinstance(verdict, Accepted):
+            refused = [(e, v) for e, v in verdict.resolved if isinstance(v, Invalid)]
+        for e, v in refused:
+            faults.append(f"invalid entry: account {peer_id_of(e.signer)} seq {e.body.seq}: "
+                          f"{v.reason} ({v.detail})")
+        if isinstance(verdict, Fork):
+            faults.append(f"fork: account {peer_id_of(verdict.account)} signed two entries "
+                          f"at seq {verdict.seq}")
+    return faults
+
+
+def describe(env: wire.Envelope) -> dict:
+    """One entry as JSON-able fields."""
+    b = env.body
+    out: dict[str, Any] = {"seq": b.seq, "kind": _kind(b), "hash": entry_hash(env).hex(),
+                           "ts": env.ts, "cost": cost(b),
+                           "pays": {k.hex(): v for k, v in payouts(b).items()}}
+    if isinstance(b, wire.Transfer):
+        out.update(to=b.to.hex(), amount=b.amount, memo=b.memo)
+    elif isinstance(b, wire.Receive):
+        out.update(source=b.source.hex(), payer=b.payer.hex(), payer_seq=b.payer_seq,
+                   amount=b.amount)
+    elif isinstance(b, wire.Receipt):
+        out.update(job_id=b.job_id.hex(), offer_id=b.offer_id.hex(),
+                   provider=b.provider.hex(), developer=b.developer.hex(), price=b.price,
+                   fee=b.fee)
+    return out

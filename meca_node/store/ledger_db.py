@@ -1,0 +1,124 @@
+"""The ledger's entries on disk: ``<data_dir>/ledger.sqlite3``, so balances survive restarts.
+
+**What is kept.** One table, ``entries``, of the envelopes the node's account chains took
+(applied, or pending until what they wait for arrives) and the fork evidence it saw: the
+second entry of a fork (its first is in the table already) and every ``FraudProof`` body it
+checked (``kind`` = ``"FraudProof"``, ``account`` and ``seq`` those of the fork, ``raw`` the
+proof's canonical CBOR body). Rows are unique on ``(account, seq, sha256)``: two different
+entries at one seq both stay (that *is* the evidence). ``id`` is the arrival order; replaying
+the rows in that order into a fresh :class:`meca_node.core.ledger.Chains` gives the same
+balances, pending set and forks the node had.
+
+**Durability.** ``add`` commits before it returns: WAL journal with ``synchronous=FULL``,
+so the WAL is fsynced on every commit and a returned ``add`` survives a killed process *and*
+a power loss (``NORMAL`` with WAL would survive a killed process but could lose the last
+commits on power loss; a receipt must not be lost, so FULL). One small insert plus one fsync
+takes about a millisecond on an SSD; the node still calls ``add`` from a worker thread
+(``trio.to_thread``) so the fsync never blocks its event loop. The connection is made with
+``check_same_thread=False`` and guarded by a lock, so any single thread may use it at a time.
+
+**Bounds.** At most ``max_per_account`` rows per account (default 100,000: an honest
+account signs one entry per paid job, so this is years of a busy node; a key that fills it
+is refused further storage) and ``max_rows`` rows in all (default 2,000,000, about 1 GiB at
+worst-case entry sizes). ``add`` returns ``False`` and stores nothing when a cap is
+reached; the caller must then not use the entry either (so memory and disk agree).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+FILE = "ledger.sqlite3"
+MAX_PER_ACCOUNT = 100_000
+MAX_ROWS = 2_000_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order: replay in this order
+    account BLOB    NOT NULL,                   -- the signer (32-byte Ed25519 key)
+    seq     INTEGER NOT NULL,
+    sha256  BLOB    NOT NULL,                   -- of raw
+    kind    TEXT    NOT NULL,                   -- Receipt, Transfer, Receive or FraudProof
+    raw     BLOB    NOT NULL,                   -- the whole signed envelope (a proof: its body)
+    UNIQUE (account, seq, sha256)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: int
+    account: bytes
+    seq: int
+    sha256: bytes
+    kind: str
+    raw: bytes
+
+
+class LedgerDB:
+    """``LedgerDB(data_dir)``: open (or create) the ledger database; ``close()`` after."""
+
+    def __init__(self, data_dir: Path, *, max_per_account: int = MAX_PER_ACCOUNT,
+                 max_rows: int = MAX_ROWS) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / FILE
+        self.max_per_account = max_per_account
+        self.max_rows = max_rows
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._counts: Counter[bytes] = Counter(dict(self._db.execute(
+            "SELECT account, count(*) FROM entries GROUP BY account").fetchall()))
+        self._total = sum(self._counts.values())
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> LedgerDB:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- writing ----------------------------------------------------------------------
+    def room_for(self, account: bytes) -> bool:
+        """Whether one more row of ``account`` fits under the caps."""
+        return self._counts[account] < self.max_per_account and self._total < self.max_rows
+
+    def add(self, account: bytes, seq: int, kind: str, raw: bytes) -> bool:
+        """Store one row and commit (durable when this returns). ``True`` when stored or
+        already there; ``False`` when a cap refused it."""
+        digest = hashlib.sha256(raw).digest()
+        with self._lock:
+            if not self.room_for(account):
+                return False
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO entries (account, seq, sha256, kind, raw) "
+                "VALUES (?, ?, ?, ?, ?)", (account, seq, digest, kind, raw))
+            if cur.rowcount:
+                self._counts[account] += 1
+                self._total += 1
+        return True
+
+    # -- reading ----------------------------------------------------------------------
+    def rows(self) -> list[Row]:
+        """Every row, in arrival order."""
+        with self._lock:
+            return [Row(*r) for r in self._db.execute(
+                "SELECT id, account, seq, sha256, kind, raw FROM entries ORDER BY id")]
+
+    def count(self, account: bytes | None = None) -> int:
+        return self._total if account is None else self._counts[account]
+
+    def pragmas(self) -> dict[str, object]:
+        with self._lock:
+            return {"journal_mode": self._db.execute("PRAGMA journal_mode").fetchone()[0],
+                    "synchronous": self._db.execute("PRAGMA synchronous").fetchone()[0]}

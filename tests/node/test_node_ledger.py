@@ -1,0 +1,111 @@
+"""The node's ledger (node/ledger.py) over a real ledger database: send, auto-receive,
+overdraft refused before signing, restart, fork proofs gossiped and honoured."""
+
+from __future__ import annotations
+
+import hashlib
+
+import trio
+from nacl.signing import SigningKey
+
+from meca_node import wire
+from meca_node.core.ledger import entry_hash
+from meca_node.node.ledger import LedgerRefused, NodeLedger, Overdraft
+from meca_node.store.ledger_db import LedgerDB
+
+TS = 1_700_000_000_000
+KEYS = [SigningKey(bytes([i + 1]) * 32) for i in range(3)]
+PUB = [bytes(k.verify_key) for k in KEYS]
+GENESIS = wire.make_genesis("node-ledger-test", SigningKey(bytes([9]) * 32), TS,
+                            [(PUB[0], 1000), (PUB[1], 500)])
+NET = GENESIS.network_id
+ZERO = bytes(32)
+
+
+def sign(who: int, body) -> wire.Envelope:
+    nonce = hashlib.sha256(PUB[who] + wire.encode_body(body)).digest()[:16]
+    raw = wire.seal(body, key=KEYS[who], net=NET, ts=TS, nonce=nonce)
+    return wire.open_envelope(raw, max_size=len(raw))
+
+
+def _publish_to(sink: list):
+    async def publish(topic: str, raw: bytes) -> None:
+        sink.append((topic, raw))
+    return publish
+
+
+def _node_ledger(db, who: int, sink: list) -> NodeLedger:
+    counter = iter(range(10**6))
+
+    def seal(body) -> bytes:
+        return wire.seal(body, key=KEYS[who], net=NET, ts=TS,
+                         nonce=next(counter).to_bytes(16, "big"))
+
+    return NodeLedger(GENESIS, PUB[who], seal, _publish_to(sink), db)
+
+
+def test_node_ledger_sends_receives_refuses_overdraft_and_survives_restart(tmp_path):
+    async def main():
+        sent: list = []
+        with LedgerDB(tmp_path / "a") as db_a, LedgerDB(tmp_path / "b") as db_b:
+            a, b = _node_ledger(db_a, 0, sent), _node_ledger(db_b, 1, sent)
+            await a.load()
+            await b.load()
+            try:
+                await a.send(PUB[1], 2000)
+                raise AssertionError("overdraft signed")
+            except Overdraft:
+                pass
+            assert sent == [] and a.next_entry() == (0, ZERO)  # nothing signed
+            env = await a.send(PUB[1], 300, "hello")
+            assert a.balance(PUB[0]) == 700 and sent[-1][0] == wire.TOPIC_RECEIPTS
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(b.auto_receive)
+                await b.on_gossip(env)
+                while b.balance(PUB[1]) != 800:
+                    await b.changed.wait()
+                nursery.cancel_scope.cancel()
+            receive_env = wire.open_envelope(sent[-1][1], max_size=10**5)
+            assert isinstance(receive_env.body, wire.Receive)
+            try:  # the same payment again is not ours to claim
+                await b.append_own(receive_env.body)
+                raise AssertionError("received twice")
+            except LedgerRefused:
+                pass
+            await a.on_gossip(receive_env)
+            assert a.balance(PUB[1]) == 800 and a.chains.outstanding() == 0
+            assert (await a.verify())["ok"] and (await b.verify())["ok"]
+        with LedgerDB(tmp_path / "b") as db_b:  # restart: replay gives the same state
+            b2 = _node_ledger(db_b, 1, [])
+            await b2.load()
+            assert b2.balance(PUB[1]) == 800 and b2.next_entry() == (1, entry_hash(receive_env))
+            assert [e["kind"] for e in b2.history()] == ["Receive"]
+
+    trio.run(main)
+
+
+def test_node_ledger_gossips_a_fork_proof_and_honours_one(tmp_path):
+    async def main():
+        sent: list = []
+        with LedgerDB(tmp_path / "a") as db_a, LedgerDB(tmp_path / "b") as db_b:
+            a, c = _node_ledger(db_a, 0, sent), _node_ledger(db_b, 2, [])
+            x = sign(1, wire.Transfer(seq=0, prev=ZERO, to=PUB[0], amount=10, memo=""))
+            y = sign(1, wire.Transfer(seq=0, prev=ZERO, to=PUB[2], amount=10, memo=""))
+            await a.on_gossip(x)
+            await a.on_gossip(y)
+            assert a.is_refused(PUB[1])
+            (topic, raw), = sent
+            proof_env = wire.open_envelope(raw, max_size=10**5)
+            assert isinstance(proof_env.body, wire.FraudProof)
+            await c.on_gossip(proof_env)
+            assert c.is_refused(PUB[1]) and c.balance(PUB[1]) == 500  # nothing applied
+            bogus = wire.FraudProof(kind="fork", account=PUB[1], first=x.raw, second=x.raw)
+            assert not await c.on_proof(bogus)
+            v = await a.verify()
+            assert not v["ok"] and v["forks"][0]["seq"] == 0
+        with LedgerDB(tmp_path / "b") as db_b:
+            c2 = _node_ledger(db_b, 2, [])
+            await c2.load()
+            assert c2.is_refused(PUB[1])
+
+    trio.run(main)
