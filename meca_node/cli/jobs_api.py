@@ -8,6 +8,7 @@ import json
 import logging
 import os
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -16,7 +17,7 @@ from meca_node.cli.ipfs_api import _engine
 from meca_node.control.server import HttpError, Request, Streamed
 from meca_node.ipfs.cid import CID, CidError
 from meca_node.net.ipfs_node import IpfsNode, Job
-from meca_node.node.jobs import PULL_TICK_S, JobClient, JobFailed
+from meca_node.node.jobs import PULL_TICK_S, JobClient, JobFailed, while_reporting
 
 log = logging.getLogger("meca_node.jobs")
 
@@ -134,35 +135,22 @@ class IpfsImages:
                 self._remember(image_cid, tag)
                 return tag
             job = Job("pull", total=self._dag_size(cid))
-            failure: list[Exception] = []
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_tick, progress, job, f"image {image_cid}")
-                    try:  # kept out of the nursery, which would wrap it in a group
-                        stats = await self.ipfs.ensure(cid, job)
-                    except Exception as exc:
-                        failure.append(exc)
-                    nursery.cancel_scope.cancel()
-                if failure:
-                    raise failure[0]
+                stats = await while_reporting(
+                    partial(_tick, progress, job, f"image {image_cid}"),
+                    partial(self.ipfs.ensure, cid, job))
             except Exception as exc:
                 raise JobFailed("internal", f"pulling the image {image_cid}: {exc}") from None
             fetched = f"{(stats.bytes if stats else 0) / 1e6:.1f} MB fetched"
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            names, failure = [], []
-            async with trio.open_nursery() as nursery:
-                # a large image loads for a while: keep telling the client (its pull clock)
-                nursery.start_soon(_repeat, progress, "loading", fetched)
-                try:  # kept out of the nursery, which would wrap it in a group
-                    names = await trio.to_thread.run_sync(
-                        images.dag_to_image, self.client, cid, self.ipfs.store.get,
-                        self.work_dir)
-                except Exception as exc:
-                    failure.append(exc)
-                nursery.cancel_scope.cancel()
-            if failure:
+            try:  # a large image loads for a while: keep telling the client (its pull clock)
+                names = await while_reporting(
+                    partial(_repeat, progress, "loading", fetched),
+                    partial(trio.to_thread.run_sync, images.dag_to_image, self.client, cid,
+                            self.ipfs.store.get, self.work_dir))
+            except Exception as exc:
                 raise JobFailed("internal", f"loading the image {image_cid} into the engine: "
-                                            f"{failure[0]}")
+                                            f"{exc}") from None
             if not names:
                 raise JobFailed("internal", f"image {image_cid} loaded without a tag")
             self._remember(image_cid, names[0])

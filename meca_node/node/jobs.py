@@ -142,6 +142,22 @@ class Capacity:
         return None
 
 
+async def while_reporting(report, work):
+    """Await ``work()`` while ``report()`` (a loop sending progress) runs beside it; the
+    work's result, or its exception as itself (not wrapped in a nursery's group)."""
+    failure: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(report)
+        try:  # caught in the body: raised from here it would come out in a group
+            result = await work()
+        except Exception as exc:
+            failure = exc
+        nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return result
+
+
 def task_resources(r: wire.Resources) -> TaskResources:
     return TaskResources(cpu=r.cpu_milli / 1000, mem_mib=r.mem_mib, use_gpu=r.gpu_count > 0,
                          gpu_count=r.gpu_count)
@@ -358,59 +374,44 @@ class JobHost:
         no progress (its JobAccept goes with the result); a slower one reports
         ``starting`` and/or ``running`` (which sends the JobAccept)."""
         stage = "starting"
-        timer = trio.CancelScope()
 
         async def slow() -> None:
             nonlocal stage
-            with timer:
-                await trio.sleep(SLOW_START_S)
-                shown, stage = stage, "shown"
-                await progress(shown, 0)
+            await trio.sleep(SLOW_START_S)
+            shown, stage = stage, "shown"
+            await progress(shown, 0)
 
-        failure: list[Exception] = []
-        output = b""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(slow)
-            try:  # kept out of the nursery, which would wrap it in a group
-                async with self.executor.run(tag, resources) as running:
-                    if stage == "shown":  # "starting" went out: now it runs
-                        await progress("running", 0)
-                    stage = "running"
-                    output, _ = await self.executor.request(running, body)
-            except Exception as exc:
-                failure.append(exc)
-            timer.cancel()
-        if failure:
-            raise failure[0]
-        return output
+        async def run() -> bytes:
+            nonlocal stage
+            async with self.executor.run(tag, resources) as running:
+                if stage == "shown":  # "starting" went out: now it runs
+                    await progress("running", 0)
+                stage = "running"
+                output, _ = await self.executor.request(running, body)
+            return output
+
+        return await while_reporting(slow, run)
 
     async def _fetch_input(self, cid: str, peer: str, progress) -> bytes:
-        last = [0.0]
+        percent = 0
 
         def on_bytes(done: int, total: int) -> None:
-            last[0] = done / total * 100 if total else 0
+            nonlocal percent
+            percent = done * 100 // total if total else 0
 
-        failure: Exception | None = None
-        data = b""
+        async def report() -> None:
+            while True:
+                await progress("pulling", percent, f"input {cid}")
+                await trio.sleep(PULL_TICK_S)
 
-        async with trio.open_nursery() as nursery:
-            async def tick() -> None:
-                while True:
-                    await progress("pulling", int(last[0]), f"input {cid}")
-                    await trio.sleep(PULL_TICK_S)
-
-            nursery.start_soon(tick)
-            try:  # kept out of the nursery, which would wrap it in a group
-                data = await self.data.fetch(cid, peer, MAX_DATA, on_bytes)
-            except Exception as exc:
-                failure = exc
-            nursery.cancel_scope.cancel()
-        if isinstance(failure, JobFailed):
-            raise failure
-        if failure is not None:
+        try:
+            return await while_reporting(
+                report, lambda: self.data.fetch(cid, peer, MAX_DATA, on_bytes))
+        except JobFailed:
+            raise
+        except Exception as exc:
             raise JobFailed("bad_request", f"the input {cid} could not be fetched from the "
-                                           f"client: {failure}")
-        return data
+                                           f"client: {exc}") from None
 
 
 @dataclass
