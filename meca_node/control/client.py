@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,23 @@ from meca_node.store.files import PrivateFileError, read_private
 
 class ControlError(Exception):
     """The node is not running, or the control API refused or failed the request."""
+
+
+def running_pid(data_dir: Path) -> int | None:
+    """The pid of a live node serving ``data_dir``, from its ``control.json``; None when there is
+    no such file or its process is gone (a node killed with SIGKILL leaves a stale file)."""
+    try:
+        pid = int(json.loads((data_dir / CONTROL_FILE).read_text())["pid"])
+        if pid <= 0:
+            return None
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        return pid
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid
 
 
 class ControlClient:

@@ -1,8 +1,10 @@
-"""The node key file: a 32-byte Ed25519 seed, hex, mode 0600, created on first start."""
+"""The node key file: a 32-byte Ed25519 seed, hex, mode 0600, created on first start (or
+installed from a backup by ``meca-node key import``)."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from meca_node.core import Identity
@@ -36,6 +38,27 @@ def load_or_create_key(data_dir: Path) -> tuple[Identity, bool]:
     path = data_dir / KEY_FILE
     if path.exists() or path.is_symlink():
         return load_key(data_dir), False
-    seed = os.urandom(32)
-    write_private(path, seed.hex().encode() + b"\n")
-    return Identity(seed), True
+    identity = Identity(os.urandom(32))
+    install_key(data_dir, identity)
+    return identity, True
+
+
+def install_key(data_dir: Path, identity: Identity, *, replace: bool = False) -> Path | None:
+    """Make ``identity`` the node key (atomic write, mode 0600). An existing key is refused
+    unless ``replace``; then its bytes are first kept in ``node.key.bak-<UTC time>`` (mode
+    0600), whose path is returned."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = data_dir / KEY_FILE
+    backup = None
+    if path.exists() or path.is_symlink():
+        if not replace:
+            raise KeyFileError(f"{path} exists")
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        backup = data_dir / f"{KEY_FILE}.bak-{stamp}"
+        n = 1
+        while backup.exists() or backup.is_symlink():
+            backup = data_dir / f"{KEY_FILE}.bak-{stamp}-{n}"
+            n += 1
+        write_private(backup, path.read_bytes())
+    write_private(path, identity.seed.hex().encode() + b"\n")
+    return backup
