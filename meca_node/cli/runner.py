@@ -12,6 +12,7 @@ from meca_node.cli.config import Config
 from meca_node.cli.ipfs_api import ipfs_routes
 from meca_node.cli.jobs_api import job_routes, provider_up, start_provider
 from meca_node.cli.offers_api import offer_routes
+from meca_node.cli.wallet_api import wallet_routes
 from meca_node.control import serve_control
 from meca_node.core import Identity
 from meca_node.net import NetConfig, open_net
@@ -19,6 +20,7 @@ from meca_node.net.ipfs_node import IpfsNode
 from meca_node.node import Node, NodeSettings, OsRandom, SystemClock, arm_exit_deadline
 from meca_node.runtime import detect_hardware, machine_arch
 from meca_node.store import BlockStore
+from meca_node.store.ledger_db import LedgerDB
 from meca_node.store.own_offers import load_own_offers
 
 log = logging.getLogger("meca_node.cli")
@@ -57,16 +59,22 @@ async def _stop_on_signal(signals, scope: trio.CancelScope) -> None:
 
 
 async def _serve(cfg: Config, identity: Identity, genesis: wire.Genesis) -> None:
+    with LedgerDB(cfg.data_dir) as ledger_db:
+        await _serve_with(cfg, identity, genesis, ledger_db)
+
+
+async def _serve_with(cfg: Config, identity: Identity, genesis: wire.Genesis,
+                      ledger_db: LedgerDB) -> None:
     async with open_net(identity.seed, net_config(cfg)) as net:
         node = Node(node_settings(cfg), identity, genesis, net, SystemClock(), OsRandom(),
-                    detect_hardware(cfg.data_dir), machine_arch())
+                    detect_hardware(cfg.data_dir), machine_arch(), ledger_store=ledger_db)
         store = BlockStore(cfg.data_dir / "blocks", cfg["ipfs_quota_mb"] * 1024 * 1024)
         ipfs = IpfsNode(net, store, pull_timeout_s=cfg["ipfs_pull_timeout_s"])
         routes = {"GET /v1/status": lambda _: node.status(),
                   "GET /v1/peers": lambda _: {**node.peers(), "dialing": net.dial_state()},
                   "GET /v1/offers": lambda _: node.offers_view(),
                   **ipfs_routes(ipfs), **offer_routes(node, ipfs, cfg.data_dir),
-                  **job_routes(node, ipfs)}
+                  **job_routes(node, ipfs), **wallet_routes(node)}
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             await nursery.start(ipfs.run)
