@@ -72,6 +72,8 @@ def test_pay_receive_pay_on_and_every_node_agrees(tmp_path):
         r = cli(n1, "wallet", "history", "--json")
         kinds = [e["kind"] for e in json.loads(r.stdout)["entries"]]
         assert kinds == ["Receive", "Transfer"]
+        r = cli(n1, "wallet", "history")
+        assert r.returncode == 0 and "+5000" in r.stdout and "-1004000" in r.stdout, r.stdout
         for node in cluster.nodes:
             r = cli(node, "wallet", "verify")
             assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout
