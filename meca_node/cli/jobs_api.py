@@ -264,6 +264,7 @@ def job_routes(node, ipfs: IpfsNode) -> dict:
             return {"provider": outcome.provider, "price": outcome.price,
                     "seconds": round(outcome.timings["total"], 6),
                     "pull_seconds": round(outcome.timings["pull"], 3),
+                    "paid": outcome.paid,
                     "output_b64": base64.b64encode(outcome.output).decode()}
 
         job = ipfs.start_job(Job("run"), work)

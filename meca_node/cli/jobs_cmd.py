@@ -69,7 +69,9 @@ def run(task: Annotated[str, typer.Argument(help="offer id, task name, or name@k
         print(json.dumps({**{k: v for k, v in done.items() if k != "output_b64"},
                           "output": output.decode("utf-8", "replace")}))
         return
-    m.err.print(f"ran on {done['provider']} for {done['price']} in {done['seconds']:.3f} s",
+    paid = (f"paid {done['paid']} (price {done['price']} + developer fee) with a signed "
+            "receipt" if done.get("paid") else "free")
+    m.err.print(f"ran on {done['provider']} in {done['seconds']:.3f} s; {paid}",
                 highlight=False)
     sys.stdout.buffer.write(output)
     sys.stdout.buffer.flush()

@@ -74,6 +74,10 @@ PULL_STALL_S = 30.0
 #: sends none, so a warm job is four messages)
 SLOW_START_S = 0.2
 PULL_STAGES = ("pulling", "loading")
+#: how long a provider waits for the client's receipt after its ResultCommit
+PAY_TIMEOUT_S = 30.0
+#: clients a provider remembers took a commitment without paying (refused after)
+MAX_DEFAULTERS = 4096
 
 
 class JobStream(Protocol):
@@ -179,6 +183,7 @@ class JobHost:
         self.done = 0
         self.failed = 0
         self._held: dict[int, list[bytes]] = {}  # per stream: sealed, not sent yet
+        self._defaulters: dict[bytes, None] = {}  # clients that did not pay (oldest first)
 
     def install(self) -> None:
         self.node.net.set_stream_handler(PROTOCOL, self.handle)
@@ -194,8 +199,10 @@ class JobHost:
         return env
 
     async def _send(self, stream: JobStream, *bodies) -> None:
-        """Send ``bodies``, after any message held for this stream, in one write."""
-        frames = self._held.pop(id(stream), []) + [self.node.seal(b) for b in bodies]
+        """Send ``bodies`` (messages, or envelopes sealed already), after any message held
+        for this stream, in one write."""
+        frames = self._held.pop(id(stream), []) + [
+            b if isinstance(b, bytes) else self.node.seal(b) for b in bodies]
         if len(frames) == 1:
             await stream.send(frames[0])
         else:
@@ -245,13 +252,18 @@ class JobHost:
                                               queue_position=0))
             output = await self._run_watched(stream, job_id, offer, req, budget_s)
             digest = hashlib.sha256(output).digest()
-            commit = wire.ResultCommit(job_id=job_id, result_sha256=digest, size=len(output))
+            commit = self.node.seal(wire.ResultCommit(job_id=job_id, result_sha256=digest,
+                                                      size=len(output)))
+            if self._paid(offer):  # fair exchange: the commitment, the receipt, the output
+                await self._send(stream, commit)
+                await self._collect_payment(stream, env.signer, offer, job_id, commit)
+                commit = None
             if len(output) <= self.inline_cap or self.data is None:
-                await self._send(stream, commit, wire.JobResult(job_id=job_id, output=output,
-                                                                output_cid=""))
+                await self._send(stream, *filter(None, [commit]),
+                                 wire.JobResult(job_id=job_id, output=output, output_cid=""))
             else:
                 async with self.data.hold(output) as cid:
-                    await self._send(stream, commit, wire.JobResult(
+                    await self._send(stream, *filter(None, [commit]), wire.JobResult(
                         job_id=job_id, output=b"", output_cid=cid))
                     # kept until the client has fetched it and closed the stream
                     with trio.move_on_after(PROVIDER_IDLE_S):
@@ -302,12 +314,61 @@ class JobHost:
                                      f"> max {req.max_price}")
         if req.input_cid and self.data is None:
             raise JobFailed("bad_request", "this provider takes inline inputs only")
+        if self._paid(offer):
+            ledger = self.node.ledger
+            if client in self._defaulters:
+                raise JobFailed("refused_client", "this client took a result commitment "
+                                                  "here before without paying for it")
+            if ledger.is_refused(client):
+                raise JobFailed("refused_client", "the client's account is refused network-"
+                                                  "wide (a proven fork)")
+            have = ledger.balance(client)
+            if have < req.max_price:
+                raise JobFailed("balance", f"the client's balance of {have} (as this provider "
+                                           f"knows it) cannot cover its max price "
+                                           f"{req.max_price}")
         short = self.capacity.shortfall(offer.offer.resources)
         if short:
             raise JobFailed("no_fit", short)
         if req.job_id in self.capacity.reserved:
             raise JobFailed("bad_request", "a job with this id is running")
         return offer
+
+    def _paid(self, offer: KnownOffer) -> bool:
+        return self.price + offer.offer.fee > 0
+
+    async def _collect_payment(self, stream: JobStream, client: bytes, offer: KnownOffer,
+                               job_id: bytes, commit: bytes) -> None:
+        """Wait for the client's Receipt over ``commit``; check it names this job, offer,
+        commitment, provider, developer and split, and take it into the ledger (stored
+        before the output is released). A client that sends none is remembered and
+        refused later."""
+        data = None
+        with trio.move_on_after(PAY_TIMEOUT_S):
+            data = await stream.receive()
+        if data is None:
+            self._defaulters[client] = None
+            while len(self._defaulters) > MAX_DEFAULTERS:
+                del self._defaulters[next(iter(self._defaulters))]
+            raise JobFailed("gone", "the client did not pay for the result commitment; no "
+                                    "output released, the client is refused from now on")
+        try:
+            env = wire.open_envelope(data, max_size=self.node.settings.caps.stream_frame)
+        except wire.WireError as exc:
+            raise JobFailed("bad_request", f"expected a Receipt: {exc}") from None
+        r = env.body
+        want = dict(job_id=job_id, offer_id=offer.offer_id, commit=commit,
+                    provider=self.node.identity.public_key, developer=offer.signer,
+                    price=self.price, fee=offer.offer.fee)
+        if (env.net != self.node.genesis.network_id or env.signer != client
+                or not isinstance(r, wire.Receipt)
+                or any(getattr(r, k) != v for k, v in want.items())):
+            raise JobFailed("bad_request", "expected the client's Receipt for this job, its "
+                                           "offer, this commitment and the split "
+                                           f"{self.price} + {offer.offer.fee}")
+        why = await self.node.ledger.take_payment(env)
+        if why is not None:
+            raise JobFailed("balance", f"the receipt was not accepted: {why}")
 
     async def _run_watched(self, stream: JobStream, job_id: bytes, offer: KnownOffer,
                            req: wire.JobRequest, budget_s: float) -> bytes:
@@ -421,6 +482,7 @@ class JobOutcome:
     price: int
     timings: dict[str, float]
     progress: list[tuple[str, int, str]]
+    paid: int = 0  # price + fee signed over to the provider and developer
 
 
 @dataclass
@@ -485,6 +547,11 @@ class JobClient:
             raise JobFailed("bad_request", f"the input is {len(body)} bytes, over the inline "
                                            f"cap of {self.inline_cap} bytes, and this node "
                                            "has no IPFS store to send it as a CID")
+        have = self.node.ledger.balance(self.node.identity.public_key)
+        if offer.offer.fee > 0 and have < max_price:  # what providers that charge check
+            raise JobFailed("balance", f"our balance of {have} cannot cover the max price "
+                                       f"{max_price} (providers refuse such a job); lower "
+                                       "--max-price or receive funds first")
         providers, reasons = self.choose(offer, max_price)
         if provider is not None:
             if provider not in providers:
@@ -559,7 +626,7 @@ class JobClient:
             job_id=job_id, offer_id=offer.offer_id, input=body, input_cid=input_cid,
             max_price=max_price, deadline=now + int(timeout_s * 1000)))
         run_deadline = trio.current_time() + timeout_s
-        state = _Exchange(provider, job_id, run_deadline)
+        state = _Exchange(provider, job_id, run_deadline, offer, max_price)
         with trio.CancelScope(deadline=run_deadline) as scope:
             state.scope = scope
             stream, first = await self._send_request(provider, request)
@@ -569,7 +636,7 @@ class JobClient:
                 reusable = not state.output_cid  # the provider holds a CID until we close
                 return JobOutcome(out, provider, price, {"total": time.monotonic() - t0,
                                                          "pull": state.pulled},
-                                  state.progress)
+                                  state.progress, paid=state.paid)
             except JobFailed as exc:
                 reusable = exc.reason != "internal"  # a reject leaves the stream usable
                 raise
@@ -612,6 +679,10 @@ class JobClient:
             elif isinstance(body_, wire.ResultCommit):
                 st.on_stage("result")
                 commit = body_
+                if accepted is None:
+                    raise JobFailed("internal", "a result commitment before the accept")
+                if accepted.price + st.offer.offer.fee > 0:
+                    await self._pay(stream, st, env, accepted.price)
             elif isinstance(body_, wire.JobResult):
                 if commit is None or accepted is None:
                     raise JobFailed("internal", "a result without accept and commit")
@@ -625,6 +696,29 @@ class JobClient:
                 return out, accepted.price
             data = await stream.receive()
         raise JobFailed("internal", f"{st.provider} sent too many messages")
+
+    async def _pay(self, stream: JobStream, st: "_Exchange", commit: wire.Envelope,
+                   price: int) -> None:
+        """Sign a Receipt over the provider's commitment into our chain (stored and
+        gossiped before it is sent) and hand it to the provider, which then releases the
+        output; the output is checked against this very commitment."""
+        from meca_node.node.ledger import LedgerRefused
+
+        offer = st.offer
+        if price + offer.offer.fee > st.max_price:
+            raise JobFailed("price", f"{st.provider} asks {price} + fee {offer.offer.fee} > "
+                                     f"max {st.max_price}")
+        receipt = wire.Receipt(seq=0, prev=bytes(32), job_id=st.job_id,
+                               offer_id=offer.offer_id, commit=commit.raw,
+                               provider=_public_key(st.provider), developer=offer.signer,
+                               price=price, fee=offer.offer.fee)
+        try:
+            env = await self.node.ledger.append_own(receipt)
+        except LedgerRefused as exc:
+            raise JobFailed("balance", f"cannot pay {price + offer.offer.fee}: {exc}") \
+                from None
+        st.paid = price + offer.offer.fee
+        await stream.send(env.raw)
 
     async def _fetch_output(self, cid: str, st: "_Exchange", size: int) -> bytes:
         if self.data is None:
@@ -650,6 +744,9 @@ class _Exchange:
     provider: str
     job_id: bytes
     run_deadline: float
+    offer: KnownOffer | None = None
+    max_price: int = 0
+    paid: int = 0
     scope: trio.CancelScope | None = None
     pull_since: float | None = None
     pulled: float = 0.0

@@ -134,6 +134,31 @@ class NodeLedger:
             async with self._lock:
                 await self._take(env)
 
+    async def take_payment(self, env: wire.Envelope, wait_s: float = 5.0) -> str | None:
+        """A payer's entry handed to us directly (a Receipt in a job): add it durably and
+        wait (up to ``wait_s``) for it to apply if it waits on earlier entries still on
+        their way by gossip. None once it is applied (stored before this returns), else
+        why it is not."""
+        if type(env.body) not in wire.ENTRY_TYPES or len(env.raw) > MAX_ENTRY:
+            return "not an account entry"
+        async with self._lock:
+            verdict = await self._take(env)
+        if isinstance(verdict, Invalid):
+            return f"{verdict.reason}: {verdict.detail}"
+        if isinstance(verdict, Fork):
+            return "the payer forked its chain"
+        if isinstance(verdict, Gap) and not verdict.kept:
+            return "the payer's chain has too many entries missing here"
+        with trio.move_on_after(wait_s):
+            while not self._applied_here(env):
+                await self.changed.wait()
+        return None if self._applied_here(env) else (
+            "the payer's earlier entries did not reach this node in time")
+
+    def _applied_here(self, env: wire.Envelope) -> bool:
+        seq, _ = self.chains.head(env.signer)
+        return seq > env.body.seq and self.chains.fork(env.signer) is None
+
     async def on_proof(self, proof: wire.FraudProof) -> bool:
         """Check a fork proof and refuse its account; ``False`` if it proves nothing."""
         try:
