@@ -114,6 +114,31 @@ def _job_step(cluster: Cluster, console: Console) -> bool:
     return True
 
 
+def _balances_step(cluster: Cluster, roles, before: dict, console: Console) -> None:
+    """Every balance before and after the paid runs, once every node agrees on them."""
+    deadline = time.monotonic() + 20
+    while True:  # bounded wait for the receipts and receives to reach every node
+        views = [n.client().get("/v1/wallet/balances") for n in cluster.nodes]
+        if all(v["outstanding"] == 0 and v["balances"] == views[0]["balances"]
+               for v in views):
+            break
+        if time.monotonic() > deadline:
+            raise ClusterError("the nodes did not agree on the balances within 20 s")
+        time.sleep(0.2)
+    after = views[0]["balances"]
+    table = Table("node", "role", "balance before", "after", "change")
+    for node, node_roles in zip(cluster.nodes, roles):
+        key = node.status()["public_key"]
+        b, a = before["balances"].get(key, 0), after.get(key, 0)
+        table.add_row(f"node{node.index}", ",".join(node_roles), str(b), str(a), f"{a - b:+d}")
+    console.print(table)
+    total_b, total_a = sum(before["balances"].values()), sum(after.values())
+    console.print(f"every node reports these balances; total {total_b} before, {total_a} "
+                  f"after: {'unchanged' if total_a == total_b else 'CHANGED'}", highlight=False)
+    if total_a != total_b:
+        raise ClusterError("the total of all balances changed")
+
+
 def run_demo(n: int, timeout_s: float, keep: Path | None, console: Console) -> int:
     """Returns the process exit code: 0 when every node saw every other and stopped cleanly."""
     with tempfile.TemporaryDirectory(prefix="meca-demo-") as tmp:
@@ -126,6 +151,10 @@ def run_demo(n: int, timeout_s: float, keep: Path | None, console: Console) -> i
         t0 = time.monotonic()
         try:
             cluster.prepare()
+            for node, node_roles in zip(cluster.nodes, roles):
+                if "provider" in node_roles:  # providers charge 1 per job
+                    with open(node.data_dir / "config.toml", "a") as f:
+                        f.write("price = 1\n")
             for node in cluster.nodes:
                 console.print(f"  node{node.index}  {node.addr}", highlight=False)
             cluster.start()
@@ -142,7 +171,10 @@ def run_demo(n: int, timeout_s: float, keep: Path | None, console: Console) -> i
                               str(sum(s["gossip"]["dropped"].values())))
             console.print(table)
             _ipfs_step(cluster, root, console)
+            before = cluster.nodes[0].client().get("/v1/wallet/balances")
             ran = _job_step(cluster, console)
+            if ran:
+                _balances_step(cluster, roles, before, console)
         except (ClusterError, ControlError) as exc:
             console.print(f"[bold red]demo failed:[/] {exc}")
             cluster.stop()

@@ -16,4 +16,5 @@ def test_demo_meshes_moves_a_file_runs_a_task_and_stops_cleanly():
     assert "same bytes: yes" in r.stdout
     assert "equals example_output.bin: yes" in r.stdout
     assert "ran it again on" in r.stdout and "warm container" in r.stdout
+    assert "every node reports these balances" in r.stdout and "after: unchanged" in r.stdout
     assert "all 5 stopped with exit 0" in r.stdout
