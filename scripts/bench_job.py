@@ -165,14 +165,16 @@ def main() -> int:
             ip = container.attrs["NetworkSettings"]["Networks"][NETWORK]["IPAddress"]
             url = f"http://{ip}:{APP_PORT}/"
 
-            print(f"warm: {args.jobs} jobs client -> provider, {args.jobs} direct POSTs to "
-                  f"{url}", flush=True)
-            ours = [run_job(user, offer_id, spec, warm.peer_id) for _ in range(args.jobs)]
-            direct = direct_posts(url, spec.example_input, spec.example_output, args.jobs)
+            # cold first: the client's chain is still short then, so with --paid each
+            # provider has seen (by gossip) every receipt the client paid the other one
             print(f"cold: {args.cold} jobs on a provider without a warm pool, {args.cold} "
                   f"docker run + first answer", flush=True)
             cold_ours = [run_job(user, offer_id, spec, cold.peer_id)
                          for _ in range(args.cold)]
+            print(f"warm: {args.jobs} jobs client -> provider, {args.jobs} direct POSTs to "
+                  f"{url}", flush=True)
+            ours = [run_job(user, offer_id, spec, warm.peer_id) for _ in range(args.jobs)]
+            direct = direct_posts(url, spec.example_input, spec.example_output, args.jobs)
             cold_base = [docker_run_once(client, tag, spec, True) for _ in range(args.cold)]
             cold_plain = [docker_run_once(client, tag, spec, False) for _ in range(args.cold)]
     finally:
