@@ -12,10 +12,9 @@ import shutil
 import pytest
 
 from conftest import docker_engine
-from test_run_job import EXAMPLES, cli, wait_offer
+from test_run_job import EXAMPLES, cli, published
 from test_wallet import views, wait_balances
 
-from meca_node.sim import Cluster
 from meca_node.store.taskdir import read_task_folder
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -28,19 +27,11 @@ def test_paid_jobs_move_the_fee_and_the_price_and_every_node_agrees(tmp_path):
     folder = tmp_path / "echo"
     shutil.copytree(EXAMPLES / "echo", folder)
     spec = read_task_folder(folder)
-    roles = [("developer",), ("provider",), ("client",)]
-    cluster = Cluster(tmp_path / "c", 3, advert_interval_s=1.0, roles=roles)
-    cluster.prepare()
-    dev, provider, user = cluster.nodes
-    with open(provider.data_dir / "config.toml", "a") as f:
-        f.write(f"price = {PRICE}\n")
-    with cluster:
-        cluster.wait_mesh(timeout_s=15)
+    with published(tmp_path, folder, "echo", fee=FEE,
+                   provider_config=f"price = {PRICE}\n") as cluster:
+        dev, provider, user = cluster.nodes
         keys = [n.status()["public_key"] for n in cluster.nodes]
         supply = views(cluster)[0]["total_supply"]
-        r = cli(dev, "task", "publish", str(folder), "--fee", str(FEE), "--no-test", "--quiet")
-        assert r.returncode == 0, r.stderr.decode()
-        wait_offer(user, "echo")
         for _ in range(JOBS):
             r = cli(user, "run", "echo", "--input", f"@{folder / 'example_input.bin'}",
                     "--max-price", str(PRICE + FEE), "--json")
@@ -54,8 +45,7 @@ def test_paid_jobs_move_the_fee_and_the_price_and_every_node_agrees(tmp_path):
         for v in vs:
             assert sum(v["balances"].values()) + v["outstanding"] == supply
         history = json.loads(cli(user, "wallet", "history", "--json").stdout.decode())
-        kinds = [e["kind"] for e in (history["entries"] if isinstance(history, dict)
-                                     else history)]
+        kinds = [e["kind"] for e in history["entries"]]
         assert kinds.count("Receipt") == JOBS
         # a max price the client's balance cannot cover is refused by the provider
         r = cli(user, "run", "echo", "--input", "{}", "--max-price", "2000000")

@@ -8,11 +8,13 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from conftest import docker_engine
+from test_publish import offers_on
 from meca_node.node.developer import image_tag
 from meca_node.sim import Cluster
 from meca_node.sim.cluster import child_env
@@ -30,13 +32,26 @@ def cli(node, *args, timeout=300):
 
 
 def wait_offer(node, name, timeout_s=15.0):
-    deadline = time.monotonic() + timeout_s
-    while True:  # bounded poll of another process's offer book
-        offers = json.loads(cli(node, "offers", "--json").stdout)["offers"]
-        if any(o["name"] == name for o in offers):
-            return
-        assert time.monotonic() < deadline, offers
-        time.sleep(0.2)
+    offers_on(node, lambda offers: any(o["name"] == name for o in offers), timeout_s)
+
+
+@contextmanager
+def published(tmp_path, folder, name, fee=0, provider_config=""):
+    """A developer, a provider and a client (separate processes, so the image travels);
+    the developer has published ``folder`` (--no-test) and the client sees the offer.
+    ``provider_config`` is appended to the provider's config.toml."""
+    roles = [("developer",), ("provider",), ("client",)]
+    cluster = Cluster(tmp_path / "c", 3, advert_interval_s=1.0, roles=roles)
+    cluster.prepare()
+    with open(cluster.nodes[1].data_dir / "config.toml", "a") as f:
+        f.write(provider_config)
+    with cluster:
+        dev, provider, user = cluster.nodes
+        cluster.wait_mesh(timeout_s=15)
+        r = cli(dev, "task", "publish", str(folder), "--fee", str(fee), "--no-test", "--quiet")
+        assert r.returncode == 0, r.stderr.decode()
+        wait_offer(user, name)
+        yield cluster
 
 
 def wait_advert(node, peer_id, ok, timeout_s=15.0):
@@ -111,13 +126,8 @@ def test_a_client_that_goes_away_mid_job_stops_the_container_and_frees_the_provi
     (folder / "name.txt").write_text("slow\n")
     app = next((folder / "src").glob("*.py"))
     app.write_text(SLOW)
-    roles = [("developer",), ("provider",), ("client",)]  # the image must travel
-    with Cluster(tmp_path / "c", 3, advert_interval_s=1.0, roles=roles) as cluster:
+    with published(tmp_path, folder, "slow") as cluster:
         dev, provider, user = cluster.nodes
-        cluster.wait_mesh(timeout_s=15)
-        r = cli(dev, "task", "publish", str(folder), "--fee", "0", "--no-test", "--quiet")
-        assert r.returncode == 0, r.stderr.decode()
-        wait_offer(user, "slow")
         runner = subprocess.Popen([sys.executable, "-m", "meca_node", "run", "slow",
                                    "--input", "{}", "--timeout", "300", "--data-dir",
                                    str(user.data_dir)], stdout=subprocess.DEVNULL,
@@ -169,13 +179,8 @@ def test_input_and_output_over_the_inline_cap_travel_as_cids(tmp_path):
     next((folder / "src").glob("*.py")).write_text(DOUBLE)
     data = os.urandom(1536 * 1024)
     (tmp_path / "in.bin").write_bytes(data)
-    roles = [("developer",), ("provider",), ("client",)]
-    with Cluster(tmp_path / "c", 3, advert_interval_s=1.0, roles=roles) as cluster:
+    with published(tmp_path, folder, "double") as cluster:
         dev, provider, user = cluster.nodes
-        cluster.wait_mesh(timeout_s=15)
-        r = cli(dev, "task", "publish", str(folder), "--fee", "0", "--no-test", "--quiet")
-        assert r.returncode == 0, r.stderr.decode()
-        wait_offer(user, "double")
         r = cli(user, "run", "double", "--input", f"@{tmp_path / 'in.bin'}", "--max-price",
                 "0")
         assert r.returncode == 0, r.stderr.decode()
