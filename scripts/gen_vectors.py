@@ -152,6 +152,7 @@ def sample_bodies() -> dict[str, Any]:
                                 payer_seq=0, amount=1_500),
         "FraudProof": wire.FraudProof(kind="fork", account=PUB["alice"], first=fork_a,
                                       second=fork_b),
+        "EntryRequest": wire.EntryRequest(account=PUB["alice"], from_seq=3, count=64),
     }
 
 
@@ -505,6 +506,9 @@ def body_vectors() -> list[dict]:
         ("receive_source_33", "Receive", setp("source", bytes(33)),
          "source is a 32-byte SHA-256", R),
         ("receive_payer_seq_negative", "Receive", setp("payer_seq", -1), "seq is unsigned", R),
+        ("entry_request_count_0", "EntryRequest", setp("count", 0), "count is 1..64", R),
+        ("entry_request_count_64", "EntryRequest", setp("count", 64), "count at its cap", None),
+        ("entry_request_count_65", "EntryRequest", setp("count", 65), "count is 1..64", R),
     ]
     for name, label, fn, desc, reason in cases:
         add(name, by_name[label], mutate(label, fn), desc, reason)
@@ -863,11 +867,12 @@ def gate_vectors() -> list[dict]:
     body_case("body_price_text", "HostAdvert", lambda o: o.__setitem__("price", "25"),
               "HostAdvert with price as text", "bob")
 
-    # per-signer rate limit, then the ban (gate defaults: burst 20, 5/s, ban after 50 refusals)
+    # per-signer rate limit, then the ban (gate defaults on meca/receipts/1: burst 100, 20/s,
+    # ban after 50 refusals; other topics have their own buckets: burst 20, 5/s)
     def burst(n: int, tag: str) -> list[bytes]:
         return [sealed(dataclasses.replace(receipt, seq=i, commit=b""), label=f"gate-{tag}-{i}")
                 for i in range(n)]
-    b = GATE.burst
+    b = GATE.entry_burst
     msgs = burst(b + 1, "rate")
     add("rate_limited", msgs[-1],
         f"the {b + 1}st message of one signer within the same millisecond (burst {b})",

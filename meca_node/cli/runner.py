@@ -39,6 +39,8 @@ def node_settings(cfg: Config) -> NodeSettings:
     return NodeSettings(roles=tuple(cfg["roles"]), advert_interval_s=cfg["advert_interval_s"],
                         price=cfg["price"], skew_ms=cfg["skew_s"] * 1000,
                         rate_per_s=cfg["gossip_rate_per_s"], burst=cfg["gossip_burst"],
+                        entry_rate_per_s=cfg["gossip_entry_rate_per_s"],
+                        entry_burst=cfg["gossip_entry_burst"],
                         caps=cfg.caps)
 
 

@@ -29,6 +29,9 @@ class GateConfig:
     skew_ms: int = 120_000
     rate_per_s: float = 5.0
     burst: int = 20
+    #: account chain entries (meca/receipts/1) come faster: one or two per paid job
+    entry_rate_per_s: float = 20.0
+    entry_burst: int = 100
     ban_after: int = 50
     ban_ms: int = 60_000
     replay_capacity: int = 100_000
@@ -59,8 +62,11 @@ class GossipGate:
         self.stats = GateStats()
         # a nonce must be remembered while its ts can still pass the skew check
         self._replay = ReplayWindow(2 * config.skew_ms, config.replay_capacity)
-        self._limits = SignerRateLimiter(config.rate_per_s, config.burst, config.ban_after,
-                                         config.ban_ms)
+        # one bucket per (topic, signer): a busy payer's entries never silence its adverts
+        self._limits = {topic: SignerRateLimiter(
+            *((config.entry_rate_per_s, config.entry_burst) if topic == wire.TOPIC_RECEIPTS
+              else (config.rate_per_s, config.burst)), config.ban_after, config.ban_ms)
+            for topic in wire.TOPICS}
 
     def check(self, data: bytes, topic: str, now_ms: int) -> Verdict:
         verdict = self._check(data, topic, now_ms)
@@ -86,11 +92,12 @@ class GossipGate:
             return Verdict(None, "stale", f"timestamp {now_ms - env.ts} ms old")
         if env.ts > now_ms + cfg.skew_ms:
             return Verdict(None, "future", f"timestamp {env.ts - now_ms} ms ahead")
-        if self._limits.is_banned(env.signer, now_ms):
+        limits = self._limits[topic]
+        if limits.is_banned(env.signer, now_ms):
             return Verdict(None, "banned", "signer is banned for flooding")
         if not self._replay.check_and_add(env.signer, env.nonce, env.ts, now_ms):
             return Verdict(None, "replay", "nonce already seen")
-        refused = self._limits.allow(env.signer, now_ms)
+        refused = limits.allow(env.signer, now_ms)
         if refused is not None:
             return Verdict(None, refused, "signer exceeds its gossip rate")
         return Verdict(env, None)

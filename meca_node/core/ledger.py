@@ -196,6 +196,16 @@ class Claim:
     amount: int
 
 
+@dataclass(frozen=True, slots=True)
+class Want:
+    """Entries a node lacks to apply what it holds: ``count`` entries of ``account``'s chain
+    from ``from_seq`` (what to ask peers for)."""
+
+    account: bytes
+    from_seq: int
+    count: int
+
+
 @dataclass(slots=True)
 class _Account:
     balance: int
@@ -258,6 +268,37 @@ class Chains:
     def entries(self, key: bytes) -> tuple[Envelope, ...]:
         acct = self._accounts.get(key)
         return tuple(acct.entries) if acct is not None else ()
+
+    def entries_from(self, key: bytes, from_seq: int, count: int) -> tuple[Envelope, ...]:
+        """Applied entries ``from_seq`` .. ``from_seq+count-1`` of ``key`` (those we have)."""
+        acct = self._accounts.get(key)
+        if acct is None or from_seq >= len(acct.entries) or count < 1:
+            return ()
+        return tuple(acct.entries[from_seq:from_seq + count])
+
+    def wants(self, limit: int = 64, batch: int = MAX_PENDING_PER_ACCOUNT) -> list[Want]:
+        """What held entries wait for, at most ``limit`` wants of at most ``batch`` entries:
+        for an account with entries beyond its next seq, the entries before the first of
+        them; for a Receive waiting for its source, the payer's entries up to that source."""
+        out: dict[tuple[bytes, int], Want] = {}
+
+        def want(key: bytes, upto: int) -> None:  # entries next .. upto of key
+            acct = self._accounts.get(key)
+            nxt = len(acct.entries) if acct is not None else 0
+            if (acct is None or acct.fork is None) and upto >= nxt:
+                out.setdefault((key, nxt), Want(key, nxt, min(upto - nxt + 1, batch)))
+
+        for key, acct in self._accounts.items():
+            if len(out) >= limit:
+                break
+            if acct.pending and acct.fork is None:
+                nxt = len(acct.entries)
+                head = acct.pending.get(nxt)
+                if head is None:
+                    want(key, min(acct.pending) - 1)
+                elif isinstance(head.body, Receive):  # waits for its source
+                    want(head.body.payer, head.body.payer_seq)
+        return list(out.values())[:limit]
 
     def entry(self, source: bytes) -> Envelope | None:
         """The applied entry whose envelope hashes to ``source``."""

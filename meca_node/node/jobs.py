@@ -366,7 +366,7 @@ class JobHost:
             raise JobFailed("bad_request", "expected the client's Receipt for this job, its "
                                            "offer, this commitment and the split "
                                            f"{self.price} + {offer.offer.fee}")
-        why = await self.node.ledger.take_payment(env)
+        why = await self.node.ledger.take_payment(env, peer=stream.remote_peer)
         if why is not None:
             raise JobFailed("balance", f"the receipt was not accepted: {why}")
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,12 +34,15 @@ import trio
 from meca_node import wire
 from meca_node.core.identity import peer_id_of
 from meca_node.core.ledger import (
-    MAX_ENTRY, Accepted, Chains, Fork, Gap, Invalid, check_fork_proof, cost, entry_hash,
-    payouts,
+    MAX_ENTRY, MAX_PENDING_PER_ACCOUNT, Accepted, Chains, Duplicate, Fork, Gap, Invalid, Want,
+    check_fork_proof, cost, entry_hash, payouts,
 )
 from meca_node.node.ports import LedgerStore
 
 log = logging.getLogger("meca_node.ledger")
+
+OUTBOX = 1024  # entries waiting to be gossiped; over it they are dropped (peers fetch them)
+MAX_BEHIND = 1024  # accounts remembered as having entries too far ahead to keep
 
 
 class LedgerRefused(ValueError):
@@ -72,6 +75,15 @@ class NodeLedger:
         self.changed = trio.Event()  # set whenever an entry is applied (then replaced)
         self.stats: Counter[str] = Counter()
         self.faults: list[str] = []  # what replay found wrong in the stored rows (bounded)
+        #: set when an entry arrives that cannot be applied yet (the sync service replaces it)
+        self.missing = trio.Event()
+        #: the sync service (``ledger_sync.LedgerSync``) once installed: fetches entries
+        self.sync: Any = None
+        # accounts with an entry seen too far ahead to keep: account -> that seq (bounded)
+        self._behind: OrderedDict[bytes, int] = OrderedDict()
+        # entries to gossip in the background (``announcer``); stored before they are queued
+        self._outbox_send, self._outbox = trio.open_memory_channel[bytes](OUTBOX)
+        self._announcing = False
 
     # -- queries ----------------------------------------------------------------------
     def balance(self, key: bytes) -> int:
@@ -89,6 +101,18 @@ class NodeLedger:
         """The applied entries of ``key``'s chain (default: ours), oldest first."""
         key = self.public_key if key is None else key
         return [describe(env) for env in self.chains.entries(key)]
+
+    def wants(self, limit: int) -> list[Want]:
+        """Entry ranges to fetch from peers: what held entries wait for, and the start of
+        chains whose entries arrived too far ahead to be kept."""
+        out = self.chains.wants(limit)
+        for key, seq in list(self._behind.items()):
+            nxt, _ = self.chains.head(key)
+            if nxt > seq or self.chains.fork(key) is not None:
+                del self._behind[key]
+            elif len(out) < limit:
+                out.append(Want(key, nxt, min(seq - nxt + 1, MAX_PENDING_PER_ACCOUNT)))
+        return out
 
     def view(self) -> dict:
         """Every balance, outstanding payments, supply and forks (for the control API)."""
@@ -134,11 +158,13 @@ class NodeLedger:
             async with self._lock:
                 await self._take(env)
 
-    async def take_payment(self, env: wire.Envelope, wait_s: float = 5.0) -> str | None:
-        """A payer's entry handed to us directly (a Receipt in a job): add it durably and
-        wait (up to ``wait_s``) for it to apply if it waits on earlier entries still on
-        their way by gossip. None once it is applied (stored before this returns), else
-        why it is not."""
+    async def take_payment(self, env: wire.Envelope, wait_s: float = 5.0,
+                           peer: str | None = None) -> str | None:
+        """A payer's entry handed to us directly (a Receipt in a job, from ``peer``): add it
+        durably; if it waits on earlier entries of the payer's chain, fetch them (from the
+        payer first) for up to ``wait_s``. None once it is applied (stored before this
+        returns; then gossiped, so a second entry at its seq is seen as a fork by all),
+        else why it is not."""
         if type(env.body) not in wire.ENTRY_TYPES or len(env.raw) > MAX_ENTRY:
             return "not an account entry"
         async with self._lock:
@@ -147,17 +173,41 @@ class NodeLedger:
             return f"{verdict.reason}: {verdict.detail}"
         if isinstance(verdict, Fork):
             return "the payer forked its chain"
-        if isinstance(verdict, Gap) and not verdict.kept:
-            return "the payer's chain has too many entries missing here"
         with trio.move_on_after(wait_s):
-            while not self._applied_here(env):
+            if isinstance(verdict, Gap) and self.sync is not None:
+                if verdict.wants_source is not None:
+                    await self.sync.catch_up(env.body.payer, env.body.payer_seq, peer)
+                await self.sync.catch_up(env.signer, env.body.seq - 1, peer)
+                if not verdict.kept:
+                    async with self._lock:
+                        verdict = await self._take(env)
+            while not self._applied_here(env) and not self.is_refused(env.signer):
                 await self.changed.wait()
-        return None if self._applied_here(env) else (
-            "the payer's earlier entries did not reach this node in time")
+        if self.is_refused(env.signer):
+            return "the payer forked its chain"
+        if not self._applied_here(env):
+            return ("the payer's earlier entries did not reach this node in time"
+                    if not isinstance(verdict, Gap) or verdict.kept
+                    else "the payer's chain has too many entries missing here")
+        self.announce(env.raw)
+        return None
 
     def _applied_here(self, env: wire.Envelope) -> bool:
-        seq, _ = self.chains.head(env.signer)
-        return seq > env.body.seq and self.chains.fork(env.signer) is None
+        key, seq = env.signer, env.body.seq
+        entries = self.chains.entries_from(key, seq, 1)
+        return bool(entries) and entries[0].raw == env.raw and self.chains.fork(key) is None
+
+    async def add_fetched(self, envs: list[wire.Envelope]) -> int:
+        """Entries a peer sent us on request (checked by the caller to be the ones asked
+        for); how many of them were new here."""
+        new = 0
+        async with self._lock:
+            for env in envs:
+                if len(env.raw) <= MAX_ENTRY:
+                    verdict = await self._take(env)
+                    new += verdict is not None and not isinstance(verdict, (Duplicate, Invalid))
+        self.stats["fetched"] += new
+        return new
 
     async def on_proof(self, proof: wire.FraudProof) -> bool:
         """Check a fork proof and refuse its account; ``False`` if it proves nothing."""
@@ -173,6 +223,7 @@ class NodeLedger:
                 return True
             await self._store(fork.account, fork.seq, "FraudProof", wire.encode_body(proof))
             self.chains.mark_forked(fork)
+            self._notify()
             self.stats["proof_accepted"] += 1
             log.warning("account %s is refused: fraud proof of a fork at seq %d",
                         peer_id_of(fork.account), fork.seq)
@@ -189,12 +240,19 @@ class NodeLedger:
         self.stats[type(verdict).__name__.lower()] += 1
         if isinstance(verdict, Accepted) or (isinstance(verdict, Gap) and verdict.kept):
             await self._store(key, env.body.seq, env.kind, env.raw)
+        if isinstance(verdict, Gap):
+            if not verdict.kept:
+                self._behind[key] = max(env.body.seq, self._behind.pop(key, 0))
+                while len(self._behind) > MAX_BEHIND:
+                    self._behind.popitem(last=False)
+            self.missing.set()
         if isinstance(verdict, Accepted):
             self._applied([env, *(e for e, v in verdict.resolved if isinstance(v, Accepted))])
         elif isinstance(verdict, Fork):
             # both entries: replay then finds the same fork (the first may have been refused)
             await self._store(key, verdict.seq, verdict.first.kind, verdict.first.raw)
             await self._store(key, verdict.seq, env.kind, env.raw)
+            self._notify()
             if not was_forked:
                 log.warning("account %s forked its chain at seq %d; refused, proof gossiped",
                             peer_id_of(key), verdict.seq)
@@ -213,6 +271,9 @@ class NodeLedger:
     def _applied(self, envs: list[wire.Envelope]) -> None:
         if any(self.public_key in payouts(e.body) for e in envs):
             self._paid_us.set()
+        self._notify()
+
+    def _notify(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
 
@@ -252,11 +313,36 @@ class NodeLedger:
         await self._store(me, seq, env.kind, raw)
         self._applied([env, *(e for e, v in verdict.resolved if isinstance(v, Accepted))])
         self.stats["own"] += 1
+        if self._announcing:
+            self.announce(raw)
+        else:
+            await self._gossip(raw)
+        return env
+
+    def announce(self, raw: bytes) -> None:
+        """Gossip a stored entry in the background (``announcer``); dropped, and counted,
+        when the outbox is full: peers that see later entries fetch it."""
+        try:
+            self._outbox_send.send_nowait(raw)
+        except trio.WouldBlock:
+            self.stats["announce_dropped"] += 1
+
+    async def announcer(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run forever: gossip what ``announce`` queued (our own entries once stored, the
+        payments handed to us in jobs once applied)."""
+        self._announcing = True
+        task_status.started()
+        try:
+            async for raw in self._outbox:
+                await self._gossip(raw)
+        finally:
+            self._announcing = False
+
+    async def _gossip(self, raw: bytes) -> None:
         try:
             await self._publish(wire.TOPIC_RECEIPTS, raw)
         except Exception as exc:  # stored: it is ours whatever the network does
-            log.warning("entry %d stored but not gossiped: %s", seq, exc)
-        return env
+            log.warning("a stored entry was not gossiped: %s", exc)
 
     async def send(self, to: bytes, amount: int, memo: str = "") -> wire.Envelope:
         """``wallet send``: a Transfer from our account."""

@@ -19,6 +19,7 @@ from meca_node.core import (
 )
 from meca_node.core.ledger import check_fork_proof
 from meca_node.node.ledger import NodeLedger
+from meca_node.node.ledger_sync import LedgerSync
 from meca_node.node.ports import Clock, LedgerStore, Network, Random
 
 log = logging.getLogger("meca_node.node")
@@ -36,6 +37,8 @@ class NodeSettings:
     skew_ms: int = 120_000
     rate_per_s: float = 5.0
     burst: int = 20
+    entry_rate_per_s: float = 20.0
+    entry_burst: int = 100
     strikes_before_cutoff: int = 32
     caps: wire.Caps = field(default_factory=wire.Caps)
 
@@ -56,7 +59,8 @@ class Node:
         self.arch = arch
         self.gate = GossipGate(GateConfig(
             network_id=genesis.network_id, max_message=settings.caps.gossip_message,
-            skew_ms=settings.skew_ms, rate_per_s=settings.rate_per_s, burst=settings.burst))
+            skew_ms=settings.skew_ms, rate_per_s=settings.rate_per_s, burst=settings.burst,
+            entry_rate_per_s=settings.entry_rate_per_s, entry_burst=settings.entry_burst))
         self.peerbook = PeerBook()
         #: offers live while re-announced within 3 intervals (plus the clock-skew allowance)
         self.offers = OfferBook(ttl_ms=3 * int(settings.advert_interval_s * 1000)
@@ -79,6 +83,8 @@ class Node:
         #: ``ledger_store`` (memory only without one)
         self.ledger = NodeLedger(genesis, identity.public_key, self.seal, net.publish,
                                  ledger_store)
+        #: missing entries fetched from peers, ours served (``/meca/ledger/1.0.0``)
+        self.ledger_sync = LedgerSync(net, self.ledger, self.seal, genesis.network_id)
 
     # -- gossip intake ------------------------------------------------------------
     def _validate(self, topic: str, data: bytes, origin: str) -> bool:
@@ -257,7 +263,10 @@ class Node:
         await self.ledger.load()  # balances from before a restart, before any intake
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self.ledger.announcer)
             nursery.start_soon(self.ledger.auto_receive)
+            self.ledger_sync.install()
+            await nursery.start(self.ledger_sync.run)
             for topic in wire.TOPICS:
                 self.net.set_validator(topic, self._validate)
                 messages = await self.net.subscribe(topic)
@@ -287,7 +296,7 @@ class Node:
             "offered": (_resources(self.capacity.offered) if self.capacity is not None
                         else None),
             "warm_pool": self.warm_pool.stats() if self.warm_pool is not None else None,
-            "ledger": self.ledger.status(),
+            "ledger": {**self.ledger.status(), "sync": dict(self.ledger_sync.stats)},
         }
 
     def peers(self) -> dict:

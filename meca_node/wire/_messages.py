@@ -313,9 +313,30 @@ class FraudProof:
             raise ValueError(f"unknown fraud kind {self.kind!r}")
 
 
+#: the most entries one EntryRequest asks for
+MAX_ENTRY_REQUEST = 64
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRequest:
+    """``/meca/ledger/1.0.0``: ask a peer for the entries ``from_seq`` .. ``from_seq+count-1``
+    of ``account``'s chain (the answer: each entry envelope it has applied, in order)."""
+
+    TYPE: ClassVar[str] = "EntryRequest"
+    account: bytes
+    from_seq: int
+    count: int
+
+    def __post_init__(self) -> None:
+        _length(32, account=self.account)
+        _nonneg(from_seq=self.from_seq)
+        if not 1 <= self.count <= MAX_ENTRY_REQUEST:
+            raise ValueError(f"count must be 1..{MAX_ENTRY_REQUEST}, got {self.count}")
+
+
 BODY_TYPES: tuple[type, ...] = (
     HostAdvert, TaskOffer, TaskWithdraw, JobRequest, JobAccept, JobReject, JobProgress, ResultCommit,
-    JobResult, Receipt, Transfer, Receive, FraudProof,
+    JobResult, Receipt, Transfer, Receive, FraudProof, EntryRequest,
 )
 #: the bodies of account chain entries (each has ``seq`` and ``prev``)
 ENTRY_TYPES: tuple[type, ...] = (Receipt, Transfer, Receive)

@@ -1,7 +1,9 @@
 """An in-memory gossip network implementing the node's ``Network`` port (no sockets).
 
 Every publish runs each receiver's validator first and delivers only what it
-accepts, as gossipsub does; ``block`` stops delivery from a peer.
+accepts, as gossipsub does; ``block`` stops delivery from a peer. Streams are pairs of
+bounded memory channels carrying frames; the handler runs in the hub's nursery
+(``FakeHub.nursery``, set by the test).
 """
 
 from __future__ import annotations
@@ -12,6 +14,37 @@ import trio
 class FakeHub:
     def __init__(self) -> None:
         self.nets: list[FakeNet] = []
+        self.nursery: trio.Nursery | None = None  # where stream handlers run
+
+
+class FakeStream:
+    """One side of an in-memory stream of frames."""
+
+    def __init__(self, send: trio.MemorySendChannel, recv: trio.MemoryReceiveChannel,
+                 remote: str, max_frame: int) -> None:
+        self._send, self._recv = send, recv
+        self.remote_peer = remote
+        self.max_frame = max_frame
+
+    async def send(self, data: bytes) -> None:
+        if len(data) > self.max_frame:
+            raise ValueError(f"a frame of {len(data)} bytes is over {self.max_frame}")
+        await self._send.send(data)
+
+    async def send_many(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            await self.send(frame)
+
+    async def receive(self) -> bytes | None:
+        try:
+            return await self._recv.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError):
+            return None
+
+    async def close(self) -> None:
+        await self._send.aclose()
+
+    reset = close
 
 
 class _Peer:
@@ -33,6 +66,7 @@ class FakeNet:
         self.subs: dict[str, trio.MemorySendChannel] = {}
         self.blocked: dict[str, str] = {}
         self.published = 0
+        self.handlers: dict[str, tuple] = {}
         hub.nets.append(self)
 
     @property
@@ -70,3 +104,25 @@ class FakeNet:
     async def block(self, peer_id: str, why: str) -> None:
         self.blocked[peer_id] = why
         await trio.lowlevel.checkpoint()
+
+    def set_stream_handler(self, protocols, handler, max_frame: int | None = None) -> None:
+        names = [protocols] if isinstance(protocols, str) else list(protocols)
+        for name in names:
+            self.handlers[name] = (handler, max_frame or 1 << 20)
+
+    async def open_stream(self, peer_id: str, protocols, max_frame: int | None = None):
+        names = [protocols] if isinstance(protocols, str) else list(protocols)
+        net = next((n for n in self.hub.nets if n.peer_id == peer_id), None)
+        if net is None or self.peer_id in net.blocked or peer_id in self.blocked:
+            raise ConnectionError(f"no connection to {peer_id}")
+        name = next((n for n in names if n in net.handlers), None)
+        if name is None:
+            raise ConnectionError(f"{peer_id} speaks none of {names}")
+        handler, their_max = net.handlers[name]
+        a_send, b_recv = trio.open_memory_channel(64)
+        b_send, a_recv = trio.open_memory_channel(64)
+        assert self.hub.nursery is not None, "set hub.nursery to serve streams"
+        self.hub.nursery.start_soon(handler, FakeStream(b_send, b_recv, self.peer_id,
+                                                        their_max))
+        await trio.lowlevel.checkpoint()
+        return FakeStream(a_send, a_recv, peer_id, max_frame or 1 << 20)

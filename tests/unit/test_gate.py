@@ -107,3 +107,13 @@ def test_replay_window_expires_and_bounds_memory():
     assert len(w) == 3
     # evicted entries raise the floor: anything older than what we forgot is refused
     assert not w.check_and_add(b"s", b"old", ts=1000, now_ms=2000)
+
+
+def test_each_topic_has_its_own_buckets_and_entries_a_larger_one():
+    g = gate(rate_per_s=1.0, burst=2, entry_rate_per_s=1.0, entry_burst=5, ban_after=3)
+    transfer = wire.Transfer(seq=0, prev=bytes(32), to=bytes(32), amount=1, memo="")
+    verdicts = [g.check(seal(transfer, nonce=bytes([i]) * 16), wire.TOPIC_RECEIPTS, NOW).reason
+                for i in range(9)]
+    assert verdicts == [None] * 5 + ["rate_limited", "rate_limited", "banned", "banned"]
+    # banned for flooding entries, the same key's advert still passes (its own bucket)
+    assert g.check(seal(nonce=b"\x77" * 16), wire.TOPIC_ADVERTS, NOW).ok

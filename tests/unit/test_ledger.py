@@ -15,6 +15,7 @@ from nacl.signing import SigningKey
 from meca_node import wire
 from meca_node.core import ledger
 from meca_node.core.ledger import (
+    Want,
     Accepted, Chains, Duplicate, Fork, Gap, Invalid, check_fork_proof, entry_hash,
 )
 
@@ -179,6 +180,43 @@ def test_seq_skip_waits_then_applies_in_order(book: Book) -> None:
     v = c.add(e0)
     assert v == Accepted(e0, resolved=((e1, Accepted(e1)), (e2, Accepted(e2))))
     assert c.balance(PUB[ALICE]) == 994 and c.pending_count == 0
+
+
+def test_wants_name_what_held_entries_wait_for(book: Book) -> None:
+    c = book.chains
+    e0 = sign(ALICE, transfer(0, bytes(32), BOB, 1))
+    e1 = sign(ALICE, transfer(1, entry_hash(e0), BOB, 2))
+    e2 = sign(ALICE, transfer(2, entry_hash(e1), CAROL, 3))
+    assert c.wants() == []
+    c.add(e2)  # waits for seq 0 and 1
+    assert c.wants() == [Want(PUB[ALICE], 0, 2)]
+    r = sign(BOB, receive(0, bytes(32), e1, 2))  # waits for alice's seq 1 (its source)
+    c.add(r)
+    assert set(c.wants()) == {Want(PUB[ALICE], 0, 2)}  # the same range: asked once
+    c.add(e0)  # applied; e1 still missing
+    assert c.wants() == [Want(PUB[ALICE], 1, 1)]
+    assert c.entries_from(PUB[ALICE], 0, 5) == (e0,) and c.entries_from(PUB[BOB], 0, 1) == ()
+    c.add(e1)  # releases e2, then bob's receive
+    assert c.wants() == [] and c.pending_count == 0 and c.balance(PUB[BOB]) == 502
+    assert c.entries_from(PUB[ALICE], 1, 64) == (e1, e2)
+    assert c.wants(batch=1) == [] and c.entries_from(PUB[ALICE], 3, 1) == ()
+
+
+def test_wants_are_bounded_and_skip_forked_accounts(book: Book) -> None:
+    c = book.chains
+    far = [sign(who, transfer(100, bytes(32), BOB, 1)) for who in (ALICE, CAROL)]
+    for env in far:  # 100 ahead: over the pending window, not kept, nothing to want
+        assert not c.add(env).kept
+    near = [sign(who, transfer(10, bytes(32), BOB, 1)) for who in (ALICE, CAROL)]
+    for env in near:
+        c.add(env)
+    assert set(c.wants()) == {Want(PUB[ALICE], 0, 10), Want(PUB[CAROL], 0, 10)}
+    assert len(c.wants(limit=1)) == 1 and c.wants(batch=4)[0].count == 4
+    a = sign(ALICE, transfer(0, bytes(32), BOB, 1))
+    b = sign(ALICE, transfer(0, bytes(32), CAROL, 1))
+    c.add(a)
+    assert isinstance(c.add(b), Fork)
+    assert c.wants() == [Want(PUB[CAROL], 0, 10)]
 
 
 def test_wrong_prev(book: Book) -> None:

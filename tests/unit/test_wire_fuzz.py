@@ -113,7 +113,11 @@ def rand_value(rng: random.Random, tp: Any, name: str, cap: int | None) -> Any:
     if dataclasses.is_dataclass(tp):
         return rand_body(rng, tp)
     if tp is int:
-        return rng.randrange(0, 101) if name == "percent" else rand_int(rng)
+        if name == "percent":
+            return rng.randrange(0, 101)
+        if name == "count":
+            return rng.randrange(1, wire.MAX_ENTRY_REQUEST + 1)
+        return rand_int(rng)
     if tp is bytes:
         if name in EXACT:
             return rng.randbytes(EXACT[name])
@@ -801,10 +805,11 @@ def test_fuzz_gossip_gate() -> None:
             if rng.random() < 0.05:  # the same bytes again: a replay when it was accepted
                 check_gate(gate, data, topic, now, counts)
         if rng.random() < 0.05:  # one signer floods valid messages: rate limit, then ban
-            key = rng.choice(KEYS)
-            for _ in range(rng.choice((25, 75))):
-                body = rand_body(rng, rng.choice((wire.HostAdvert, wire.TaskOffer,
-                                                  wire.Receipt, wire.FraudProof)))
+            key = rng.choice(KEYS)  # on one topic: each topic has its own buckets
+            cls = rng.choice((wire.HostAdvert, wire.TaskOffer, wire.Receipt, wire.FraudProof))
+            burst = CFG.entry_burst if cls in (wire.Receipt, wire.FraudProof) else CFG.burst
+            for _ in range(rng.choice((burst + 5, burst + CFG.ban_after + 5))):
+                body = rand_body(rng, cls)
                 data = wire.seal(body, key=key, net=NET, ts=NOW, nonce=rng.randbytes(16))
                 check_gate(gate, data, GOSSIP_TOPIC[body.TYPE], NOW, counts)
 

@@ -56,6 +56,7 @@ VALID: dict[type, dict[str, Any]] = {
     wire.Transfer: dict(seq=1, prev=H32, to=H32, amount=5, memo="thanks"),
     wire.Receive: dict(seq=2, prev=H32, source=H32, payer=H32, payer_seq=0, amount=5),
     wire.FraudProof: dict(kind="fork", account=H32, first=b"a", second=b"b"),
+    wire.EntryRequest: dict(account=H32, from_seq=3, count=64),
 }
 CLASSES = tuple(VALID)
 NESTED = (wire.Resources, wire.Gpu, wire.Hardware, wire.Environment)
@@ -85,6 +86,7 @@ NONNEG = {
     wire.Receipt: ("seq", "price", "fee"),
     wire.Transfer: ("seq",),
     wire.Receive: ("seq", "payer_seq"),
+    wire.EntryRequest: ("from_seq",),
 }
 #: integer fields that must be above zero (an amount that moves money)
 POSITIVE = {wire.Transfer: ("amount",), wire.Receive: ("amount",)}
@@ -101,6 +103,7 @@ EXACT = {
     wire.Transfer: {"prev": 32, "to": 32},
     wire.Receive: {"prev": 32, "source": 32, "payer": 32},
     wire.FraudProof: {"account": 32},
+    wire.EntryRequest: {"account": 32},
 }
 ENUM_FIELDS = {
     (wire.HostAdvert, "roles"): wire.ROLES,
@@ -138,6 +141,8 @@ REFUSED += [
     pytest.param(wire.JobProgress, {"percent": -1}, "percent must be 0..100", id="percent-1"),
     pytest.param(wire.JobProgress, {"percent": 101}, "percent must be 0..100", id="percent101"),
     pytest.param(wire.FraudProof, {"kind": "theft"}, "unknown fraud kind", id="kind"),
+    pytest.param(wire.EntryRequest, {"count": 0}, "count must be 1..64", id="count0"),
+    pytest.param(wire.EntryRequest, {"count": 65}, "count must be 1..64", id="count65"),
     pytest.param(wire.TaskOffer, {"name": ""}, "name must not be empty", id="offer_name"),
     pytest.param(wire.TaskWithdraw, {"name": ""}, "name must not be empty", id="withdraw_name"),
     pytest.param(wire.JobResult, {"output": b"x", "output_cid": "bafy"}, "not both",
@@ -190,7 +195,8 @@ def test_rule_tables_cover_every_field() -> None:
     for cls in CLASSES:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if hints[f.name] is int and (cls, f.name) != (wire.JobProgress, "percent"):
+            if hints[f.name] is int and (cls, f.name) not in (
+                    (wire.JobProgress, "percent"), (wire.EntryRequest, "count")):  # ranges
                 assert f.name in NONNEG.get(cls, ()) + POSITIVE.get(cls, ()), \
                     f"{cls.__name__}.{f.name}"
             if hints[f.name] is bytes:
@@ -473,7 +479,8 @@ def _expected_cddl(cls: type, name: str, tp: Any, cap: int | None) -> str:
     if tp is int:
         if name in POSITIVE.get(cls, ()):
             return "u64-pos"
-        return "0..100" if (cls, name) == (wire.JobProgress, "percent") else "u64"
+        return {(wire.JobProgress, "percent"): "0..100",
+                (wire.EntryRequest, "count"): f"1..{wire.MAX_ENTRY_REQUEST}"}.get((cls, name), "u64")
     if tp is str:
         low = 1 if (cls, name) in ((wire.TaskOffer, "name"), (wire.TaskWithdraw, "name")) else 0
         return f"tstr .size ({low}..{cap or _schema.MAX_STR})"
@@ -579,6 +586,8 @@ STRATEGIES: dict[type, st.SearchStrategy] = {
     wire.FraudProof: st.builds(wire.FraudProof, kind=st.sampled_from(sorted(wire.FRAUD_KINDS)),
                                account=exact(32), first=st.binary(max_size=512),
                                second=st.binary(max_size=512)),
+    wire.EntryRequest: st.builds(wire.EntryRequest, account=exact(32), from_seq=u64,
+                                 count=st.integers(1, wire.MAX_ENTRY_REQUEST)),
 }
 assert set(STRATEGIES) == set(wire.BODY_TYPES)
 GOSSIP_TOPIC = {t: topic for topic, types in wire.TOPIC_TYPES.items() for t in types}
