@@ -520,6 +520,11 @@ class JobClient:
             if "provider" not in ad.roles:
                 continue
             why = _unfit(ad, offer.offer, need, max_price, a.peer_id in connected)
+            key = _public_key(a.peer_id)
+            if self.node.ledger.is_cheat(key):
+                why = "is a proven cheat (it delivered output other than it committed to)"
+            elif self.node.ledger.is_refused(key):
+                why = "is refused (it forked its account chain)"
             if why:
                 reasons.append(f"{a.peer_id[-8:]} {why}")
             else:
@@ -657,7 +662,7 @@ class JobClient:
         """Read the provider's messages for this job up to the checked output."""
         cap = self.node.settings.caps.stream_frame
         key = _public_key(st.provider)
-        commit = accepted = None
+        commit = accepted = commit_env = None
         for _ in range(100_000):  # bounded: progress arrives at most every PULL_TICK_S
             if data is None:
                 raise JobFailed("internal", f"{st.provider} ended the stream before the "
@@ -678,7 +683,7 @@ class JobClient:
                     on_progress(body_.stage, body_.percent, body_.detail)
             elif isinstance(body_, wire.ResultCommit):
                 st.on_stage("result")
-                commit = body_
+                commit, commit_env = body_, env
                 if accepted is None:
                     raise JobFailed("internal", "a result commitment before the accept")
                 if accepted.price + st.offer.offer.fee > 0:
@@ -691,8 +696,9 @@ class JobClient:
                     out = await self._fetch_output(body_.output_cid, st, commit.size)
                 if (hashlib.sha256(out).digest() != commit.result_sha256
                         or len(out) != commit.size):
-                    raise JobFailed("internal", f"{st.provider}'s output does not match its "
-                                                "signed commitment")
+                    told = await self.node.ledger.report_bad_output(commit_env, env)
+                    raise JobFailed("bad_output", f"{st.provider}'s output does not match "
+                                                  f"its signed commitment: {told}")
                 return out, accepted.price
             data = await stream.receive()
         raise JobFailed("internal", f"{st.provider} sent too many messages")

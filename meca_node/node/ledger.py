@@ -5,14 +5,18 @@ disk through the :class:`~meca_node.node.ports.LedgerStore` port.
 (Receipt, Transfer, Receive) goes through :meth:`Chains.add`; what the chains keep (applied,
 pending, or the two entries of a fork) is stored, and committed, *before* anything else
 depends on it. A ``Fork`` found here marks the account refused and we gossip its
-``FraudProof`` once; a ``FraudProof`` received is checked with ``check_fork_proof`` (bad
-ones are counted and dropped) and refuses the account too.
+``FraudProof`` once; a ``FraudProof`` received is checked on its own (``core.fraud``; bad
+ones are counted and dropped): a fork refuses the account too, a ``bad_output`` proof marks
+the provider a proven cheat (``is_cheat``; clients stop choosing it). Proofs are stored, so
+both survive a restart.
 
 **Our own account** (``append_own``). Entries are sealed one at a time under a lock, at our
 chain's head, after checks that make the core accept them (no overdraft, a Receive claims
 a payment we have not received): a refused own entry would hold our seq and the next one
-there would be a fork of ourselves. Order: seal, apply, store (durable), gossip; a crash
-before the store loses an entry nobody saw, so no fork either.
+there would be a fork of ourselves. Order: seal, apply, store (durable), gossip (in the
+background, ``announcer``); a crash before the store loses an entry nobody saw, so no fork
+either, and one after it is gossiped again after the restart (``ledger_sync``). Entries
+that cannot be applied yet set ``missing``: ``ledger_sync`` fetches what they wait for.
 
 **Auto-receive.** One task waits on an event that intake sets when an applied entry pays
 us, then signs one Receive per payment still unclaimed (``Chains.unclaimed``) until none is
@@ -32,15 +36,18 @@ from typing import Any
 import trio
 
 from meca_node import wire
+from meca_node.core.fraud import BadOutput, NotProvable, check_proof
 from meca_node.core.identity import peer_id_of
 from meca_node.core.ledger import (
     MAX_ENTRY, MAX_PENDING_PER_ACCOUNT, Accepted, Chains, Duplicate, Fork, Gap, Invalid, Want,
-    check_fork_proof, cost, entry_hash, payouts,
+    cost, entry_hash, payouts,
 )
+from meca_node.ipfs.cid import RAW, CID, CidError
 from meca_node.node.ports import LedgerStore
 
 log = logging.getLogger("meca_node.ledger")
 
+MAX_CHEATS = 4096  # proven cheats remembered (the oldest forgotten first)
 OUTBOX = 1024  # entries waiting to be gossiped; over it they are dropped (peers fetch them)
 MAX_BEHIND = 1024  # accounts remembered as having entries too far ahead to keep
 
@@ -84,6 +91,8 @@ class NodeLedger:
         # entries to gossip in the background (``announcer``); stored before they are queued
         self._outbox_send, self._outbox = trio.open_memory_channel[bytes](OUTBOX)
         self._announcing = False
+        #: providers proven to have lied about an output (bad_output proofs), oldest first
+        self.cheats: OrderedDict[bytes, BadOutput] = OrderedDict()
 
     # -- queries ----------------------------------------------------------------------
     def balance(self, key: bytes) -> int:
@@ -122,6 +131,7 @@ class NodeLedger:
             "outstanding": self.chains.outstanding(),
             "total_supply": self.chains.total_supply,
             "forked": sorted(k.hex() for k in self.chains.forks()),
+            "cheats": sorted(k.hex() for k in self.cheats),
             "pending": self.chains.pending_count,
         }
 
@@ -131,6 +141,7 @@ class NodeLedger:
                 "accounts": len(self.chains.balances()),
                 "pending": self.chains.pending_count,
                 "forked": len(self.chains.forks()),
+                "cheats": len(self.cheats),
                 "unclaimed": len(self.chains.unclaimed(self.public_key)),
                 "intake": dict(self.stats)}
 
@@ -140,7 +151,7 @@ class NodeLedger:
         if self.store is None:
             return 0
         rows = await trio.to_thread.run_sync(self.store.rows, limiter=self._db_limiter)
-        self.faults = replay(self.chains, rows)[:1000]
+        self.faults = replay(self.chains, rows, self.cheats)[:1000]
         for fault in self.faults[:20]:
             log.warning("ledger replay: %s", fault)
         self._paid_us.set()  # payments applied but not received before a restart
@@ -209,25 +220,67 @@ class NodeLedger:
         self.stats["fetched"] += new
         return new
 
+    def check_proof(self, proof: wire.FraudProof) -> Fork | BadOutput:
+        """What ``proof`` proves (``ValueError`` if nothing), from the proof alone."""
+        return check_proof(proof, self.genesis.network_id, raw_cid_digest)
+
     async def on_proof(self, proof: wire.FraudProof) -> bool:
-        """Check a fork proof and refuse its account; ``False`` if it proves nothing."""
+        """Check a fraud proof: a fork refuses its account, a bad output marks its provider
+        a proven cheat; ``False`` if it proves nothing."""
         try:
-            fork = check_fork_proof(proof, self.genesis.network_id)
+            fraud = self.check_proof(proof)
         except ValueError as exc:
             self.stats["bad_proof"] += 1
             log.warning("dropped a fraud proof: %s", exc)
             return False
         async with self._lock:
-            if self.chains.fork(fork.account) is not None:
+            if isinstance(fraud, BadOutput):
+                if fraud.account in self.cheats:
+                    self.stats["proof_known"] += 1
+                    return True
+                await self._store(fraud.account, 0, "FraudProof", wire.encode_body(proof))
+                self._cheat(fraud)
+                self.stats["proof_accepted"] += 1
+                return True
+            if self.chains.fork(fraud.account) is not None:
                 self.stats["proof_known"] += 1
                 return True
-            await self._store(fork.account, fork.seq, "FraudProof", wire.encode_body(proof))
-            self.chains.mark_forked(fork)
+            await self._store(fraud.account, fraud.seq, "FraudProof", wire.encode_body(proof))
+            self.chains.mark_forked(fraud)
             self._notify()
             self.stats["proof_accepted"] += 1
             log.warning("account %s is refused: fraud proof of a fork at seq %d",
-                        peer_id_of(fork.account), fork.seq)
+                        peer_id_of(fraud.account), fraud.seq)
         return True
+
+    def _cheat(self, fraud: BadOutput) -> None:
+        self.cheats[fraud.account] = fraud
+        while len(self.cheats) > MAX_CHEATS:
+            self.cheats.popitem(last=False)
+        self._notify()
+        log.warning("provider %s is a proven cheat: its output for job %s is not the one it "
+                    "signed a commitment to", peer_id_of(fraud.account), fraud.job_id.hex())
+
+    async def report_bad_output(self, commit: wire.Envelope, result: wire.Envelope) -> str:
+        """A provider's output did not match its signed commitment (we paid for it): prove
+        it to every node when the two envelopes can (store, then gossip the proof); what
+        became of it, as a sentence."""
+        fraud = BadOutput(commit, result)
+        proof = fraud.proof()
+        try:
+            if max(len(commit.raw), len(result.raw)) > MAX_ENTRY:
+                raise NotProvable(f"the result is over the {MAX_ENTRY}-byte proof cap")
+            self.check_proof(proof)
+        except NotProvable as exc:
+            return f"not provable to others ({exc})"
+        if not await self.on_proof(proof):
+            return "not provable to others"
+        self.announce(self._seal(proof))
+        return "the fraud proof was gossiped"
+
+    def is_cheat(self, key: bytes) -> bool:
+        """Whether ``key`` is proven to have delivered output other than it committed to."""
+        return key in self.cheats
 
     async def _take(self, env: wire.Envelope) -> Any:
         """Add one entry (lock held): chains, then the store, then what follows."""
@@ -392,21 +445,35 @@ class NodeLedger:
                 "total_supply": fresh.total_supply}
 
 
-def replay(chains: Chains, rows) -> list[str]:
-    """Add stored rows, in order, to ``chains``; the faults found (each a sentence).
-    A fork or a refused entry is a fault of the account that signed it, not of this node."""
+def raw_cid_digest(text: str) -> bytes | None:
+    """The SHA-256 of the whole data a CID names when it is one raw block, else None."""
+    try:
+        cid = CID.parse(text)
+    except CidError:
+        return None
+    return cid.digest if cid.codec == RAW else None
+
+
+def replay(chains: Chains, rows, cheats: dict | None = None) -> list[str]:
+    """Add stored rows, in order, to ``chains`` (and proven cheats to ``cheats``); the
+    faults found (each a sentence). A fork or a refused entry is a fault of the account
+    that signed it, not of this node."""
     faults: list[str] = []
     for row in rows:
         if row.kind == "FraudProof":
             try:
                 proof = wire.decode_body(wire.FraudProof, row.raw)
-                fork = check_fork_proof(proof, chains.network_id)
+                fraud = check_proof(proof, chains.network_id, raw_cid_digest)
             except (ValueError, wire.WireError) as exc:
                 faults.append(f"row {row.id}: a stored fraud proof does not hold: {exc}")
                 continue
-            chains.mark_forked(fork)
-            faults.append(f"fork: account {peer_id_of(fork.account)} signed two entries at "
-                          f"seq {fork.seq} (fraud proof)")
+            if isinstance(fraud, BadOutput):
+                if cheats is not None:
+                    cheats[fraud.account] = fraud
+                continue  # a provider's lie about an output: no fault of any chain
+            chains.mark_forked(fraud)
+            faults.append(f"fork: account {peer_id_of(fraud.account)} signed two entries at "
+                          f"seq {fraud.seq} (fraud proof)")
             continue
         try:
             env = wire.open_envelope(row.raw, max_size=MAX_ENTRY)

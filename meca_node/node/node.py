@@ -17,7 +17,6 @@ from meca_node import wire
 from meca_node.core import (
     GateConfig, GossipGate, Identity, KnownOffer, OfferBook, PeerBook, offer_id_of, peer_id_of,
 )
-from meca_node.core.ledger import check_fork_proof
 from meca_node.node.ledger import NodeLedger
 from meca_node.node.ledger_sync import LedgerSync
 from meca_node.node.ports import Clock, LedgerStore, Network, Random
@@ -96,7 +95,7 @@ class Node:
         verdict = self.gate.check(data, topic, self.clock.now_ms())
         if verdict.ok and isinstance(verdict.envelope.body, wire.FraudProof):  # type: ignore
             try:  # a proof that proves nothing is not forwarded
-                check_fork_proof(verdict.envelope.body, self.genesis.network_id)  # type: ignore
+                self.ledger.check_proof(verdict.envelope.body)  # type: ignore
             except ValueError as exc:
                 self.ledger.stats["bad_proof"] += 1
                 log.warning("dropped a fraud proof from %s: %s", origin, exc)

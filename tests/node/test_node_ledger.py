@@ -109,3 +109,43 @@ def test_node_ledger_gossips_a_fork_proof_and_honours_one(tmp_path):
             assert c2.is_refused(PUB[1])
 
     trio.run(main)
+
+
+def test_a_bad_output_is_proven_gossiped_honoured_and_kept(tmp_path):
+    async def main():
+        sent: list = []
+        out = b'{"ok": true}'
+        commit = sign(1, wire.ResultCommit(job_id=bytes(16), size=len(out),
+                                           result_sha256=hashlib.sha256(out).digest()))
+        lie = sign(1, wire.JobResult(job_id=bytes(16), output=b'{"ok": false}', output_cid=""))
+        with LedgerDB(tmp_path / "a") as db_a, LedgerDB(tmp_path / "b") as db_b:
+            a, c = _node_ledger(db_a, 0, sent), _node_ledger(db_b, 2, [])
+            gossiped = trio.Event()
+
+            async def publish(topic: str, raw: bytes) -> None:
+                sent.append((topic, raw))
+                gossiped.set()
+            a._publish = publish
+            async with trio.open_nursery() as nursery:  # gossip runs in the background
+                await nursery.start(a.announcer)
+                told = await a.report_bad_output(commit, lie)
+                assert told == "the fraud proof was gossiped" and a.is_cheat(PUB[1])
+                with trio.fail_after(5):
+                    await gossiped.wait()
+                nursery.cancel_scope.cancel()
+            (topic, raw), = sent
+            proof_env = wire.open_envelope(raw, max_size=10**5)
+            assert proof_env.body.kind == "bad_output" and topic == wire.TOPIC_RECEIPTS
+            await c.on_gossip(proof_env)
+            assert c.is_cheat(PUB[1]) and not c.is_refused(PUB[1])  # its chain is fine
+            assert c.view()["cheats"] == [PUB[1].hex()]
+            honest = sign(1, wire.JobResult(job_id=bytes(16), output=out, output_cid=""))
+            assert not await c.on_proof(wire.FraudProof(
+                kind="bad_output", account=PUB[1], first=commit.raw, second=honest.raw))
+            assert (await c.verify())["ok"]  # a provider's lie is no fault of any chain
+        with LedgerDB(tmp_path / "b") as db_b:
+            c2 = _node_ledger(db_b, 2, [])
+            await c2.load()
+            assert c2.is_cheat(PUB[1])
+
+    trio.run(main)
