@@ -36,15 +36,19 @@ def wait_offer(node, name, timeout_s=15.0):
 
 
 @contextmanager
-def published(tmp_path, folder, name, fee=0, provider_config=""):
+def published(tmp_path, folder, name, fee=0, provider_config="", provider_script=None):
     """A developer, a provider and a client (separate processes, so the image travels);
     the developer has published ``folder`` (--no-test) and the client sees the offer.
-    ``provider_config`` is appended to the provider's config.toml."""
+    ``provider_config`` is appended to the provider's config.toml; ``provider_script``
+    (a Python file that behaves as ``meca-node``) runs the provider instead."""
     roles = [("developer",), ("provider",), ("client",)]
     cluster = Cluster(tmp_path / "c", 3, advert_interval_s=1.0, roles=roles)
     cluster.prepare()
     with open(cluster.nodes[1].data_dir / "config.toml", "a") as f:
         f.write(provider_config)
+    if provider_script is not None:  # [python, -m, meca_node, start, ...]
+        args = cluster.nodes[1].args
+        cluster.nodes[1].args = [args[0], str(provider_script), *args[3:]]
     with cluster:
         dev, provider, user = cluster.nodes
         cluster.wait_mesh(timeout_s=15)
