@@ -25,10 +25,11 @@ is reset), one request per stream, a request frame of at most 1 KiB read within
 ``REQUEST_TIMEOUT_S``.
 
 **Re-announce.** Our own newest entries (``REANNOUNCE_LAST``) are gossiped again when a peer
-we have not seen since start connects, and our newest entry again when our chain grew since
-we last did so (each at most once per ``REANNOUNCE_MIN_S``): an entry stored just before a
-crash and never gossiped reaches the network after the restart, and entries lost at the
-tail of a burst (flood control) show up as a gap that peers then fetch.
+connects that was not connected a round before (new, or back after a restart or a
+partition), and our newest entry again when our chain grew since we last did so (each at
+most once per ``REANNOUNCE_MIN_S``): an entry stored just before a crash and never gossiped
+reaches the network after the restart, a peer that was away gets what we signed meanwhile,
+and entries lost at the tail of a burst (flood control) show up as a gap that peers fetch.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ class LedgerSync:
         self._seal = seal
         self._network_id = network_id
         self._serving = trio.CapacityLimiter(SERVE_CONCURRENCY)
-        self._seen_peers: set[str] = set()
-        self._new_peers: set[str] = set()  # seen first last round: announced to this round
+        self._seen_peers: set[str] = set()  # connected at the last round
+        self._new_peers: set[str] = set()  # connected first at the last round
+        self._due: set[str] = set()  # connected peers our newest entries are due to
         self._reannounced = -float("inf")
         self._head_announced = 0  # our next seq when we last re-announced our head
         self.stats = {"served": 0, "served_entries": 0, "refused": 0, "asked": 0,
@@ -204,16 +206,18 @@ class LedgerSync:
         """Peers first seen in the previous round (their gossip subscriptions have had a
         round to arrive) get our newest entries again."""
         peers = {p.peer_id for p in self.net.connected_peers()}
-        due, self._new_peers = self._new_peers, peers - self._seen_peers
-        self._seen_peers |= self._new_peers
-        if len(self._seen_peers) > 65536:  # bounded: forget, and re-announce to all again
-            self._seen_peers = set(peers)
+        # new: not connected last round (first seen, or back after a restart or partition);
+        # due: new a round ago (their subscriptions have arrived), until announced to
+        self._due = (self._due | self._new_peers) & peers
+        self._new_peers = peers - self._seen_peers
+        self._seen_peers = peers
         now = trio.current_time()
         head = self.ledger.next_entry()[0]
         if now - self._reannounced < REANNOUNCE_MIN_S or not head:
             return
         own = self.ledger.chains.entries(self.ledger.public_key)
-        if due:
+        if self._due:
+            self._due = set()
             again = own[-REANNOUNCE_LAST:]
         elif head != self._head_announced:  # our head again: a lost tail shows as a gap
             again = own[-1:]

@@ -147,3 +147,19 @@ async def test_a_lost_tail_of_entries_is_healed_by_the_head_re_announce(mock_clo
         with trio.fail_after(60):
             await until(c, lambda: c.ledger.next_entry(IDS[0].public_key)[0] == 3)
         assert trio.current_time() - t0 <= REANNOUNCE_MIN_S + TICK_S + 1
+
+
+async def test_a_peer_back_after_being_away_gets_what_was_signed_meanwhile(mock_clock,
+                                                                           genesis):
+    async with running(genesis, 0, 1) as (hub, nursery, (a, b)):
+        await trio.sleep(2 * TICK_S)  # a's sync has seen b connected
+        a.net.blocked[b.net.peer_id] = b.net.blocked[a.net.peer_id] = "test: b is away"
+        await a.ledger.send(IDS[3].public_key, 4)
+        await trio.sleep(3 * (REANNOUNCE_MIN_S + TICK_S))  # a's head re-announce: lost too
+        assert b.ledger.next_entry(IDS[0].public_key)[0] == 0
+        assert a.ledger_sync.stats["reannounced"] == 1
+        del a.net.blocked[b.net.peer_id], b.net.blocked[a.net.peer_id]  # b is back
+        t0 = trio.current_time()
+        with trio.fail_after(60):
+            await until(b, lambda: b.ledger.next_entry(IDS[0].public_key)[0] == 1)
+        assert trio.current_time() - t0 <= REANNOUNCE_MIN_S + 2 * TICK_S + 1
