@@ -179,7 +179,7 @@ class NodeLedger:
         if type(env.body) not in wire.ENTRY_TYPES or len(env.raw) > MAX_ENTRY:
             return "not an account entry"
         async with self._lock:
-            verdict = await self._take(env)
+            verdict = await self._take(env, durable=True)
         if isinstance(verdict, Invalid):
             return f"{verdict.reason}: {verdict.detail}"
         if isinstance(verdict, Fork):
@@ -191,7 +191,7 @@ class NodeLedger:
                 await self.sync.catch_up(env.signer, env.body.seq - 1, peer)
                 if not verdict.kept:
                     async with self._lock:
-                        verdict = await self._take(env)
+                        verdict = await self._take(env, durable=True)
             while not self._applied_here(env) and not self.is_refused(env.signer):
                 await self.changed.wait()
         if self.is_refused(env.signer):
@@ -282,8 +282,10 @@ class NodeLedger:
         """Whether ``key`` is proven to have delivered output other than it committed to."""
         return key in self.cheats
 
-    async def _take(self, env: wire.Envelope) -> Any:
-        """Add one entry (lock held): chains, then the store, then what follows."""
+    async def _take(self, env: wire.Envelope, durable: bool = False) -> Any:
+        """Add one entry (lock held): chains, then the store, then what follows. Entries of
+        others are stored without an fsync of their own (``durable``: for a payment we act
+        on): peers hold them too, and our next durable commit flushes them."""
         key = env.signer
         if self.store is not None and not self.store.room_for(key):
             self.stats["dropped_full"] += 1
@@ -292,7 +294,7 @@ class NodeLedger:
         verdict = self.chains.add(env)
         self.stats[type(verdict).__name__.lower()] += 1
         if isinstance(verdict, Accepted) or (isinstance(verdict, Gap) and verdict.kept):
-            await self._store(key, env.body.seq, env.kind, env.raw)
+            await self._store(key, env.body.seq, env.kind, env.raw, durable)
         if isinstance(verdict, Gap):
             if not verdict.kept:
                 self._behind[key] = max(env.body.seq, self._behind.pop(key, 0))
@@ -315,10 +317,11 @@ class NodeLedger:
                     log.debug("fraud proof publish failed: %s", exc)
         return verdict
 
-    async def _store(self, key: bytes, seq: int, kind: str, raw: bytes) -> None:
+    async def _store(self, key: bytes, seq: int, kind: str, raw: bytes,
+                     durable: bool = True) -> None:
         if self.store is None:
             return
-        await trio.to_thread.run_sync(self.store.add, key, seq, kind, raw,
+        await trio.to_thread.run_sync(self.store.add, key, seq, kind, raw, durable,
                                       limiter=self._db_limiter)
 
     def _applied(self, envs: list[wire.Envelope]) -> None:

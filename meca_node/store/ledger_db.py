@@ -12,7 +12,11 @@ balances, pending set and forks the node had.
 **Durability.** ``add`` commits before it returns: WAL journal with ``synchronous=FULL``,
 so the WAL is fsynced on every commit and a returned ``add`` survives a killed process *and*
 a power loss (``NORMAL`` with WAL would survive a killed process but could lose the last
-commits on power loss; a receipt must not be lost, so FULL). One small insert plus one fsync
+commits on power loss; a receipt must not be lost, so FULL). Rows the node can fetch again
+from peers (other accounts' entries seen on gossip or fetched) may be added with
+``durable=False``: committed with ``NORMAL``, no fsync, safe against a killed process, and
+made durable by the next FULL commit (the WAL is one file written in order, so a durable
+row never survives without the rows committed before it). One small insert plus one fsync
 takes about a millisecond on an SSD; the node still calls ``add`` from a worker thread
 (``trio.to_thread``) so the fsync never blocks its event loop. The connection is made with
 ``check_same_thread=False`` and guarded by a lock, so any single thread may use it at a time.
@@ -93,16 +97,25 @@ class LedgerDB:
         """Whether one more row of ``account`` fits under the caps."""
         return self._counts[account] < self.max_per_account and self._total < self.max_rows
 
-    def add(self, account: bytes, seq: int, kind: str, raw: bytes) -> bool:
-        """Store one row and commit (durable when this returns). ``True`` when stored or
-        already there; ``False`` when a cap refused it."""
+    def add(self, account: bytes, seq: int, kind: str, raw: bytes, durable: bool = True
+            ) -> bool:
+        """Store one row and commit: durable when this returns (``durable``), or only safe
+        against a killed process until the next durable commit makes it durable too (the
+        WAL is flushed in order). ``True`` when stored or already there; ``False`` when a
+        cap refused it."""
         digest = hashlib.sha256(raw).digest()
         with self._lock:
             if not self.room_for(account):
                 return False
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO entries (account, seq, sha256, kind, raw) "
-                "VALUES (?, ?, ?, ?, ?)", (account, seq, digest, kind, raw))
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO entries (account, seq, sha256, kind, raw) "
+                    "VALUES (?, ?, ?, ?, ?)", (account, seq, digest, kind, raw))
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
             if cur.rowcount:
                 self._counts[account] += 1
                 self._total += 1

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+
+import pytest
 from typing import Any
 
 from nacl.signing import SigningKey
@@ -74,14 +76,17 @@ def test_restart_replays_the_same_balances(tmp_path):
     assert sum(chains.balances().values()) + chains.outstanding() == GENESIS.total_supply
 
 
-def test_an_entry_survives_sigkill_right_after_add_returns(tmp_path):
+@pytest.mark.parametrize("durable", [True, False])
+def test_an_entry_survives_sigkill_right_after_add_returns(tmp_path, durable):
     env = history()[0]
     child = textwrap.dedent(f"""
         import os, sys, time
         from pathlib import Path
         from meca_node.store.ledger_db import LedgerDB
         db = LedgerDB(Path({str(tmp_path)!r}))
-        db.add(bytes.fromhex({env.signer.hex()!r}), 0, "Transfer", bytes.fromhex({env.raw.hex()!r}))
+        db.add(bytes.fromhex({env.signer.hex()!r}), 0, "Transfer", bytes.fromhex({env.raw.hex()!r}),
+               durable={durable})
+        assert db.pragmas()["synchronous"] == 2  # FULL again after a NORMAL commit
         sys.stdout.write("added\\n"); sys.stdout.flush()
         time.sleep(60)
     """)
