@@ -644,18 +644,19 @@ class JobClient:
                                   state.progress, paid=state.paid)
             except JobFailed as exc:
                 reusable = exc.reason != "internal"  # a reject leaves the stream usable
-                raise
+                raise JobFailed(exc.reason, exc.detail + _paid_note(state)) from None
             except (trio.Cancelled, trio.TooSlowError):
                 raise
             except Exception as exc:  # the stream broke
                 raise JobFailed("internal", f"{provider}: the job stream broke ({exc}); the "
-                                            "provider stopped or went away") from None
+                                            "provider stopped or went away"
+                                + _paid_note(state)) from None
             finally:
                 with trio.CancelScope(shield=True):
                     await self._release(provider, stream, reusable and not scope.cancel_called)
         raise JobFailed("deadline", f"no result from {provider} within {timeout_s:g} s"
                                     + (f" (+{state.pulled:.1f} s pulling)" if state.pulled
-                                       else ""))
+                                       else "") + _paid_note(state))
 
     async def _answer(self, stream: JobStream, st: "_Exchange", data: bytes | None,
                       on_progress) -> tuple[bytes, int]:
@@ -790,6 +791,15 @@ def _unfit(ad: wire.HostAdvert, offer: wire.TaskOffer, need: wire.Resources,
     if ad.price + offer.fee > max_price:
         return f"asks {ad.price} + fee {offer.fee} > max {max_price}"
     return None
+
+
+def _paid_note(st: "_Exchange") -> str:
+    """What a failure after our receipt means for our money (empty when we paid nothing)."""
+    if not st.paid:
+        return ""
+    return (f". We had paid {st.paid} for job {st.job_id.hex()}: the receipt is in our "
+            "chain (`meca-node wallet history`) and the provider holds it, as proof that it "
+            "was paid for the output it committed to")
 
 
 def _public_key(peer_id: str) -> bytes:
