@@ -48,6 +48,8 @@ from meca_node.node.ports import LedgerStore
 log = logging.getLogger("meca_node.ledger")
 
 MAX_CHEATS = 4096  # proven cheats remembered (the oldest forgotten first)
+MAX_SEEN = 8192  # entry hashes remembered as seen on gossip
+REGOSSIP_AFTER_S = 2.0  # a payment taken in a job is gossiped by us if not seen by then
 OUTBOX = 1024  # entries waiting to be gossiped; over it they are dropped (peers fetch them)
 MAX_BEHIND = 1024  # accounts remembered as having entries too far ahead to keep
 
@@ -90,6 +92,9 @@ class NodeLedger:
         self._behind: OrderedDict[bytes, int] = OrderedDict()
         # entries to gossip in the background (``announcer``); stored before they are queued
         self._outbox_send, self._outbox = trio.open_memory_channel[bytes](OUTBOX)
+        # payments taken in jobs, gossiped by us if the payer's gossip does not arrive
+        self._watch_send, self._watch = trio.open_memory_channel[tuple](OUTBOX)
+        self._on_gossip: OrderedDict[bytes, None] = OrderedDict()  # entry hashes seen there
         self._announcing = False
         #: providers proven to have lied about an output (bad_output proofs), oldest first
         self.cheats: OrderedDict[bytes, BadOutput] = OrderedDict()
@@ -166,6 +171,9 @@ class NodeLedger:
             if len(env.raw) > MAX_ENTRY:
                 self.stats["dropped_oversize"] += 1
                 return
+            self._on_gossip[entry_hash(env)] = None
+            while len(self._on_gossip) > MAX_SEEN:
+                self._on_gossip.popitem(last=False)
             async with self._lock:
                 await self._take(env)
 
@@ -174,8 +182,9 @@ class NodeLedger:
         """A payer's entry handed to us directly (a Receipt in a job, from ``peer``): add it
         durably; if it waits on earlier entries of the payer's chain, fetch them (from the
         payer first) for up to ``wait_s``. None once it is applied (stored before this
-        returns; then gossiped, so a second entry at its seq is seen as a fork by all),
-        else why it is not."""
+        returns; gossiped by us too unless the payer's gossip of it reaches us within
+        ``REGOSSIP_AFTER_S``, so a second entry at its seq is seen as a fork by all), else
+        why it is not."""
         if type(env.body) not in wire.ENTRY_TYPES or len(env.raw) > MAX_ENTRY:
             return "not an account entry"
         async with self._lock:
@@ -200,8 +209,22 @@ class NodeLedger:
             return ("the payer's earlier entries did not reach this node in time"
                     if not isinstance(verdict, Gap) or verdict.kept
                     else "the payer's chain has too many entries missing here")
-        self.announce(env.raw)
+        try:  # gossiped by us unless the payer's own gossip reaches us soon
+            self._watch_send.send_nowait((trio.current_time() + REGOSSIP_AFTER_S, env))
+        except trio.WouldBlock:
+            self.announce(env.raw)
         return None
+
+    async def regossiper(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run forever: gossip a payment handed to us in a job when the payer's own gossip
+        of it has not reached us within ``REGOSSIP_AFTER_S`` (an honest payer gossips its
+        entries; one that does not, to hide a second entry at the same seq, is exposed)."""
+        task_status.started()
+        async for due, env in self._watch:
+            await trio.sleep_until(due)
+            if entry_hash(env) not in self._on_gossip:
+                self.stats["regossiped"] += 1
+                self.announce(env.raw)
 
     def _applied_here(self, env: wire.Envelope) -> bool:
         key, seq = env.signer, env.body.seq

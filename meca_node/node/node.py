@@ -263,6 +263,7 @@ class Node:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.ledger.announcer)
+            await nursery.start(self.ledger.regossiper)
             nursery.start_soon(self.ledger.auto_receive)
             self.ledger_sync.install()
             await nursery.start(self.ledger_sync.run)

@@ -16,6 +16,7 @@ from meca_node import wire
 from meca_node.core import Identity
 from meca_node.core.ledger import Want
 from meca_node.node import Node, NodeSettings, SeededRandom, TrioClock
+from meca_node.node.ledger import REGOSSIP_AFTER_S
 from meca_node.node.ledger_sync import PROTOCOL, REANNOUNCE_MIN_S, TICK_S
 
 from fakenet import FakeHub, FakeNet
@@ -163,3 +164,25 @@ async def test_a_peer_back_after_being_away_gets_what_was_signed_meanwhile(mock_
         with trio.fail_after(60):
             await until(b, lambda: b.ledger.next_entry(IDS[0].public_key)[0] == 1)
         assert trio.current_time() - t0 <= REANNOUNCE_MIN_S + 2 * TICK_S + 1
+
+
+async def test_a_payment_the_payer_did_not_gossip_is_gossiped_by_its_taker(mock_clock,
+                                                                           genesis):
+    async with running(genesis, 0, 1, 2) as (hub, nursery, (a, b, c)):
+        quiet = a.ledger._publish
+
+        async def no_gossip(topic, data):  # a payer that hides its entry
+            await trio.lowlevel.checkpoint()
+        a.ledger._publish = no_gossip
+        hidden = await a.ledger.send(IDS[3].public_key, 6)
+        assert await b.ledger.take_payment(hidden, peer=a.net.peer_id) is None
+        with trio.fail_after(30):
+            await until(c, lambda: c.ledger.next_entry(IDS[0].public_key)[0] == 1)
+        assert b.ledger.stats["regossiped"] == 1
+        a.ledger._publish = quiet
+        shown = await a.ledger.send(IDS[3].public_key, 6)  # gossiped by the payer itself
+        with trio.fail_after(30):
+            await until(b, lambda: b.ledger.next_entry(IDS[0].public_key)[0] == 2)
+        assert await b.ledger.take_payment(shown, peer=a.net.peer_id) is None
+        await trio.sleep(2 * REGOSSIP_AFTER_S)
+        assert b.ledger.stats["regossiped"] == 1  # not again: everyone has it
