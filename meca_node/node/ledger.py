@@ -20,7 +20,8 @@ that cannot be applied yet set ``missing``: ``ledger_sync`` fetches what they wa
 
 **Auto-receive.** One task waits on an event that intake sets when an applied entry pays
 us, then signs one Receive per payment still unclaimed (``Chains.unclaimed``) until none is
-left. It works from the chains' own state, so it is idempotent (a claimed payment is no
+left, each once it has been applied here for ``RECEIVE_AFTER_S`` and never one from a
+forked payer (so a double spend that surfaces within seconds never enters our chain). It works from the chains' own state, so it is idempotent (a claimed payment is no
 longer unclaimed, also after a restart: the Receive is stored before it is gossiped) and
 bounded (one task, no queue; the set of unclaimed payments is bounded by the chains).
 """
@@ -50,6 +51,7 @@ log = logging.getLogger("meca_node.ledger")
 MAX_CHEATS = 4096  # proven cheats remembered (the oldest forgotten first)
 MAX_SEEN = 8192  # entry hashes remembered as seen on gossip
 REGOSSIP_AFTER_S = 2.0  # a payment taken in a job is gossiped by us if not seen by then
+RECEIVE_AFTER_S = 5.0  # a payment is received into our chain this long after it applied
 OUTBOX = 1024  # entries waiting to be gossiped; over it they are dropped (peers fetch them)
 MAX_BEHIND = 1024  # accounts remembered as having entries too far ahead to keep
 
@@ -71,8 +73,12 @@ class NodeLedger:
     def __init__(self, genesis: wire.Genesis, public_key: bytes,
                  seal: Callable[[Any], bytes],
                  publish: Callable[[str, bytes], Awaitable[None]],
-                 store: LedgerStore | None = None) -> None:
+                 store: LedgerStore | None = None,
+                 receive_after_s: float = RECEIVE_AFTER_S) -> None:
         self.genesis = genesis
+        #: a payment to us is received once it has been applied here this long
+        self.receive_after_s = receive_after_s
+        self._paid_at: dict[bytes, float] = {}  # unreceived payment source -> applied at
         self.public_key = public_key
         self.chains = Chains(genesis)
         self.store = store
@@ -348,7 +354,11 @@ class NodeLedger:
                                       limiter=self._db_limiter)
 
     def _applied(self, envs: list[wire.Envelope]) -> None:
-        if any(self.public_key in payouts(e.body) for e in envs):
+        ours = [e for e in envs if self.public_key in payouts(e.body)]
+        if ours:
+            now = trio.current_time()
+            for e in ours:
+                self._paid_at.setdefault(entry_hash(e), now)
             self._paid_us.set()
         self._notify()
 
@@ -429,24 +439,45 @@ class NodeLedger:
                                                    amount=amount, memo=memo))
 
     async def auto_receive(self) -> None:
-        """Run forever: sign a Receive for every payment to us that is not received yet."""
+        """Run forever: sign a Receive for every payment to us not received yet, once it
+        has been applied here for ``receive_after_s`` and its payer is not forked. A payment
+        from an account that forked its chain is never received: nodes that applied the
+        other branch first would never apply that Receive, and our own chain would stall
+        on those nodes; waiting a few seconds lets a double spend surface first."""
         while True:
             await self._paid_us.wait()
             self._paid_us = trio.Event()
             while True:
                 async with self._lock:
-                    claims = self.chains.unclaimed(self.public_key)
-                    if not claims or self.chains.fork(self.public_key) is not None:
+                    if self.chains.fork(self.public_key) is not None:
                         break
-                    c = claims[0]
-                    try:
-                        await self._append(wire.Receive(
-                            seq=0, prev=bytes(32), source=c.source, payer=c.payer,
-                            payer_seq=c.payer_seq, amount=c.amount))
-                    except LedgerRefused as exc:  # our store is full: nothing more to do
-                        log.error("cannot receive a payment of %d: %s", c.amount, exc)
-                        break
-                    self.stats["auto_received"] += 1
+                    claim, wake = self._next_claim(trio.current_time())
+                    if claim is not None:
+                        try:
+                            await self._append(wire.Receive(
+                                seq=0, prev=bytes(32), source=claim.source, payer=claim.payer,
+                                payer_seq=claim.payer_seq, amount=claim.amount))
+                        except LedgerRefused as exc:  # our store is full: nothing more
+                            log.error("cannot receive a payment of %d: %s", claim.amount, exc)
+                            break
+                        self._paid_at.pop(claim.source, None)
+                        self.stats["auto_received"] += 1
+                        continue
+                if wake is None:
+                    break
+                await trio.sleep_until(wake)
+
+    def _next_claim(self, now: float) -> tuple[Any, float | None]:
+        """The oldest payment due to be received now, else when the next one is due."""
+        wake = None
+        for c in self.chains.unclaimed(self.public_key):
+            if self.chains.fork(c.payer) is not None:
+                continue
+            due = self._paid_at.setdefault(c.source, now) + self.receive_after_s
+            if due <= now:
+                return c, None
+            wake = due if wake is None else min(wake, due)
+        return None, wake
 
     # -- verify -------------------------------------------------------------------------
     async def verify(self) -> dict:

@@ -16,7 +16,7 @@ from meca_node import wire
 from meca_node.core import Identity
 from meca_node.core.ledger import Want
 from meca_node.node import Node, NodeSettings, SeededRandom, TrioClock
-from meca_node.node.ledger import REGOSSIP_AFTER_S
+from meca_node.node.ledger import RECEIVE_AFTER_S, REGOSSIP_AFTER_S
 from meca_node.node.ledger_sync import PROTOCOL, REANNOUNCE_MIN_S, TICK_S
 
 from fakenet import FakeHub, FakeNet
@@ -186,3 +186,24 @@ async def test_a_payment_the_payer_did_not_gossip_is_gossiped_by_its_taker(mock_
         assert await b.ledger.take_payment(shown, peer=a.net.peer_id) is None
         await trio.sleep(2 * REGOSSIP_AFTER_S)
         assert b.ledger.stats["regossiped"] == 1  # not again: everyone has it
+
+
+async def test_a_payment_is_received_after_a_delay_and_never_from_a_forked_payer(
+        mock_clock, genesis):
+    async with running(genesis, 0, 1) as (hub, nursery, (a, b)):
+        t0 = trio.current_time()
+        await a.ledger.send(IDS[1].public_key, 10)
+        with trio.fail_after(60):
+            await until(b, lambda: b.ledger.balance(IDS[1].public_key) == 10)
+        assert trio.current_time() - t0 >= RECEIVE_AFTER_S
+        # a double spend to b at one seq: b applies the first, sees the fork, receives none
+        seq, prev = a.ledger.next_entry()
+        x, y = (wire.open_envelope(a.seal(wire.Transfer(
+            seq=seq, prev=prev, to=IDS[1].public_key, amount=amount, memo="")),
+            max_size=10**5) for amount in (7, 8))
+        await b.ledger.on_gossip(x)
+        await b.ledger.on_gossip(y)
+        assert b.ledger.is_refused(IDS[0].public_key)
+        await trio.sleep(3 * RECEIVE_AFTER_S)
+        assert b.ledger.balance(IDS[1].public_key) == 10
+        assert b.ledger.stats["auto_received"] == 1 and b.ledger.view()["outstanding"] == 7

@@ -41,7 +41,7 @@ def _node_ledger(db, who: int, sink: list) -> NodeLedger:
         return wire.seal(body, key=KEYS[who], net=NET, ts=TS,
                          nonce=next(counter).to_bytes(16, "big"))
 
-    return NodeLedger(GENESIS, PUB[who], seal, _publish_to(sink), db)
+    return NodeLedger(GENESIS, PUB[who], seal, _publish_to(sink), db, receive_after_s=0)
 
 
 def test_node_ledger_sends_receives_refuses_overdraft_and_survives_restart(tmp_path):
