@@ -7,6 +7,7 @@ genesis gives the same id on every node, whatever JSON spacing the file uses.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -26,6 +27,11 @@ MAX_ALLOCS = 10_000
 class Alloc:
     key: bytes
     amount: int
+
+
+@functools.lru_cache(maxsize=64)
+def _network_id(genesis: Genesis) -> bytes:
+    return hashlib.sha256(_cbor.encode({**genesis._unsigned(), "sig": genesis.sig})).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +55,9 @@ class Genesis:
 
     @property
     def network_id(self) -> bytes:
-        return hashlib.sha256(_cbor.encode({**self._unsigned(), "sig": self.sig})).digest()
+        """SHA-256 of the signed document's canonical CBOR (computed once per document:
+        every envelope check asks for it)."""
+        return _network_id(self)
 
     @property
     def total_supply(self) -> int:
