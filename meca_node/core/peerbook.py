@@ -39,6 +39,10 @@ class PeerBook:
             self._adverts.popitem(last=False)
         return True
 
+    def all(self) -> list[AdvertSeen]:
+        """Every advert held (the newest per signer), fresh or not."""
+        return list(self._adverts.values())
+
     def fresh(self, now_ms: int, max_age_ms: int) -> list[AdvertSeen]:
         return [a for a in self._adverts.values() if now_ms - a.ts <= max_age_ms]
 

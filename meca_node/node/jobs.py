@@ -49,6 +49,7 @@ import trio
 
 from meca_node import wire
 from meca_node.core import AmbiguousOffer, KnownOffer
+from meca_node.core.matching import Candidate, Need, Weights, rank
 from meca_node.core.task import TaskResources
 
 log = logging.getLogger("meca_node.jobs")
@@ -500,37 +501,38 @@ class JobClient:
         self.data = data
         self._idle: dict[str, list[_Idle]] = {}
         self.streams_opened = 0
+        self.weights = Weights()  # how providers are ranked (core.matching)
 
     @property
     def inline_cap(self) -> int:
         return self.node.settings.caps.stream_frame - ENVELOPE_ROOM
 
     def choose(self, offer: KnownOffer, max_price: int) -> tuple[list[str], list[str]]:
-        """Providers (peer ids) that may run ``offer`` (connected, fresh advert, provider
-        role, the offer's environment and arch, enough free resources, price + fee within
-        ``max_price``), cheapest first and, at one price, those with the image cached
-        first; and why each other provider cannot."""
+        """Providers (peer ids) that may run ``offer``, best first (``core.matching``: hard
+        filters, then a weighted ranking); and why each other provider cannot."""
+        ranked, unfits = self.match(offer, max_price)
+        return ([r.peer_id for r in ranked],
+                [f"{u.peer_id[-8:]} " + ", ".join(r.text for r in u.reasons) for u in unfits])
+
+    def match(self, offer: KnownOffer, max_price: int):
+        """``core.matching.rank`` over every provider whose advert we hold."""
         now = self.node.clock.now_ms()
         connected = {p.peer_id for p in self.node.net.connected_peers()}
-        need = offer.offer.resources
-        fits, reasons = [], []
-        for a in self.node.peerbook.fresh(now, 3 * int(self.node.settings.advert_interval_s
-                                                        * 1000) + self.node.settings.skew_ms):
-            ad = a.advert
-            if "provider" not in ad.roles:
+        settings = self.node.settings
+        need = Need(offer.offer, max_price, 3 * int(settings.advert_interval_s * 1000)
+                    + settings.skew_ms)
+        candidates = []
+        for a in self.node.peerbook.all():
+            if "provider" not in a.advert.roles:
                 continue
-            why = _unfit(ad, offer.offer, need, max_price, a.peer_id in connected)
             key = _public_key(a.peer_id)
-            if self.node.ledger.is_cheat(key):
-                why = "is a proven cheat (it delivered output other than it committed to)"
-            elif self.node.ledger.is_refused(key):
-                why = "is refused (it forked its account chain)"
-            if why:
-                reasons.append(f"{a.peer_id[-8:]} {why}")
-            else:
-                cold = offer.offer.image_cid not in ad.cached_images
-                fits.append((ad.price, cold, a.peer_id))
-        return [pid for *_, pid in sorted(fits)], reasons
+            refused = ("a bad_output proof: it delivered output other than it committed to"
+                       if self.node.ledger.is_cheat(key) else
+                       "it forked its account chain" if self.node.ledger.is_refused(key)
+                       else "")
+            candidates.append(Candidate(a.peer_id, a.advert, max(0, now - a.ts),
+                                        a.peer_id in connected, refused=refused))
+        return rank(candidates, need, self.weights)
 
     async def run(self, ref: str, body: bytes, max_price: int, timeout_s: float,
                   on_progress=None, provider: str | None = None) -> JobOutcome:
@@ -770,27 +772,6 @@ class _Exchange:
             self.pulled += now - self.pull_since
             self.pull_since = None
             self.scope.deadline = self.run_deadline + self.pulled
-
-
-def _unfit(ad: wire.HostAdvert, offer: wire.TaskOffer, need: wire.Resources,
-           max_price: int, connected: bool) -> str | None:
-    """Why a provider's advert cannot take the offer, or None."""
-    if not connected:
-        return "is not connected"
-    if offer.environment and offer.environment not in {e.name for e in ad.environments}:
-        return f"has no {offer.environment}" + (" (needs a GPU and the NVIDIA runtime)"
-                                                if offer.environment == "docker-gpu" else "")
-    if offer.arch and ad.arch != offer.arch:
-        return f"is {ad.arch}, the task is {offer.arch}"
-    if ad.free.gpu_count < need.gpu_count:
-        return f"has {ad.free.gpu_count} GPU(s) free < {need.gpu_count}"
-    if ad.free.cpu_milli < need.cpu_milli:
-        return f"has {ad.free.cpu_milli / 1000:g} CPU free < {need.cpu_milli / 1000:g}"
-    if ad.free.mem_mib < need.mem_mib:
-        return f"has {ad.free.mem_mib} MiB free < {need.mem_mib} MiB"
-    if ad.price + offer.fee > max_price:
-        return f"asks {ad.price} + fee {offer.fee} > max {max_price}"
-    return None
 
 
 def _paid_note(st: "_Exchange") -> str:
