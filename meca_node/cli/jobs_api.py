@@ -284,7 +284,18 @@ def job_routes(node, ipfs: IpfsNode) -> dict:
 
         return Streamed(lines(), "application/x-ndjson")
 
-    return {"POST /v1/jobs/run": run}
+    def match(request: Request) -> dict:
+        body = request.json()
+        try:
+            max_price = int(body.get("max_price", 0))
+        except (ValueError, TypeError) as exc:
+            raise HttpError(400, f"bad max_price: {exc}") from None
+        try:
+            return jobs.dry_run(str(body.get("task", "")), max_price)
+        except JobFailed as exc:
+            raise HttpError(404 if exc.reason == "unknown_offer" else 400, exc.detail) from None
+
+    return {"POST /v1/jobs/run": run, "POST /v1/jobs/match": match}
 
 
 def start_provider(node, ipfs: IpfsNode, data_dir: Path, values: dict):

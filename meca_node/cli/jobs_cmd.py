@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from meca_node.cli import main as m
 from meca_node.cli.ipfs_cmd import follow_job
@@ -35,16 +36,22 @@ def _input_field(value: str) -> dict:
 
 @m.app.command("run")
 def run(task: Annotated[str, typer.Argument(help="offer id, task name, or name@key-prefix")],
-        input: Annotated[str, typer.Option("--input", help="JSON input, or @FILE")],
+        input: Annotated[str, typer.Option("--input", help="JSON input, or @FILE")] = "",
         max_price: Annotated[int, typer.Option("--max-price", min=0,
                                                help="most you pay (provider price + fee)")]
         = 100,
         timeout: Annotated[float, typer.Option(help="seconds for the job to answer, not counting the image and input pulls")] = 120.0,
         provider: Annotated[str, typer.Option(
             "--provider", help="run on this provider (peer id) only")] = "",
+        dry_run: Annotated[bool, typer.Option(
+            "--dry-run", help="show how the providers rank for this job; run nothing")] = False,
         json_out: m.JsonOut = False,
         data_dir: m.DataDir = None, config: m.ConfigFile = None):
     """Run a task the network offers; its output goes to stdout, progress to stderr."""
+    if dry_run:
+        return _dry_run(m._client(data_dir, config), task, max_price, json_out)
+    if not input:
+        raise m._fail("give the job's input: --input JSON or --input @FILE")
     body = {"task": task, **_input_field(input), "max_price": max_price, "timeout_s": timeout,
             "provider": provider}
     client = m._client(data_dir, config)
@@ -75,3 +82,26 @@ def run(task: Annotated[str, typer.Argument(help="offer id, task name, or name@k
                 highlight=False)
     sys.stdout.buffer.write(output)
     sys.stdout.buffer.flush()
+
+
+def _dry_run(client, task: str, max_price: int, json_out: bool) -> None:
+    """``run --dry-run``: the providers in the order a job would try them, then the others
+    with every reason; exit 1 when none fits."""
+    r = m._call(client.post, "/v1/jobs/match", {"task": task, "max_price": max_price})
+    if json_out:
+        print(json.dumps(r))
+    else:
+        table = Table("rank", "peer id", "score", "price", *r["weights"], title=(
+            f"{r['offer']} for at most {r['max_price']} (weights: " + ", ".join(
+                f"{k} {v:g}" for k, v in r["weights"].items()) + ")"))
+        for i, row in enumerate(r["ranked"], 1):
+            table.add_row(str(i), row["peer_id"], f"{row['score']:.3f}", str(row["price"]),
+                          *(f"{row['parts'][k]:.2f}" for k in r["weights"]))
+        m.out.print(table)
+        for u in r["unfit"]:
+            m.out.print(f"cannot: {u['peer_id']} " + ", ".join(x["text"] for x in u["reasons"]),
+                        highlight=False)
+        if r["summary"]:
+            m.err.print(f"no provider fits: {r['summary']}", highlight=False)
+    if not r["ranked"]:
+        raise typer.Exit(1)

@@ -35,6 +35,14 @@ ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML confi
 JsonOut = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
+def _call(fn, *args, **kw) -> dict:
+    """A control API call; its error becomes the command's error (exit 1)."""
+    try:
+        return fn(*args, **kw)
+    except ControlError as exc:
+        raise _fail(str(exc), 1) from None
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code)

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from meca_node.cli import main as m
-from meca_node.control import ControlError
 
 wallet_app = typer.Typer(no_args_is_help=True,
                          help="Balances and payments: this node's account chain.")
@@ -19,11 +18,7 @@ Key = Annotated[Optional[str], typer.Argument(
     help="peer id or 64-hex public key (default: this node's)")]
 
 
-def _call(fn, *args, **kw) -> dict:
-    try:
-        return fn(*args, **kw)
-    except ControlError as exc:
-        raise m._fail(str(exc), 1) from None
+_call = m._call
 
 
 @wallet_app.command("balance")

@@ -49,7 +49,7 @@ import trio
 
 from meca_node import wire
 from meca_node.core import AmbiguousOffer, KnownOffer
-from meca_node.core.matching import Candidate, Need, Weights, rank
+from meca_node.core.matching import PARTS, Candidate, Need, Weights, rank, summary
 from meca_node.core.task import TaskResources
 
 log = logging.getLogger("meca_node.jobs")
@@ -514,6 +514,33 @@ class JobClient:
         return ([r.peer_id for r in ranked],
                 [f"{u.peer_id[-8:]} " + ", ".join(r.text for r in u.reasons) for u in unfits])
 
+    def find_offer(self, ref: str) -> KnownOffer:
+        """The live offer ``ref`` names (id, name or name@key-prefix)."""
+        try:
+            offer = self.node.offers.find(ref, self.node.clock.now_ms())
+        except AmbiguousOffer as exc:
+            raise JobFailed("bad_request", str(exc)) from None
+        if offer is None:
+            raise JobFailed("unknown_offer", f"no live offer matches {ref!r} (see "
+                                             "`meca-node offers`)")
+        return offer
+
+    def dry_run(self, ref: str, max_price: int) -> dict:
+        """``run --dry-run``: the ranking a job would use now, and every other provider's
+        reasons, without running anything."""
+        offer = self.find_offer(ref)
+        ranked, unfits = self.match(offer, max_price)
+        return {"offer": offer.label, "offer_id": offer.offer_id.hex(), "max_price": max_price,
+                "weights": {k: getattr(self.weights, k) for k in PARTS},
+                "ranked": [{"peer_id": r.peer_id, "score": round(r.score, 4),
+                            "price": r.price, "parts": {k: round(v, 4)
+                                                        for k, v in r.parts.items()}}
+                           for r in ranked],
+                "unfit": [{"peer_id": u.peer_id,
+                           "reasons": [{"code": x.code, "text": x.text} for x in u.reasons]}
+                          for u in unfits],
+                "summary": summary(unfits, len(ranked) + len(unfits)) if not ranked else ""}
+
     def match(self, offer: KnownOffer, max_price: int):
         """``core.matching.rank`` over every provider whose advert we hold."""
         now = self.node.clock.now_ms()
@@ -539,14 +566,7 @@ class JobClient:
         """Run the offer ``ref`` (id, name or name@key-prefix) on ``body``, on the best
         fitting provider or on ``provider`` (a peer id); the job's ``timeout_s`` does not
         count time spent pulling the image and input."""
-        now = self.node.clock.now_ms()
-        try:
-            offer = self.node.offers.find(ref, now)
-        except AmbiguousOffer as exc:
-            raise JobFailed("bad_request", str(exc)) from None
-        if offer is None:
-            raise JobFailed("unknown_offer", f"no live offer matches {ref!r} (see "
-                                             "`meca-node offers`)")
+        offer = self.find_offer(ref)
         if len(body) > MAX_DATA:
             raise JobFailed("bad_request", f"the input is {len(body)} bytes, over the cap of "
                                            f"{MAX_DATA} bytes ({MAX_DATA >> 20} MiB)")

@@ -47,6 +47,17 @@ def test_paid_jobs_move_the_fee_and_the_price_and_every_node_agrees(tmp_path):
         history = json.loads(cli(user, "wallet", "history", "--json").stdout.decode())
         kinds = [e["kind"] for e in history["entries"]]
         assert kinds.count("Receipt") == JOBS
+        # --dry-run: the ranking a job would use, and why others cannot, running nothing
+        r = cli(user, "run", "echo", "--dry-run", "--max-price", str(PRICE + FEE), "--json")
+        assert r.returncode == 0, r.stderr.decode()
+        plan = json.loads(r.stdout)
+        assert [p["peer_id"] for p in plan["ranked"]] == [provider.peer_id]
+        assert plan["ranked"][0]["price"] == PRICE and set(plan["ranked"][0]["parts"]) == set(
+            plan["weights"])
+        r = cli(user, "run", "echo", "--dry-run", "--max-price", "1")
+        assert r.returncode == 1, r.stderr.decode()
+        assert f"asks {PRICE} + fee {FEE} > max 1" in r.stdout.decode()
+        assert b"no provider fits: 1 host: asks" in r.stderr
         # a max price the client's balance cannot cover is refused by the provider
         r = cli(user, "run", "echo", "--input", "{}", "--max-price", "2000000")
         assert r.returncode == 1 and b"balance" in r.stderr, r.stderr.decode()
