@@ -21,6 +21,10 @@ when the image is cached there: no pull), ``queue`` (1 / (1 + queue length)), ``
 (as given, 0..1; 0.5 for a provider we know nothing of). Weights are config. Ties go to
 the lower price, then the peer id, so the order is total and reproducible.
 
+A provider whose only failing filters are free GPU, CPU or memory, and whose hardware
+holds the job when idle, is ``busy`` (``Unfit.busy``): a client waits for it rather than
+failing.
+
 **When nothing fits** ``summary`` counts the reasons over every candidate:
 ``"4 hosts: 2 have no docker-gpu, 1 has 96 MiB free < 128 MiB, 1 asks 5 + fee 0 > max 3"``.
 """
@@ -97,6 +101,20 @@ class Ranked:
 class Unfit:
     peer_id: str
     reasons: tuple[Reason, ...]
+    #: only free resources are short, and its hardware holds the job when idle: it is busy
+    #: now, not unfit (a client may wait for it)
+    busy: bool = False
+
+
+#: the reasons that a provider's other jobs cause (they pass)
+BUSY_CODES = frozenset({"gpu", "cpu", "mem"})
+
+
+def could_fit_when_idle(ad: HostAdvert, want) -> bool:
+    """Whether ``ad``'s hardware holds ``want`` (Resources) with nothing else running."""
+    return (len(ad.hardware.gpus) >= want.gpu_count
+            and ad.hardware.cpu_count * 1000 >= want.cpu_milli
+            and ad.hardware.mem_mib >= want.mem_mib)
 
 
 def unfit(c: Candidate, need: Need) -> tuple[Reason, ...]:
@@ -142,7 +160,9 @@ def rank(candidates: list[Candidate], need: Need, weights: Weights = Weights()
     for c in candidates:
         reasons = unfit(c, need)
         if reasons:
-            unfits.append(Unfit(c.peer_id, reasons))
+            busy = ({r.code for r in reasons} <= BUSY_CODES
+                    and could_fit_when_idle(c.advert, need.offer.resources))
+            unfits.append(Unfit(c.peer_id, reasons, busy))
         else:
             fits.append(c)
     if not fits:

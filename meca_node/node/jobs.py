@@ -111,13 +111,22 @@ class DataSource(Protocol):
         """Add ``data`` to the local store; its CID, kept while the context is open."""
 
 
+#: provider-side failures after which the client tries the next provider (none is tried
+#: again once we paid for an attempt)
+RETRY_REASONS = frozenset({"busy", "no_fit", "internal", "unknown_offer", "arch",
+                           "not_allowed"})
+MAX_ATTEMPTS = 3  # providers tried for one job
+MAX_ROUNDS = 100_000  # choices and waits for an advert change, per job (a bound)
+
+
 class JobFailed(Exception):
     """A job that did not produce a checked output; ``reason`` is typed."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, paid: int = 0) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.paid = paid  # what the client had paid for this attempt (a receipt signed)
 
 
 @dataclass
@@ -134,6 +143,12 @@ class Capacity:
             cpu_milli=max(0, self.offered.cpu_milli - sum(r.cpu_milli for r in used)),
             mem_mib=max(0, self.offered.mem_mib - sum(r.mem_mib for r in used)),
             gpu_count=max(0, self.offered.gpu_count - sum(r.gpu_count for r in used)))
+
+    def holds(self, need: wire.Resources) -> bool:
+        """Whether ``need`` fits what is offered when no job runs."""
+        o = self.offered
+        return (need.cpu_milli <= o.cpu_milli and need.mem_mib <= o.mem_mib
+                and need.gpu_count <= o.gpu_count)
 
     def shortfall(self, need: wire.Resources) -> str | None:
         """What is missing for ``need`` (e.g. "96 MiB free < 128 MiB"), or None if it fits."""
@@ -329,8 +344,9 @@ class JobHost:
                                            f"knows it) cannot cover its max price "
                                            f"{req.max_price}")
         short = self.capacity.shortfall(offer.offer.resources)
-        if short:
-            raise JobFailed("no_fit", short)
+        if short:  # busy: it fits what we offer once running jobs end
+            raise JobFailed("busy" if self.capacity.holds(offer.offer.resources) else "no_fit",
+                            short)
         if req.job_id in self.capacity.reserved:
             raise JobFailed("bad_request", "a job with this id is running")
         return offer
@@ -507,13 +523,6 @@ class JobClient:
     def inline_cap(self) -> int:
         return self.node.settings.caps.stream_frame - ENVELOPE_ROOM
 
-    def choose(self, offer: KnownOffer, max_price: int) -> tuple[list[str], list[str]]:
-        """Providers (peer ids) that may run ``offer``, best first (``core.matching``: hard
-        filters, then a weighted ranking); and why each other provider cannot."""
-        ranked, unfits = self.match(offer, max_price)
-        return ([r.peer_id for r in ranked],
-                [f"{u.peer_id[-8:]} " + ", ".join(r.text for r in u.reasons) for u in unfits])
-
     def find_offer(self, ref: str) -> KnownOffer:
         """The live offer ``ref`` names (id, name or name@key-prefix)."""
         try:
@@ -579,19 +588,62 @@ class JobClient:
             raise JobFailed("balance", f"our balance of {have} cannot cover the max price "
                                        f"{max_price} (providers refuse such a job); lower "
                                        "--max-price or receive funds first")
-        providers, reasons = self.choose(offer, max_price)
         if provider is not None:
-            if provider not in providers:
-                why = next((r.split(" ", 1)[1] for r in reasons
-                            if r.startswith(provider[-8:] + " ")), "has not advertised")
+            ranked, unfits = self.match(offer, max_price)
+            if provider not in {r.peer_id for r in ranked}:
+                why = next((", ".join(x.text for x in u.reasons) for u in unfits
+                            if u.peer_id == provider), "has not advertised")
                 raise JobFailed("no_fit", f"provider {provider} cannot run {offer.label} for "
                                           f"at most {max_price}: it {why}")
-            providers = [provider]
-        if not providers:
-            detail = "; ".join(reasons) if reasons else "no provider has advertised yet"
-            raise JobFailed("no_fit", f"no connected provider can run {offer.label} for at "
-                                      f"most {max_price}: {detail}")
-        provider = providers[0]
+            return await self._attempt(provider, offer, body, max_price, timeout_s,
+                                       on_progress)
+        deadline = trio.current_time() + timeout_s
+        failed: list[str] = []  # providers that failed this job (not tried again)
+        failures: list[str] = []
+        unfits: list = []
+        for _ in range(MAX_ROUNDS):  # bounded: attempts, plus waits for busy providers
+            left = deadline - trio.current_time()
+            if left <= 0 or len(failed) >= MAX_ATTEMPTS:
+                break
+            ranked, unfits = self.match(offer, max_price)
+            untried = [r.peer_id for r in ranked if r.peer_id not in failed]
+            if untried:
+                provider = untried[0]
+                try:
+                    return await self._attempt(provider, offer, body, max_price, left,
+                                               on_progress)
+                except JobFailed as exc:
+                    if exc.paid or exc.reason not in RETRY_REASONS:
+                        raise
+                    log.info("job on %s failed (%s); trying again", provider, exc)
+                    if exc.reason != "busy":  # busy: its next advert says when it is free
+                        failed.append(provider)
+                        failures.append(f"{provider[-8:]} {exc.reason}: {exc.detail}")
+                    if on_progress:
+                        on_progress("queued", 0, f"{provider[-8:]} {exc.reason}; trying "
+                                                 "again" + (" elsewhere" if exc.reason !=
+                                                            "busy" else ""))
+                    if exc.reason != "busy":
+                        continue
+            elif not any(u.busy for u in unfits):
+                break  # nothing fits, and nothing will by waiting
+            elif on_progress:
+                on_progress("queued", 0, f"waiting: {sum(u.busy for u in unfits)} "
+                                         "provider(s) that fit are busy")
+            with trio.move_on_at(deadline):  # until the next advert (free resources change)
+                await self.node.advert_seen.wait()
+        if failures:
+            raise JobFailed("no_fit", f"{offer.label} failed on {len(failed)} provider(s): "
+                                      + "; ".join(failures))
+        if trio.current_time() >= deadline:
+            raise JobFailed("busy", f"every provider that can run {offer.label} stayed busy "
+                                    f"for {timeout_s:g} s: {summary(unfits)}")
+        raise JobFailed("no_fit", f"no connected provider can run {offer.label} for at "
+                                  f"most {max_price}: {summary(unfits)}")
+
+    async def _attempt(self, provider: str, offer: KnownOffer, body: bytes, max_price: int,
+                       timeout_s: float, on_progress) -> JobOutcome:
+        """One try of the job on ``provider`` with a fresh job id."""
         job_id = self.node.rand.token_bytes(16)
         if len(body) <= self.inline_cap:
             return await self._run_on(provider, offer, job_id, body, "", max_price,
@@ -666,19 +718,20 @@ class JobClient:
                                   state.progress, paid=state.paid)
             except JobFailed as exc:
                 reusable = exc.reason != "internal"  # a reject leaves the stream usable
-                raise JobFailed(exc.reason, exc.detail + _paid_note(state)) from None
+                raise JobFailed(exc.reason, exc.detail + _paid_note(state),
+                                state.paid) from None
             except (trio.Cancelled, trio.TooSlowError):
                 raise
             except Exception as exc:  # the stream broke
                 raise JobFailed("internal", f"{provider}: the job stream broke ({exc}); the "
                                             "provider stopped or went away"
-                                + _paid_note(state)) from None
+                                + _paid_note(state), state.paid) from None
             finally:
                 with trio.CancelScope(shield=True):
                     await self._release(provider, stream, reusable and not scope.cancel_called)
         raise JobFailed("deadline", f"no result from {provider} within {timeout_s:g} s"
                                     + (f" (+{state.pulled:.1f} s pulling)" if state.pulled
-                                       else "") + _paid_note(state))
+                                       else "") + _paid_note(state), state.paid)
 
     async def _answer(self, stream: JobStream, st: "_Exchange", data: bytes | None,
                       on_progress) -> tuple[bytes, int]:

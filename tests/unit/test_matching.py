@@ -152,3 +152,13 @@ def test_a_host_failing_a_hard_filter_is_never_chosen(hosts, max_price, cpu, mem
     assert scores == sorted(scores, reverse=True)
     if unfits:
         assert summary(unfits).startswith(f"{len(unfits)} host")
+
+
+def test_a_host_short_only_of_free_resources_is_busy_not_unfit() -> None:
+    busy = host("busy", free=wire.Resources(cpu_milli=0, mem_mib=0, gpu_count=0))
+    small = host("small", free=wire.Resources(cpu_milli=0, mem_mib=0, gpu_count=0),
+                 hardware=dataclasses.replace(HW, mem_mib=64))
+    dear = host("dear", price=9, free=wire.Resources(cpu_milli=0, mem_mib=0, gpu_count=0))
+    _, unfits = rank([busy, small, dear], NEED)
+    assert {u.peer_id: u.busy for u in unfits} == {"busy": True, "small": False,
+                                                   "dear": False}
