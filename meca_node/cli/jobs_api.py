@@ -18,6 +18,7 @@ from meca_node.control.server import HttpError, Request, Streamed
 from meca_node.ipfs.cid import CID, CidError
 from meca_node.net.ipfs_node import IpfsNode, Job
 from meca_node.node.jobs import PULL_TICK_S, JobClient, JobFailed, while_reporting
+from meca_node.store.reputation import load_reputation, save_reputation
 
 log = logging.getLogger("meca_node.jobs")
 
@@ -231,8 +232,9 @@ class IpfsData:
                 lambda: b"".join(unixfs.cat(root, store.get)))
 
 
-def job_routes(node, ipfs: IpfsNode) -> dict:
-    jobs = JobClient(node, IpfsData(ipfs))
+def job_routes(node, ipfs: IpfsNode, data_dir: Path) -> dict:
+    jobs = JobClient(node, IpfsData(ipfs), load_reputation(data_dir),
+                     lambda rep: save_reputation(data_dir, rep))
 
     def run(request: Request) -> Streamed:
         body = request.json()
@@ -295,7 +297,8 @@ def job_routes(node, ipfs: IpfsNode) -> dict:
         except JobFailed as exc:
             raise HttpError(404 if exc.reason == "unknown_offer" else 400, exc.detail) from None
 
-    return {"POST /v1/jobs/run": run, "POST /v1/jobs/match": match}
+    return {"POST /v1/jobs/run": run, "POST /v1/jobs/match": match,
+            "GET /v1/hosts": lambda _: jobs.hosts()}
 
 
 def start_provider(node, ipfs: IpfsNode, data_dir: Path, values: dict):

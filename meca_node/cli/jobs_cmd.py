@@ -105,3 +105,23 @@ def _dry_run(client, task: str, max_price: int, json_out: bool) -> None:
             m.err.print(f"no provider fits: {r['summary']}", highlight=False)
     if not r["ranked"]:
         raise typer.Exit(1)
+
+
+@m.app.command("hosts")
+def hosts(json_out: m.JsonOut = False, data_dir: m.DataDir = None,
+          config: m.ConfigFile = None):
+    """Providers this node knows, with its own reputation score of each (best first)."""
+    r = m._call(m._client(data_dir, config).get, "/v1/hosts")
+    if json_out:
+        print(json.dumps(r))
+        return
+    table = Table("peer id", "score", "jobs", "price", "free cpu", "free MiB", "gpus",
+                  "environments", "cached", "queue", "advert age", "note")
+    for h in r["hosts"]:
+        table.add_row(h["peer_id"], f"{h['reputation']:.2f}", str(h["jobs"]), str(h["price"]),
+                      f"{h['free']['cpu']:g}", str(h["free"]["mem_mib"]),
+                      str(h["free"]["gpus"]),
+                      ", ".join(f"{k} {v}" for k, v in h["environments"].items()),
+                      str(h["cached_images"]), str(h["queue"]), f"{h['advert_age_s']:g} s",
+                      h["refused"] or ("" if h["connected"] else "not connected"))
+    m.out.print(table)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -50,6 +51,7 @@ import trio
 from meca_node import wire
 from meca_node.core import AmbiguousOffer, KnownOffer
 from meca_node.core.matching import PARTS, Candidate, Need, Weights, rank, summary
+from meca_node.core.reputation import Reputation
 from meca_node.core.task import TaskResources
 
 log = logging.getLogger("meca_node.jobs")
@@ -116,6 +118,8 @@ class DataSource(Protocol):
 RETRY_REASONS = frozenset({"busy", "no_fit", "internal", "unknown_offer", "arch",
                            "not_allowed"})
 MAX_ATTEMPTS = 3  # providers tried for one job
+#: a failed job's reason -> the outcome recorded in the provider's reputation
+OUTCOME_OF = {"deadline": "timeout", "internal": "failure", "bad_output": "cheat"}
 MAX_ROUNDS = 100_000  # choices and waits for an advert change, per job (a bound)
 
 
@@ -512,16 +516,55 @@ class JobClient:
     """The client side: pick a provider for an offer, send the request, check the answer.
     ``data`` (IPFS) carries inputs and outputs over the inline cap."""
 
-    def __init__(self, node, data: DataSource | None = None) -> None:
+    def __init__(self, node, data: DataSource | None = None,
+                 reputation: Reputation | None = None,
+                 persist: Callable[[Reputation], None] | None = None) -> None:
         self.node = node
         self.data = data
         self._idle: dict[str, list[_Idle]] = {}
         self.streams_opened = 0
         self.weights = Weights()  # how providers are ranked (core.matching)
+        #: our own scores of providers (core.reputation), used in the ranking; ``persist``
+        #: (blocking, run in a thread) saves it after each outcome
+        self.reputation = reputation if reputation is not None else Reputation()
+        self._persist = persist
+
+    async def _outcome(self, provider: str, outcome: str) -> None:
+        self.reputation.record(_public_key(provider), outcome, self.node.clock.now_ms() / 1000)
+        if self._persist is not None:
+            try:
+                await trio.to_thread.run_sync(self._persist, self.reputation)
+            except OSError as exc:  # the score stays in memory
+                log.warning("could not save the reputation table: %s", exc)
 
     @property
     def inline_cap(self) -> int:
         return self.node.settings.caps.stream_frame - ENVELOPE_ROOM
+
+    def hosts(self) -> dict:
+        """``meca-node hosts``: every provider advert we hold, with our score of it."""
+        now = self.node.clock.now_ms()
+        connected = {p.peer_id for p in self.node.net.connected_peers()}
+        out = []
+        for a in self.node.peerbook.all():
+            if "provider" not in a.advert.roles:
+                continue
+            key = _public_key(a.peer_id)
+            score = self.reputation.score(key, now / 1000)
+            ad = a.advert
+            out.append({
+                "peer_id": a.peer_id, "connected": a.peer_id in connected,
+                "advert_age_s": round(max(0, now - a.ts) / 1000, 1), "price": ad.price,
+                "arch": ad.arch, "free": {"cpu": ad.free.cpu_milli / 1000,
+                                          "mem_mib": ad.free.mem_mib,
+                                          "gpus": ad.free.gpu_count},
+                "environments": {e.name: e.score for e in ad.environments},
+                "cached_images": len(ad.cached_images), "queue": ad.queue,
+                "reputation": round(score.value, 4), "jobs": score.jobs,
+                "refused": ("cheat" if self.node.ledger.is_cheat(key) else
+                            "forked" if self.node.ledger.is_refused(key) else "")})
+        out.sort(key=lambda h: (-h["reputation"], h["price"], h["peer_id"]))
+        return {"hosts": out}
 
     def find_offer(self, ref: str) -> KnownOffer:
         """The live offer ``ref`` names (id, name or name@key-prefix)."""
@@ -562,12 +605,13 @@ class JobClient:
             if "provider" not in a.advert.roles:
                 continue
             key = _public_key(a.peer_id)
-            refused = ("a bad_output proof: it delivered output other than it committed to"
+            refused = ("a proven cheat: its output did not match its signed commitment"
                        if self.node.ledger.is_cheat(key) else
                        "it forked its account chain" if self.node.ledger.is_refused(key)
                        else "")
             candidates.append(Candidate(a.peer_id, a.advert, max(0, now - a.ts),
-                                        a.peer_id in connected, refused=refused))
+                                        a.peer_id in connected, refused=refused,
+                                        reputation=self.reputation.value(key, now / 1000)))
         return rank(candidates, need, self.weights)
 
     async def run(self, ref: str, body: bytes, max_price: int, timeout_s: float,
@@ -643,7 +687,26 @@ class JobClient:
 
     async def _attempt(self, provider: str, offer: KnownOffer, body: bytes, max_price: int,
                        timeout_s: float, on_progress) -> JobOutcome:
-        """One try of the job on ``provider`` with a fresh job id."""
+        """One try of the job on ``provider``; its outcome goes into the provider's score
+        (a rejection does not: the provider said no before doing anything)."""
+        try:
+            outcome = await self._try(provider, offer, body, max_price, timeout_s,
+                                      on_progress)
+        except JobFailed as exc:
+            kind = OUTCOME_OF.get(exc.reason)
+            if kind is not None:
+                with trio.CancelScope(shield=True):
+                    await self._outcome(provider, kind)
+            raise
+        except trio.TooSlowError:
+            with trio.CancelScope(shield=True):
+                await self._outcome(provider, "timeout")
+            raise
+        await self._outcome(provider, "success")
+        return outcome
+
+    async def _try(self, provider: str, offer: KnownOffer, body: bytes, max_price: int,
+                   timeout_s: float, on_progress) -> JobOutcome:
         job_id = self.node.rand.token_bytes(16)
         if len(body) <= self.inline_cap:
             return await self._run_on(provider, offer, job_id, body, "", max_price,

@@ -131,6 +131,10 @@ def test_a_provider_killed_mid_job_the_job_completes_on_another_paid_once(tmp_pa
         assert done["output"] == "done" and done["provider"] == dear.peer_id
         assert done["paid"] == 3  # the dear provider's 2 + fee 1, once
         assert b"trying again elsewhere" in err, err.decode()
+        scores = {h["peer_id"]: h for h in json.loads(cli(user, "hosts", "--json").stdout)[
+            "hosts"]}  # the failure and the success went into the client's scores
+        assert scores[cheap.peer_id]["reputation"] < 0.5 < scores[dear.peer_id]["reputation"]
+        assert scores[cheap.peer_id]["jobs"] == scores[dear.peer_id]["jobs"] == 1
         live = [n for n in cluster.nodes if n is not cheap]
         wait_balances(SimpleNamespace(nodes=live),
                       {keys[0]: 1_000_001, keys[2]: 1_000_002, keys[3]: 999_997},

@@ -44,6 +44,9 @@ def test_a_lying_provider_is_proven_a_cheat_on_every_node(tmp_path):
         cluster.kill(user)
         cluster.restart(user)  # the proof is kept
         assert key in user.client().get("/v1/wallet/balances")["cheats"]
+        liar = next(h for h in json.loads(cli(user, "hosts", "--json").stdout)["hosts"]
+                    if h["peer_id"] == provider.peer_id)  # the client's score, kept on disk
+        assert liar["reputation"] < 0.05 and liar["refused"] == "cheat"
 
 
 CRASHER = Path(__file__).with_name("crashing_provider.py")
