@@ -15,6 +15,7 @@ from typing import Any
 import platformdirs
 
 from meca_node import wire
+from meca_node.core.matching import Weights
 
 
 class ConfigError(Exception):
@@ -31,6 +32,7 @@ class Option:
 
 
 _CAPS = wire.Caps()
+_WEIGHTS = Weights()
 OPTIONS: tuple[Option, ...] = (
     Option("data_dir", "path", None, "where the node keeps its key, token and state "
            "(default: the platform's user data dir)"),
@@ -69,6 +71,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("gossip_entry_rate_per_s", "float", 20.0,
            "account chain entries (meca/receipts/1) per second allowed per signer"),
     Option("gossip_entry_burst", "int", 100, "account chain entry burst allowed per signer"),
+    *(Option(f"match.{part}", "float", getattr(_WEIGHTS, part),
+             f"clients: weight of {what} in ranking providers (0: ignored)", zero_ok=True)
+      for part, what in (("price", "a low price"), ("benchmark", "the benchmark score"),
+                         ("cached", "the task's image already cached"),
+                         ("queue", "a short queue"), ("latency", "a low measured latency"),
+                         ("reputation", "our own reputation score"))),
     Option("caps.gossip_message", "int", _CAPS.gossip_message, "max gossip message bytes"),
     Option("caps.stream_frame", "int", _CAPS.stream_frame, "max stream frame bytes"),
     Option("caps.job_inline", "int", _CAPS.job_inline, "max inline job input/output bytes"),
@@ -101,6 +109,12 @@ class Config:
     @property
     def genesis_path(self) -> Path:
         return self.values["genesis"] or self.data_dir / "genesis.json"
+
+    @property
+    def weights(self) -> Weights:
+        """How a client ranks providers (``[match]`` in the config file)."""
+        return Weights(**{k.split(".", 1)[1]: v for k, v in self.values.items()
+                          if k.startswith("match.")})
 
     @property
     def caps(self) -> wire.Caps:

@@ -15,6 +15,7 @@ import trio
 
 from meca_node.cli.ipfs_api import _engine
 from meca_node.control.server import HttpError, Request, Streamed
+from meca_node.core.matching import Weights
 from meca_node.ipfs.cid import CID, CidError
 from meca_node.net.ipfs_node import IpfsNode, Job
 from meca_node.node.jobs import PULL_TICK_S, JobClient, JobFailed, while_reporting
@@ -232,9 +233,11 @@ class IpfsData:
                 lambda: b"".join(unixfs.cat(root, store.get)))
 
 
-def job_routes(node, ipfs: IpfsNode, data_dir: Path) -> dict:
+def job_routes(node, ipfs: IpfsNode, data_dir: Path, weights: Weights | None = None) -> dict:
     jobs = JobClient(node, IpfsData(ipfs), load_reputation(data_dir),
                      lambda rep: save_reputation(data_dir, rep))
+    if weights is not None:
+        jobs.weights = weights
 
     def run(request: Request) -> Streamed:
         body = request.json()

@@ -76,7 +76,8 @@ async def _serve_with(cfg: Config, identity: Identity, genesis: wire.Genesis,
                   "GET /v1/peers": lambda _: {**node.peers(), "dialing": net.dial_state()},
                   "GET /v1/offers": lambda _: node.offers_view(),
                   **ipfs_routes(ipfs), **offer_routes(node, ipfs, cfg.data_dir),
-                  **job_routes(node, ipfs, cfg.data_dir), **wallet_routes(node)}
+                  **job_routes(node, ipfs, cfg.data_dir, cfg.weights),
+                  **wallet_routes(node)}
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             await nursery.start(ipfs.run)

@@ -47,6 +47,7 @@ def test_config_toml_in_data_dir_is_read(tmp_path):
     ("warm_pool_s = 'nan'\n", "warm_pool_s"),
     ("warm_pool_max = -2\n", "warm_pool_max"),
     ("advert_interval_s = 0\n", "advert_interval_s"),
+    ("[match]\nprice = -1\n", "match.price"),
     ("not toml =\n", "not valid TOML"),
 ])
 def test_invalid_config_names_the_key(tmp_path, text, needle):
@@ -69,3 +70,10 @@ def test_warm_pool_can_be_turned_off_with_zero(tmp_path):
 def test_every_option_has_an_env_name_and_doc():
     for o in OPTIONS:
         assert env_name(o.key).startswith("MECA_") and o.doc
+
+
+def test_matching_weights_from_the_match_section(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[match]\nprice = 0\ncached = 2.5\n")
+    w = load_config(f, {}, {"data_dir": tmp_path}).weights
+    assert (w.price, w.cached, w.reputation) == (0.0, 2.5, 1.0)  # the rest: defaults
