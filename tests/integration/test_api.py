@@ -3,13 +3,10 @@ concurrency in input order, typed errors, and the trio client."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import trio
 
-from conftest import docker_engine
-from test_run_job import EXAMPLES, published
+from test_run_job import published_echo
 
 import meca_node.api as meca
 
@@ -17,10 +14,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 
 def test_run_and_map_through_the_local_node(tmp_path):
-    docker_engine("python:3.9-slim")
-    folder = tmp_path / "echo"
-    shutil.copytree(EXAMPLES / "echo", folder)
-    with published(tmp_path, folder, "echo", fee=1, provider_config="price = 1\n") as cluster:
+    with published_echo(tmp_path, 1, "price = 1\n") as (cluster, _folder):
         dev, provider, user = cluster.nodes
         client = meca.Client(user.data_dir)
         r = client.run("echo", {"input": "hello"}, max_price=2)

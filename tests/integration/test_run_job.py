@@ -58,6 +58,18 @@ def published(tmp_path, folder, name, fee=0, provider_config="", provider_script
         yield cluster
 
 
+@contextmanager
+def published_echo(tmp_path, fee, provider_config="", provider_script=None):
+    """``published`` with a copy of examples/echo (the engine must be up); yields the
+    cluster and the folder."""
+    docker_engine("python:3.9-slim")
+    folder = tmp_path / "echo"
+    shutil.copytree(EXAMPLES / "echo", folder)
+    with published(tmp_path, folder, "echo", fee, provider_config,
+                   provider_script) as cluster:
+        yield cluster, folder
+
+
 def wait_advert(node, peer_id, ok, timeout_s=15.0):
     """``peer_id``'s advert as ``node`` sees it, once ``ok(advert)`` (bounded poll)."""
     deadline = time.monotonic() + timeout_s

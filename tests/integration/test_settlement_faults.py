@@ -6,14 +6,12 @@ between taking the receipt and releasing the output (nothing is lost)."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import docker_engine
-from test_run_job import EXAMPLES, cli, published
+from test_run_job import cli, published_echo
 from test_wallet import views, wait_balances
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -22,11 +20,7 @@ LIAR = Path(__file__).with_name("lying_provider.py")
 
 
 def test_a_lying_provider_is_proven_a_cheat_on_every_node(tmp_path):
-    docker_engine("python:3.9-slim")
-    folder = tmp_path / "echo"
-    shutil.copytree(EXAMPLES / "echo", folder)
-    with published(tmp_path, folder, "echo", fee=1, provider_config="price = 1\n",
-                   provider_script=LIAR) as cluster:
+    with published_echo(tmp_path, 1, "price = 1\n", LIAR) as (cluster, folder):
         dev, provider, user = cluster.nodes
         key = provider.status()["public_key"]
         job = ("run", "echo", "--input", f"@{folder / 'example_input.bin'}", "--max-price", "2")
@@ -56,11 +50,7 @@ def test_a_provider_killed_between_receipt_and_output_loses_nothing(tmp_path):
     """kill -9 of the provider after it stored the client's receipt and before the output:
     the client is told it paid and what it holds; after the restart the provider still has
     the receipt, receives its price, and every node agrees on every balance."""
-    docker_engine("python:3.9-slim")
-    folder = tmp_path / "echo"
-    shutil.copytree(EXAMPLES / "echo", folder)
-    with published(tmp_path, folder, "echo", fee=1, provider_config="price = 1\n",
-                   provider_script=CRASHER) as cluster:
+    with published_echo(tmp_path, 1, "price = 1\n", CRASHER) as (cluster, folder):
         dev, provider, user = cluster.nodes
         keys = [n.status()["public_key"] for n in cluster.nodes]
         r = cli(user, "run", "echo", "--input", f"@{folder / 'example_input.bin'}",
