@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -59,3 +60,14 @@ def pytest_configure(config):
 
     sys.path.insert(0, str(Path(__file__).parent / "node"))
     sys.path.insert(0, str(Path(__file__).parent / "integration"))
+
+
+def wait_for(what: str, predicate, timeout_s: float, interval_s: float = 0.2):
+    """``predicate()``'s value once truthy: a bounded poll of other processes' state."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(interval_s)

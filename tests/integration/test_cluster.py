@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from conftest import wait_for
+
 from meca_node.sim import Cluster
 
 pytestmark = pytest.mark.integration
@@ -26,27 +28,18 @@ def test_five_nodes_each_see_the_other_four_adverts_within_10s(tmp_path):
     assert cluster.exit_codes == {i: 0 for i in range(5)}, cluster.exit_codes
 
 
-def _poll(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)  # bounded poll of other processes' state
-
 
 def test_a_crashed_peer_is_redialled_with_backoff_when_it_returns(tmp_path):
     with Cluster(tmp_path, 2, advert_interval_s=1.0) as cluster:
         a, b = cluster.nodes
         cluster.wait_mesh(timeout_s=15)
         cluster.kill(a)  # a crash: no goodbye
-        dial = _poll(lambda: [d for d in b.peers()["dialing"]
-                              if d["peer_id"] == a.peer_id and d["failures"] >= 2],
-                     20, "b to fail redialing a")
+        dial = wait_for("b to fail redialing a", lambda: [
+            d for d in b.peers()["dialing"] if d["peer_id"] == a.peer_id and d["failures"] >= 2],
+            20, 0.1)
         assert dial[0]["last_error"]
         cluster.restart(a)
-        _poll(lambda: a.peer_id in b.peers()["connected"], 20, "b to reconnect to a")
-        _poll(lambda: b.peer_id in {x["peer_id"] for x in a.peers()["adverts"]}, 20,
-              "the restarted node to see b's advert again")
+        wait_for("b to reconnect to a", lambda: a.peer_id in b.peers()["connected"], 20, 0.1)
+        wait_for("the restarted node to see b's advert again",
+                 lambda: b.peer_id in {x["peer_id"] for x in a.peers()["adverts"]}, 20, 0.1)
     assert cluster.exit_codes == {0: 0, 1: 0}

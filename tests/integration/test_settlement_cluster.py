@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import docker_engine
+from conftest import docker_engine, wait_for
 from test_run_job import EXAMPLES, cli, wait_offer
 from meca_node.control import ControlError
 from meca_node.sim import Cluster
@@ -39,17 +39,6 @@ def echo_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "echo"
     shutil.copytree(EXAMPLES / "echo", folder)
     return folder
-
-
-def wait_for(what: str, predicate, timeout_s: float, interval_s: float = 0.2):
-    """``predicate()``'s value once truthy (a bounded poll of other processes)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        time.sleep(interval_s)
 
 
 def taking_jobs(client_node, provider_node) -> bool:
