@@ -134,14 +134,15 @@ def sample_bodies() -> dict[str, Any]:
         "TaskWithdraw": wire.TaskWithdraw(name="hello-world", offer_id=OFFER_ID),
         "JobRequest": wire.JobRequest(job_id=JOB_ID, offer_id=OFFER_ID,
                                       input=b'{"name": "meca"}', input_cid="", max_price=120,
-                                      deadline=NOW_MS + 600_000),
+                                      deadline=NOW_MS + 600_000, replicas=3),
         "JobAccept": wire.JobAccept(job_id=JOB_ID, price=100, queue_position=2),
         "JobReject": wire.JobReject(job_id=JOB_ID, reason="busy", detail="queue full (1024)"),
         "JobProgress": wire.JobProgress(job_id=JOB_ID, stage="running", percent=42,
                                         detail="step 42 of 100"),
         "ResultCommit": wire.decode_body(wire.ResultCommit, wire.encode_body(
             wire.open_envelope(commit_env, max_size=MAX_GOSSIP).body)),
-        "JobResult": wire.JobResult(job_id=JOB_ID, output=b'{"hello": "meca"}', output_cid=""),
+        "JobResult": wire.JobResult(job_id=JOB_ID, output=b'{"hello": "meca"}', output_cid="",
+                                    log=b"greeted meca\n"),
         "JobResult.cid": wire.JobResult(
             job_id=JOB_ID, output=b"",
             output_cid="bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"),
@@ -153,6 +154,7 @@ def sample_bodies() -> dict[str, Any]:
         "FraudProof": wire.FraudProof(kind="fork", account=PUB["alice"], first=fork_a,
                                       second=fork_b),
         "EntryRequest": wire.EntryRequest(account=PUB["alice"], from_seq=3, count=64),
+        "PaymentRefusal": wire.PaymentRefusal(job_id=JOB_ID, commits=(commit_env,)),
     }
 
 

@@ -13,8 +13,9 @@ from ._envelope import (
 from ._errors import WireError
 from ._genesis import Alloc, Genesis, genesis_from_json, make_genesis
 from ._messages import (
-    BODY_TYPES, ENTRY_TYPES, FRAUD_KINDS, MAX_ENTRY_REQUEST, EntryRequest, JOB_REJECT_REASONS, JOB_STAGES, ROLES, Environment,
-    FraudProof, Gpu, Hardware, HostAdvert, JobAccept, JobProgress, JobReject, JobRequest, JobResult,
+    BODY_TYPES, ENTRY_TYPES, FRAUD_KINDS, JOB_REJECT_REASONS, JOB_STAGES, MAX_ENTRY_REQUEST,
+    MAX_JOB_LOG, MAX_REPLICAS, ROLES, EntryRequest, Environment, FraudProof, Gpu, Hardware,
+    HostAdvert, JobAccept, JobProgress, JobReject, JobRequest, JobResult, PaymentRefusal,
     Receipt, Receive, Resources, ResultCommit, TaskOffer, TaskWithdraw, Transfer,
 )
 
@@ -31,7 +32,8 @@ TOPIC_TYPES: dict[str, frozenset[str]] = {
 
 __all__ = [
     "Alloc", "BODY_TYPES", "BODY_VERSION", "Caps", "ENTRY_TYPES", "ENVELOPE_VERSION",
-    "Envelope", "EntryRequest", "MAX_ENTRY_REQUEST",
+    "Envelope", "EntryRequest", "MAX_ENTRY_REQUEST", "MAX_JOB_LOG", "MAX_REPLICAS",
+    "PaymentRefusal",
     "Environment", "FRAUD_KINDS", "FraudProof", "Genesis", "GiB", "Gpu", "Hardware",
     "HostAdvert", "JOB_REJECT_REASONS", "JOB_STAGES", "JobAccept", "JobProgress", "JobReject",
     "JobRequest", "JobResult", "KiB", "MiB", "ROLES", "Receipt", "Receive", "Resources",

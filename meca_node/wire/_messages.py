@@ -14,6 +14,8 @@ from typing import ClassVar
 from ._schema import capped
 
 MAX_INLINE = 16 * 1024 * 1024  # job input/output carried inline (DESIGN.md caps)
+MAX_REPLICAS = 16  # providers one replicated job runs on
+MAX_JOB_LOG = 16 * 1024  # the app's log of one run, as the provider sends it (the tail)
 
 JOB_REJECT_REASONS = frozenset({
     "busy", "no_fit", "price", "not_allowed", "unknown_offer", "arch", "deadline",
@@ -153,11 +155,16 @@ class JobRequest:
     input_cid: str = capped(128)  # an input over the inline cap: a UnixFS file's CID
     max_price: int
     deadline: int
+    #: how many providers the client runs this job on at once (1: a plain job); with more,
+    #: the client pays only the providers whose ResultCommit is in the majority
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         _length(16, job_id=self.job_id)
         _length(32, offer_id=self.offer_id)
         _nonneg(max_price=self.max_price, deadline=self.deadline)
+        if not 1 <= self.replicas <= MAX_REPLICAS:
+            raise ValueError(f"replicas must be 1..{MAX_REPLICAS}, got {self.replicas}")
         if self.input and self.input_cid:
             raise ValueError("give input inline or as input_cid, not both")
 
@@ -226,11 +233,28 @@ class JobResult:
     job_id: bytes
     output: bytes = capped(MAX_INLINE)
     output_cid: str = capped(128)
+    log: bytes = capped(MAX_JOB_LOG, default=b"")  # the tail of the app's stdout/stderr during this run
 
     def __post_init__(self) -> None:
         _length(16, job_id=self.job_id)
         if self.output and self.output_cid:
             raise ValueError("give output inline or as output_cid, not both")
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRefusal:
+    """The client of a replicated job refuses to pay a provider whose ResultCommit is not
+    in the majority; ``commits`` are the majority's signed ResultCommit envelopes for the
+    same job, the proof that this is no default."""
+
+    TYPE: ClassVar[str] = "PaymentRefusal"
+    job_id: bytes
+    commits: tuple[bytes, ...] = capped(MAX_REPLICAS - 1)
+
+    def __post_init__(self) -> None:
+        _length(16, job_id=self.job_id)
+        if not self.commits:
+            raise ValueError("a refusal carries the majority's commitments")
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +360,7 @@ class EntryRequest:
 
 BODY_TYPES: tuple[type, ...] = (
     HostAdvert, TaskOffer, TaskWithdraw, JobRequest, JobAccept, JobReject, JobProgress, ResultCommit,
-    JobResult, Receipt, Transfer, Receive, FraudProof, EntryRequest,
+    JobResult, Receipt, Transfer, Receive, FraudProof, EntryRequest, PaymentRefusal,
 )
 #: the bodies of account chain entries (each has ``seq`` and ``prev``)
 ENTRY_TYPES: tuple[type, ...] = (Receipt, Transfer, Receive)

@@ -109,6 +109,7 @@ def rand_value(rng: random.Random, tp: Any, name: str, cap: int | None) -> Any:
         n = rng.randrange(0, min(cap or 256, 4) + 1)
         if name == "roles":
             return tuple(rng.sample(ENUMS["roles"], min(n, 3)))
+        n = max(n, 1) if name == "commits" else n  # a refusal carries at least one
         return tuple(rand_value(rng, item, "", None) for _ in range(n))
     if dataclasses.is_dataclass(tp):
         return rand_body(rng, tp)
@@ -117,6 +118,8 @@ def rand_value(rng: random.Random, tp: Any, name: str, cap: int | None) -> Any:
             return rng.randrange(0, 101)
         if name == "count":
             return rng.randrange(1, wire.MAX_ENTRY_REQUEST + 1)
+        if name == "replicas":
+            return rng.randrange(1, wire.MAX_REPLICAS + 1)
         return rand_int(rng)
     if tp is bytes:
         if name in EXACT:

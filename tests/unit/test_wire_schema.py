@@ -45,18 +45,19 @@ VALID: dict[type, dict[str, Any]] = {
                          example_output_sha256=H32),
     wire.TaskWithdraw: dict(name="t", offer_id=H32),
     wire.JobRequest: dict(job_id=JOB, offer_id=H32, input=b"{}", input_cid="", max_price=5,
-                          deadline=TS),
+                          deadline=TS, replicas=1),
     wire.JobAccept: dict(job_id=JOB, price=5, queue_position=0),
     wire.JobReject: dict(job_id=JOB, reason="busy", detail=""),
     wire.JobProgress: dict(job_id=JOB, stage="running", percent=50, detail=""),
     wire.ResultCommit: dict(job_id=JOB, result_sha256=H32, size=12),
-    wire.JobResult: dict(job_id=JOB, output=b"out", output_cid=""),
+    wire.JobResult: dict(job_id=JOB, output=b"out", output_cid="", log=b"log"),
     wire.Receipt: dict(seq=0, prev=H32, job_id=JOB, offer_id=H32, commit=b"c", provider=H32,
                        developer=H32, price=5, fee=1),
     wire.Transfer: dict(seq=1, prev=H32, to=H32, amount=5, memo="thanks"),
     wire.Receive: dict(seq=2, prev=H32, source=H32, payer=H32, payer_seq=0, amount=5),
     wire.FraudProof: dict(kind="fork", account=H32, first=b"a", second=b"b"),
     wire.EntryRequest: dict(account=H32, from_seq=3, count=64),
+    wire.PaymentRefusal: dict(job_id=JOB, commits=(b"commit",)),
 }
 CLASSES = tuple(VALID)
 NESTED = (wire.Resources, wire.Gpu, wire.Hardware, wire.Environment)
@@ -104,6 +105,7 @@ EXACT = {
     wire.Receive: {"prev": 32, "source": 32, "payer": 32},
     wire.FraudProof: {"account": 32},
     wire.EntryRequest: {"account": 32},
+    wire.PaymentRefusal: {"job_id": 16},
 }
 ENUM_FIELDS = {
     (wire.HostAdvert, "roles"): wire.ROLES,
@@ -143,6 +145,10 @@ REFUSED += [
     pytest.param(wire.FraudProof, {"kind": "theft"}, "unknown fraud kind", id="kind"),
     pytest.param(wire.EntryRequest, {"count": 0}, "count must be 1..64", id="count0"),
     pytest.param(wire.EntryRequest, {"count": 65}, "count must be 1..64", id="count65"),
+    pytest.param(wire.JobRequest, {"replicas": 0}, "replicas must be 1..16", id="replicas0"),
+    pytest.param(wire.JobRequest, {"replicas": 17}, "replicas must be 1..16", id="replicas17"),
+    pytest.param(wire.PaymentRefusal, {"commits": ()}, "carries the majority's commitments",
+                 id="refusal_empty"),
     pytest.param(wire.TaskOffer, {"name": ""}, "name must not be empty", id="offer_name"),
     pytest.param(wire.TaskWithdraw, {"name": ""}, "name must not be empty", id="withdraw_name"),
     pytest.param(wire.JobResult, {"output": b"x", "output_cid": "bafy"}, "not both",
@@ -160,6 +166,8 @@ ALLOWED += [
     pytest.param(wire.JobResult, {"output": b"", "output_cid": ""}, id="result_empty"),
     pytest.param(wire.JobRequest, {"input": b"", "input_cid": "bafy"}, id="request_cid"),
     pytest.param(wire.TaskOffer, {"name": "x"}, id="offer_name_1"),
+    pytest.param(wire.JobRequest, {"replicas": 16}, id="replicas16"),
+    pytest.param(wire.PaymentRefusal, {"commits": (b"c",) * 15}, id="refusal_15"),
 ] + [pytest.param(c, {f: v}, id=f"{c.__name__}.{f}={v}")
      for (c, f), values in ENUM_FIELDS.items() for v in sorted(values) if f != "roles"]
 
@@ -196,7 +204,8 @@ def test_rule_tables_cover_every_field() -> None:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if hints[f.name] is int and (cls, f.name) not in (
-                    (wire.JobProgress, "percent"), (wire.EntryRequest, "count")):  # ranges
+                    (wire.JobProgress, "percent"), (wire.EntryRequest, "count"),
+                    (wire.JobRequest, "replicas")):  # ranges
                 assert f.name in NONNEG.get(cls, ()) + POSITIVE.get(cls, ()), \
                     f"{cls.__name__}.{f.name}"
             if hints[f.name] is bytes:
@@ -229,6 +238,8 @@ CAPS: list[tuple[type, str, str, int]] = [
     (wire.JobProgress, "detail", "text", 256),
     (wire.JobResult, "output", "bytes", 16 * wire.MiB),
     (wire.JobResult, "output_cid", "text", 128),
+    (wire.JobResult, "log", "bytes", 16384),
+    (wire.PaymentRefusal, "commits", "list", 15),
     (wire.Receipt, "commit", "bytes", 4096),
     (wire.Transfer, "memo", "text", 256),
     (wire.FraudProof, "first", "bytes", 16384),
@@ -473,14 +484,16 @@ def _expected_cddl(cls: type, name: str, tp: Any, cap: int | None) -> str:
         return f"[0*{cap} {rule}]" if typing.get_origin(tp) is tuple else rule
     if typing.get_origin(tp) is tuple:
         item = typing.get_args(tp)[0]
-        return f"[0*{cap or _schema.MAX_ITEMS} {_expected_cddl(cls, '', item, None)}]"
+        low = 1 if (cls, name) == (wire.PaymentRefusal, "commits") else 0
+        return f"[{low}*{cap or _schema.MAX_ITEMS} {_expected_cddl(cls, '', item, None)}]"
     if dataclasses.is_dataclass(tp):
         return tp.__name__
     if tp is int:
         if name in POSITIVE.get(cls, ()):
             return "u64-pos"
         return {(wire.JobProgress, "percent"): "0..100",
-                (wire.EntryRequest, "count"): f"1..{wire.MAX_ENTRY_REQUEST}"}.get((cls, name), "u64")
+                (wire.EntryRequest, "count"): f"1..{wire.MAX_ENTRY_REQUEST}",
+                (wire.JobRequest, "replicas"): f"1..{wire.MAX_REPLICAS}"}.get((cls, name), "u64")
     if tp is str:
         low = 1 if (cls, name) in ((wire.TaskOffer, "name"), (wire.TaskWithdraw, "name")) else 0
         return f"tstr .size ({low}..{cap or _schema.MAX_STR})"
@@ -561,7 +574,8 @@ STRATEGIES: dict[type, st.SearchStrategy] = {
     wire.TaskWithdraw: st.builds(wire.TaskWithdraw, name=text(128, 1), offer_id=exact(32)),
     wire.JobRequest: st.builds(wire.JobRequest, job_id=exact(16), offer_id=exact(32),
                                input=st.binary(max_size=512), input_cid=st.just(""),
-                               max_price=u64, deadline=u64),
+                               max_price=u64, deadline=u64,
+                               replicas=st.integers(1, wire.MAX_REPLICAS)),
     wire.JobAccept: st.builds(wire.JobAccept, job_id=exact(16), price=u64, queue_position=u64),
     wire.JobReject: st.builds(wire.JobReject, job_id=exact(16),
                               reason=st.sampled_from(sorted(wire.JOB_REJECT_REASONS)),
@@ -573,9 +587,9 @@ STRATEGIES: dict[type, st.SearchStrategy] = {
                                  size=u64),
     wire.JobResult: st.one_of(
         st.builds(wire.JobResult, job_id=exact(16), output=st.binary(max_size=512),
-                  output_cid=st.just("")),
+                  output_cid=st.just(""), log=st.binary(max_size=256)),
         st.builds(wire.JobResult, job_id=exact(16), output=st.just(b""),
-                  output_cid=text(128))),
+                  output_cid=text(128), log=st.binary(max_size=256))),
     wire.Receipt: st.builds(wire.Receipt, seq=u64, prev=exact(32), job_id=exact(16),
                             offer_id=exact(32), commit=st.binary(max_size=512),
                             provider=exact(32), developer=exact(32), price=u64, fee=u64),
@@ -588,6 +602,8 @@ STRATEGIES: dict[type, st.SearchStrategy] = {
                                second=st.binary(max_size=512)),
     wire.EntryRequest: st.builds(wire.EntryRequest, account=exact(32), from_seq=u64,
                                  count=st.integers(1, wire.MAX_ENTRY_REQUEST)),
+    wire.PaymentRefusal: st.builds(wire.PaymentRefusal, job_id=exact(16), commits=st.lists(
+        st.binary(max_size=512), min_size=1, max_size=wire.MAX_REPLICAS - 1).map(tuple)),
 }
 assert set(STRATEGIES) == set(wire.BODY_TYPES)
 GOSSIP_TOPIC = {t: topic for topic, types in wire.TOPIC_TYPES.items() for t in types}
