@@ -6,7 +6,8 @@ Traps of py-libp2p 0.8.1 handled here (see shared notes): one connection per pee
 (else every dial waits 250 ms), a 1 s gossipsub heartbeat (default 120 s), its
 per-peer publish limit raised (ours is per signer, in ``core``), subscription
 queues sized to our queue cap (default 32), services entered before ``host.run``
-so the host stops first.
+so the host stops first, and ``/ipfs/ping/1.0.0`` answered and measured by our own
+:mod:`meca_node.net.ping` (theirs measures whole milliseconds, a stream per ping).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
 from meca_node.net.framing import FrameError, FrameReader, write_frame, write_frames
+from meca_node.net.ping import PROTOCOL as PING_PROTOCOL
+from meca_node.net.ping import Pinger
 
 log = logging.getLogger("meca_node.net")
 
@@ -109,6 +112,9 @@ class Libp2pNet:
         self._wanted: dict[ID, _Wanted] = {}
         self._discovered_send, self._discovered_recv = trio.open_memory_channel[PeerInfo](64)
         self._blocked: set[ID] = set()
+        #: answers ``/ipfs/ping/1.0.0`` (in place of py-libp2p's handler) and measures RTTs
+        self.pinger = Pinger(host, lambda pid: pid in self._blocked)
+        host.set_stream_handler(PING_PROTOCOL, self.pinger.serve)
 
     # -- identity and peers -------------------------------------------------
     @property
@@ -223,6 +229,19 @@ class Libp2pNet:
             return ID.from_base58(peer_id) in self._blocked
         except Exception:
             return False
+
+    async def ping(self, peer_id: str, timeout_s: float = 5.0) -> float:
+        """One ``/ipfs/ping/1.0.0`` round trip to a connected peer, in milliseconds, on a
+        stream kept for the next ping; ``TimeoutError`` after ``timeout_s``, another
+        ``Exception`` when the peer cannot be pinged."""
+        pid = ID.from_base58(peer_id)
+        if pid in self._blocked:
+            raise ConnectionError(f"peer {peer_id} is cut off; not pinging it")
+        connected = set(self._host.get_connected_peers())
+        self.pinger.forget(connected)  # streams of peers gone since the last ping
+        if pid not in connected:
+            raise ConnectionError(f"not connected to {peer_id}")
+        return await self.pinger.ping(pid, timeout_s)
 
     async def connect(self, addr: str, timeout_s: float | None = None) -> str:
         """Dial ``addr`` (a ``/p2p/`` multiaddr) now and keep it wanted; its peer id."""

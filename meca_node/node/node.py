@@ -1,4 +1,4 @@
-"""The node driver: gossip validation and intake, periodic adverts, status.
+"""The node driver: gossip validation and intake, periodic adverts, pings to providers, status.
 
 Everything long-lived runs under the nursery of :meth:`Node.run`, started with
 ``nursery.start`` so callers continue only once the node is subscribed.
@@ -17,6 +17,7 @@ from meca_node import wire
 from meca_node.core import (
     GateConfig, GossipGate, Identity, KnownOffer, OfferBook, PeerBook, offer_id_of, peer_id_of,
 )
+from meca_node.node.latency import Latency
 from meca_node.node.ledger import NodeLedger
 from meca_node.node.ledger_sync import LedgerSync
 from meca_node.node.ports import Clock, LedgerStore, Network, Random
@@ -84,6 +85,8 @@ class Node:
                                  ledger_store)
         #: missing entries fetched from peers, ours served (``/meca/ledger/1.0.0``)
         self.ledger_sync = LedgerSync(net, self.ledger, self.seal, genesis.network_id)
+        #: smoothed ping round trips to connected providers (``/ipfs/ping/1.0.0``)
+        self.latency = Latency(net, self._provider_peers)  # type: ignore[arg-type]
 
     # -- gossip intake ------------------------------------------------------------
     def _validate(self, topic: str, data: bytes, origin: str) -> bool:
@@ -272,7 +275,21 @@ class Node:
                 messages = await self.net.subscribe(topic)
                 nursery.start_soon(self._consume, topic, messages)
             nursery.start_soon(self._advert_loop)
+            await nursery.start(self.latency.run)
             task_status.started()
+
+    # -- latency ------------------------------------------------------------------------
+    def rtt_ms(self, peer_id: str) -> float | None:
+        """The smoothed ping round trip to a connected provider in ms; ``None`` while it
+        is not measured (not a provider, not connected, or not answering pings)."""
+        return self.latency.rtt_ms(peer_id)
+
+    def _provider_peers(self) -> list[str]:
+        return [a.peer_id for a in self.peerbook.fresh(self.clock.now_ms(), self._advert_ttl_ms())
+                if "provider" in a.advert.roles]
+
+    def _advert_ttl_ms(self) -> int:
+        return 3 * int(self.settings.advert_interval_s * 1000) + self.settings.skew_ms
 
     # -- views for the control API ---------------------------------------------------
     def status(self) -> dict:
@@ -285,8 +302,7 @@ class Node:
             "addrs": self.net.listen_addrs(),
             "uptime_s": round(time.monotonic() - self._started_mono, 1),
             "peers_connected": len(self.net.connected_peers()),
-            "adverts_known": len(self.peerbook.fresh(now, 3 * int(
-                self.settings.advert_interval_s * 1000) + self.settings.skew_ms)),
+            "adverts_known": len(self.peerbook.fresh(now, self._advert_ttl_ms())),
             "adverts_sent": self.adverts_sent,
             "gossip": {"accepted": dict(self.gate.stats.accepted),
                        "dropped": dict(self.gate.stats.dropped)},
@@ -297,6 +313,7 @@ class Node:
                         else None),
             "warm_pool": self.warm_pool.stats() if self.warm_pool is not None else None,
             "ledger": {**self.ledger.status(), "sync": dict(self.ledger_sync.stats)},
+            "latency": {"measured": len(self.latency.view()), **dict(self.latency.stats)},
         }
 
     def peers(self) -> dict:

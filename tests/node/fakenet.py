@@ -15,6 +15,7 @@ class FakeHub:
     def __init__(self) -> None:
         self.nets: list[FakeNet] = []
         self.nursery: trio.Nursery | None = None  # where stream handlers run
+        self.rtt_ms: dict[str, float] = {}  # a ping's round trip to a peer id (default 1 ms)
 
 
 class FakeStream:
@@ -109,6 +110,17 @@ class FakeNet:
         names = [protocols] if isinstance(protocols, str) else list(protocols)
         for name in names:
             self.handlers[name] = (handler, max_frame or 1 << 20)
+
+    async def ping(self, peer_id: str, timeout_s: float) -> float:
+        """A round trip of ``hub.rtt_ms[peer_id]`` on trio's clock (MockClock in tests)."""
+        if peer_id in self.blocked or peer_id not in {p.peer_id for p in self.connected_peers()}:
+            raise ConnectionError(f"no connection to {peer_id}")
+        t0 = trio.current_time()
+        with trio.move_on_after(timeout_s) as scope:
+            await trio.sleep(self.hub.rtt_ms.get(peer_id, 1.0) / 1000)
+        if scope.cancelled_caught:
+            raise TimeoutError(f"no answer to a ping from {peer_id} within {timeout_s} s")
+        return (trio.current_time() - t0) * 1000
 
     async def open_stream(self, peer_id: str, protocols, max_frame: int | None = None):
         names = [protocols] if isinstance(protocols, str) else list(protocols)
