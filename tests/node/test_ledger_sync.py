@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
-import trio.testing
 from nacl.signing import SigningKey
 
 from meca_node import wire
@@ -23,11 +22,6 @@ from fakenet import FakeHub, FakeNet
 
 HW = wire.Hardware(cpu_count=4, cpu_model="test", cpu_mhz=1000, mem_mib=2048, disk_mib=1)
 IDS = [Identity(bytes([i + 1]) * 32) for i in range(4)]
-
-
-@pytest.fixture
-def mock_clock():
-    return trio.testing.MockClock(autojump_threshold=0)
 
 
 @pytest.fixture

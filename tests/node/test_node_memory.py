@@ -6,7 +6,6 @@ import os
 
 import pytest
 import trio
-import trio.testing
 from nacl.signing import SigningKey
 
 from meca_node import wire
@@ -16,16 +15,6 @@ from meca_node.node import Node, NodeSettings, SeededRandom, TrioClock
 from fakenet import FakeHub, FakeNet
 
 HW = wire.Hardware(cpu_count=4, cpu_model="test", cpu_mhz=1000, mem_mib=2048, disk_mib=1)
-
-
-@pytest.fixture
-def mock_clock():
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
-@pytest.fixture
-def genesis():
-    return wire.make_genesis("unit", SigningKey(b"\x01" * 32), 0, [])
 
 
 def make_node(hub, genesis, i, **settings) -> Node:
