@@ -5,6 +5,13 @@ always removes its container, also when cancelled (the removal is shielded).
 :meth:`DockerExecutor.start` and :meth:`DockerExecutor.stop` are the two halves of
 :meth:`DockerExecutor.run`, for an owner that keeps a started container across jobs (the
 warm pool, ``warmpool.py``).
+
+The app's output is followed for the container's whole life by one daemon thread per
+container (:class:`AppLog`): it sees ``meca-init-done`` the moment it is printed, then keeps
+the last 64 KiB of what the app prints, so a job can take what its app printed for it
+(:meth:`Running.log_mark` before its POST, :meth:`Running.log_since` after the reply)
+without an engine API call. The thread ends when the engine ends the stream (the container
+stopped) or when :meth:`DockerExecutor.stop` closes it.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,16 +103,166 @@ class AppUnreachable(TaskRunError):
     answered before, this means it has died."""
 
 
+class AppLog:
+    """What a container's app prints (stdout and stderr as the engine multiplexes them,
+    bytes), read from its followed log stream by one daemon thread for the container's
+    whole life. Keeps the last ``keep`` bytes; positions count every byte ever seen.
+
+    The thread (:meth:`follow`) ends when the stream ends: the engine ends it when the
+    container stops, and :meth:`close` ends it at once. Thread-safe: the follower appends
+    under a lock, readers copy under it."""
+
+    KEEP = 64 * 1024
+
+    def __init__(self, keep: int = KEEP) -> None:
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._grew = threading.Condition(self._lock)
+        self._chunks: deque[bytes] = deque()
+        self._kept = 0  # bytes in _chunks
+        self._total = 0  # bytes seen, kept or not: the position after the last one
+        self._ended = False
+        self._stream = None
+        self.thread: threading.Thread | None = None
+        #: set once the app printed :data:`INIT_LINE` (init_found) or the output ended
+        self.init_settled = threading.Event()
+        self.init_found = False
+
+    def follow(self, stream, name: str) -> None:
+        """Start the daemon thread that reads ``stream`` (a followed, cancellable log
+        stream of the docker SDK) into this log."""
+        self._stream = stream
+        self.thread = threading.Thread(target=self._read, name=name, daemon=True)
+        self.thread.start()
+
+    def close(self, join_s: float = 0.0) -> None:
+        """Close the stream, ending the thread's read; wait up to ``join_s`` for it."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:  # already closed by the engine, or a transport without it
+                pass
+        if join_s > 0 and self.thread is not None and self.thread is not \
+                threading.current_thread():
+            self.thread.join(join_s)
+            if self.thread.is_alive():
+                log.warning("the log follower %s did not end within %g s",
+                            self.thread.name, join_s)
+
+    def mark(self) -> int:
+        """The position now: bytes the app printed so far."""
+        with self._lock:
+            return self._total
+
+    def since(self, mark: int, limit: int = 16384) -> bytes:
+        """What the app printed after ``mark``: its last ``limit`` bytes when more, after a
+        line ``[... N bytes cut ...]``; bytes no longer kept count as cut."""
+        with self._lock:
+            total, kept = self._total, self._kept
+            start = max(mark, total - kept, total - max(limit, 0), 0)
+            parts, need = [], total - start
+            for chunk in reversed(self._chunks):
+                if need <= 0:
+                    break
+                parts.append(chunk[-need:])
+                need -= len(chunk)
+        data = b"".join(reversed(parts))
+        cut = start - max(mark, 0)
+        return b"[... %d bytes cut ...]\n" % cut + data if cut > 0 else data
+
+    def wait(self, position: int, timeout_s: float) -> bool:
+        """Block until the app has printed past ``position`` (True), or its output ended
+        or ``timeout_s`` passed (False). For tests and callers off the request path."""
+        with self._grew:
+            return self._grew.wait_for(lambda: self._total > position or self._ended,
+                                       timeout_s) and self._total > position
+
+    def _append(self, chunk: bytes) -> None:
+        with self._grew:
+            self._total += len(chunk)
+            if len(chunk) >= self.keep:
+                self._chunks.clear()
+                self._kept = 0
+                chunk = chunk[-self.keep:]
+            self._chunks.append(chunk)
+            self._kept += len(chunk)
+            self._trim()
+            self._grew.notify_all()
+
+    def adopt(self, earlier: AppLog) -> None:
+        """Continue ``earlier`` (the log of a container this one replaces): its kept bytes
+        come first and positions go on from its, so a mark taken there still works here."""
+        with earlier._lock:
+            chunks, total = list(earlier._chunks), earlier._total
+        with self._grew:
+            self._chunks.extendleft(reversed(chunks))
+            self._kept += sum(len(c) for c in chunks)
+            self._total += total
+            self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest bytes over ``keep`` (whole chunks, then the front of one)."""
+        while self._chunks and self._kept - len(self._chunks[0]) >= self.keep:
+            self._kept -= len(self._chunks.popleft())
+        if self._kept > self.keep:
+            over = self._kept - self.keep
+            self._chunks[0] = self._chunks[0][over:]
+            self._kept -= over
+
+    def _read(self) -> None:
+        want = INIT_LINE.encode()
+        pending = b""
+        try:
+            for chunk in self._stream or ():
+                self._append(chunk)
+                if self.init_settled.is_set():
+                    continue
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                if any(line.strip() == want for line in lines):
+                    self.init_found = True
+                    self.init_settled.set()
+                pending = pending[-65536:]
+        except Exception:  # the stream was closed under us (stop, timeout, cancel) or broke
+            pass
+        finally:
+            if not self.init_settled.is_set():
+                self.init_found = pending.strip() == want
+                self.init_settled.set()
+            with self._grew:
+                self._ended = True
+                self._grew.notify_all()
+
+
 @dataclass
 class Running:
     """A started task container that printed meca-init-done; whoever got it from
-    :meth:`DockerExecutor.start` owns it and ends it with :meth:`DockerExecutor.stop`."""
+    :meth:`DockerExecutor.start` owns it and ends it with :meth:`DockerExecutor.stop`.
+
+    A job takes what its app printed for it with ``mark = running.log_mark()`` before its
+    POST and ``running.log_since(mark)`` after the reply: on a warm container reused by
+    many jobs each gets only what was printed during its own request. Both read memory
+    only (no engine call). The engine delivers output a little after the app writes it,
+    so lines printed right before or after the reply (a web server's access log line)
+    may arrive after ``log_since`` and go to the next job's log or to none."""
 
     container_id: str
     address: str
     started_mono: float
     init_s: float
     container: Any = None  # the docker SDK Container, for stop()
+    app_log: AppLog = field(default_factory=AppLog, repr=False, compare=False)
+
+    def log_mark(self) -> int:
+        """The position in the app's output now (bytes printed so far)."""
+        return self.app_log.mark()
+
+    def log_since(self, mark: int, limit: int = 16384) -> bytes:
+        """What the app printed after ``mark`` (of :meth:`log_mark`): the last ``limit``
+        bytes when more, after a line ``[... N bytes cut ...]``. Only the last 64 KiB of
+        the app's output are kept; older bytes after ``mark`` count as cut."""
+        return self.app_log.since(mark, limit)
 
 
 def connect() -> docker.DockerClient:
@@ -268,19 +426,20 @@ class DockerExecutor:
             options["device_requests"] = [DeviceRequest(**d)
                                           for d in options["device_requests"]]
         container = await trio.to_thread.run_sync(self._create, options)
+        app_log = AppLog()
         try:
-            running = await self._start(container)
+            running = await self._start(container, app_log)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._remove, container)
+                await trio.to_thread.run_sync(self._remove, container, app_log)
             raise
         return running
 
     async def stop(self, running: Running) -> None:
-        """Remove the run's container; shielded from cancellation, so it completes even in
-        a cancelled scope."""
+        """Remove the run's container and end its log follower; shielded from
+        cancellation, so it completes even in a cancelled scope."""
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self._remove, running.container)
+            await trio.to_thread.run_sync(self._remove, running.container, running.app_log)
 
     def _image_user(self, image: str) -> str:
         try:
@@ -298,27 +457,36 @@ class DockerExecutor:
             raise TaskRunError("start", f"cannot create the container: "
                                f"{exc.explanation or exc}") from None
 
-    def _remove(self, container) -> None:
-        remove_container(container)
+    def _remove(self, container, app_log: AppLog | None = None) -> None:
+        try:
+            remove_container(container)
+        finally:
+            if app_log is not None:  # the engine ends the stream too; this is at once
+                app_log.close(join_s=5.0)
 
-    async def _start(self, container) -> Running:
+    async def _start(self, container, app_log: AppLog) -> Running:
         t0 = time.monotonic()
         try:
             await trio.to_thread.run_sync(container.start)
         except docker.errors.APIError as exc:
             raise TaskRunError("start", f"cannot start the container: "
                                f"{exc.explanation or exc}") from None
-        # the app's output, followed as it comes: the line is seen the moment it is printed
-        # (polling the engine cost two API calls per look and up to a poll interval late)
+        # the app's output, followed as it comes by the log's own thread for the container's
+        # life: the line is seen the moment it is printed (polling the engine cost two API
+        # calls per look and up to a poll interval late), and later jobs read its output
         stream = await trio.to_thread.run_sync(
             lambda: container.logs(stream=True, follow=True, stdout=True, stderr=True))
+        app_log.follow(stream, f"meca-log-{container.short_id}")
         found = False
         with trio.move_on_after(self.init_timeout_s) as scope:
-            try:
-                found = await trio.to_thread.run_sync(_follow_until_init, stream,
-                                                      abandon_on_cancel=True)
+            try:  # the waiting thread, if abandoned, ends with the follower (bounded too)
+                await trio.to_thread.run_sync(app_log.init_settled.wait,
+                                              self.init_timeout_s + 5.0,
+                                              abandon_on_cancel=True)
+                found = app_log.init_found
             finally:
-                stream.close()  # ends the worker's read if it is still waiting
+                if not found:
+                    app_log.close()  # ends the follower's read if it is still waiting
         if not found and not scope.cancelled_caught:  # the output ended: it stopped
             state, logs = await trio.to_thread.run_sync(self._state_and_logs, container)
             if state["Status"] in ("exited", "dead"):
@@ -334,7 +502,7 @@ class DockerExecutor:
             state, logs = await trio.to_thread.run_sync(self._state_and_logs, container)
             raise self._died(state, logs, "right after printing meca-init-done")
         return Running(container.id, address, t0, time.monotonic() - t0,
-                       container=container)
+                       container=container, app_log=app_log)
 
     def _state_and_logs(self, container) -> tuple[dict, str]:
         container.reload()
@@ -550,23 +718,6 @@ def missing_base_image(step: str) -> str | None:
     if len(words) >= 2 and words[0].upper() == "FROM":
         return words[1]
     return None
-
-
-def _follow_until_init(stream) -> bool:
-    """Read a container's followed output until a whole line is :data:`INIT_LINE` (True)
-    or the output ends (False: the container stopped). Keeps the last 64 KiB only."""
-    want = INIT_LINE.encode()
-    pending = b""
-    try:
-        for chunk in stream:
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            if any(line.strip() == want for line in lines):
-                return True
-            pending = pending[-65536:]
-    except Exception:  # the stream was closed under us (timeout, cancel) or broke
-        return False
-    return pending.strip() == want
 
 
 def _tail(logs: str, lines: int = 20) -> str:

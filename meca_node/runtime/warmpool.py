@@ -43,9 +43,10 @@ Taking one makes no Docker API call, so a dead one is caught in two cheap ways:
 
 Either way the pool removes the dead container, starts a fresh one of the same key in its
 place (the caller's :class:`Running` is updated in place, so the lease's end handles the
-new one) and POSTs through :meth:`DockerExecutor.request`, which waits for the fresh app to
-bind. It retries once only, so a job that itself kills its app runs at most twice. Pooled
-runs must use :meth:`WarmPool.request`; ``executor.request`` on one still works but reports
+new one; its app log goes on from the dead one's, so the job's ``log_mark`` still holds)
+and POSTs through :meth:`DockerExecutor.request`, which waits for the fresh app to bind.
+It retries once only, so a job that itself kills its app runs at most twice. Pooled runs
+must use :meth:`WarmPool.request`; ``executor.request`` on one still works but reports
 a dead warm container as an error instead of replacing it.
 """
 
@@ -254,6 +255,7 @@ class WarmPool:
         old = dataclasses.replace(running)
         for f in dataclasses.fields(Running):
             setattr(running, f.name, getattr(fresh, f.name))
+        running.app_log.adopt(old.app_log)  # a job's log_mark from before still holds
         await self._stop(old)
 
     async def _stop(self, running: Running) -> None:

@@ -5,18 +5,23 @@ Every case checks the container is gone afterwards, whatever happened.
 
 from __future__ import annotations
 
+import random
 import signal
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import trio
 
 from conftest import docker_engine, require, run_cli, start_cli
+from meca_node.core.task import TaskResources
 from meca_node.node.developer import test_task as run_task_test
 from meca_node.runtime.executor import (
-    DockerExecutor, TaskRunError,
+    INIT_LINE, AppLog, DockerExecutor, Running, TaskRunError,
 )
+from meca_node.runtime.warmpool import WarmPool
 from meca_node.runtime.sandbox import LABEL
 from meca_node.store.taskdir import folder_digest, read_task_folder
 
@@ -63,6 +68,12 @@ async def run(client, folder: Path, **kw):
                                    lambda kind, text: None)
     finally:
         assert ours(client) == [], "a container was left behind"
+        assert followers() == [], "a log follower thread was left running"
+
+
+def followers() -> list[threading.Thread]:
+    """The app-log follower threads alive in this process."""
+    return [t for t in threading.enumerate() if t.name.startswith("meca-log-")]
 
 
 ECHO = FLASK_HEAD + """
@@ -400,3 +411,185 @@ def test_task_test_refuses_a_bad_folder_before_docker(client, tmp_path, change, 
     assert needle in r.stderr and "(fix: " in r.stderr
     assert "building" not in r.stderr
     assert {c["Id"] for c in client.api.containers(all=True)} == before
+
+
+# -- the app's log for each job ----------------------------------------------------------
+
+#: a stdlib HTTP app that prints one line per request to stdout and one to stderr, with
+#: the body, before it replies; a body "many N" prints N lines of 50 bytes instead. No
+#: access log: nothing is printed after the reply, so a job's lines are all its own.
+LOGGING_APP = r"""
+import http.server, sys
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["content-length"])).decode()
+        if body.startswith("many "):
+            sys.stdout.write("".join("line %05d %s\n" % (i, "x" * 38)
+                                     for i in range(int(body.split()[1]))))
+            sys.stdout.flush()
+        else:
+            print("out " + body, flush=True)
+            print("err " + body, file=sys.stderr, flush=True)
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+print("starting", flush=True)
+print("meca-init-done", flush=True)
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
+"""
+LOG_RES = TaskResources(cpu=0.5, mem_mib=128, use_gpu=False, gpu_count=0)
+
+
+@pytest.fixture(scope="module")
+def logging_image(client, tmp_path_factory) -> str:
+    folder = make_task(tmp_path_factory.mktemp("logapp") / "logapp", LOGGING_APP,
+                       cmd='["python", "app.py"]')
+    tag = "meca-task/executor-logapp:test"
+
+    async def build() -> None:
+        await DockerExecutor(client).build(folder, tag)
+
+    trio.run(build)
+    return tag
+
+
+async def printed(running: Running, mark: int, size: int) -> None:
+    """Wait, bounded, until the app has printed ``size`` bytes after ``mark`` (the engine
+    delivers its output a little after the app writes it)."""
+    with trio.fail_after(20):
+        while running.log_mark() < mark + size:
+            assert await trio.to_thread.run_sync(
+                running.app_log.wait, running.log_mark(), 20.0), "the app's output ended"
+
+
+async def test_each_job_on_a_warm_container_gets_only_its_own_lines(client, logging_image):
+    pool = WarmPool(DockerExecutor(client))
+    logs, containers = [], set()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.serve)
+        for body in (b"first", b"second job"):
+            async with pool.run(logging_image, LOG_RES) as running:
+                mark = running.log_mark()
+                reply, _ = await pool.request(running, body)
+                assert reply == b"ok"
+                await printed(running, mark, 2 * (len(body) + 5))
+                logs.append(running.log_since(mark))
+                containers.add(running.container_id)
+        nursery.cancel_scope.cancel()
+    assert len(containers) == 1 and pool.stats()["hits"] == 1  # one warm container
+    for body, log in zip((b"first", b"second job"), logs):
+        # stdout and stderr both, in whichever order the engine interleaved them
+        assert sorted(log.splitlines()) == [b"err " + body, b"out " + body]
+    assert ours(client) == [] and followers() == []
+
+
+async def test_a_long_log_is_cut_to_the_limit_with_a_note(client, logging_image):
+    lines = 2000  # 100,000 bytes: more than the 64 KiB kept
+    expected = b"".join(b"line %05d %s\n" % (i, b"x" * 38) for i in range(lines))
+    executor = DockerExecutor(client)
+    async with executor.run(logging_image, LOG_RES) as running:
+        assert b"meca-init-done" in running.log_since(0)  # the start's own output is kept
+        mark = running.log_mark()
+        await executor.request(running, b"many %d" % lines)
+        await printed(running, mark, len(expected))
+        assert running.log_mark() == mark + len(expected)
+        short = running.log_since(mark, limit=1000)
+        assert short == b"[... %d bytes cut ...]\n" % (len(expected) - 1000) + \
+            expected[-1000:]
+        default = running.log_since(mark)
+        assert default == b"[... %d bytes cut ...]\n" % (len(expected) - 16384) + \
+            expected[-16384:]
+        everything = running.log_since(mark, limit=1 << 20)  # only what is still kept
+        assert everything == b"[... %d bytes cut ...]\n" % (len(expected) - 65536) + \
+            expected[-65536:]
+        assert running.log_since(running.log_mark()) == b""
+
+
+async def test_stop_ends_the_log_follower(client, logging_image):
+    executor = DockerExecutor(client)
+    running = await executor.start(logging_image, LOG_RES)
+    follower = running.app_log.thread
+    try:
+        assert follower is not None and follower.is_alive() and follower.daemon
+    finally:
+        await executor.stop(running)
+    follower.join(10)
+    assert not follower.is_alive()
+    assert ours(client) == [] and followers() == []
+
+
+async def test_init_timeout_ends_the_log_follower(client, logging_image, tmp_path):
+    app = 'import time\nprint("starting but never ready", flush=True)\ntime.sleep(600)\n'
+    folder = make_task(tmp_path / "noinit", app, cmd='["python", "app.py"]')
+    with pytest.raises(TaskRunError) as e:
+        await run(client, folder, init_timeout_s=3)  # checks no follower is left
+    assert e.value.stage == "init" and "starting but never ready" in e.value.logs
+
+
+class FakeStream:
+    """A finished log stream: its chunks, then the end."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = iter(chunks)
+
+    def __iter__(self):
+        return self.chunks
+
+    def close(self) -> None:
+        pass
+
+
+def follow(chunks: list[bytes], keep: int = AppLog.KEEP) -> AppLog:
+    app_log = AppLog(keep)
+    app_log.follow(FakeStream(chunks), "meca-log-fake")
+    app_log.thread.join(10)
+    assert not app_log.thread.is_alive()
+    return app_log
+
+
+def test_log_since_keeps_the_last_bytes_and_counts_the_rest_as_cut():
+    rng = random.Random(7)
+    chunks = [bytes([97 + i % 26]) * rng.choice([1, 5, 40, 150, 400]) for i in range(300)]
+    everything = b"".join(chunks)
+    app_log = follow(chunks, keep=1000)
+    assert app_log.mark() == len(everything)
+    for _ in range(500):
+        mark = rng.randrange(-5, len(everything) + 5)
+        limit = rng.choice([0, 1, 10, 999, 1000, 5000])
+        after = everything[max(mark, 0):]
+        shown = after[len(after) - min(limit, 1000, len(after)):]
+        cut = len(after) - len(shown)
+        note = b"[... %d bytes cut ...]\n" % cut if cut else b""
+        assert app_log.since(mark, limit) == note + shown, (mark, limit)
+
+
+@pytest.mark.parametrize("chunks,found", [
+    ([b"a\nmeca-in", b"it-done\nmore"], True),
+    ([b"x\n", b"  meca-init-done  \r\n"], True),
+    ([b"x\n", INIT_LINE.encode()], True),  # the last line, without a newline
+    ([b"meca-init-done-not\n", b"meca-init-"], False),
+    ([], False),
+])
+def test_init_line_is_found_as_before(chunks, found):
+    app_log = follow(chunks)
+    assert app_log.init_settled.is_set() and app_log.init_found is found
+    assert app_log.since(0) == b"".join(chunks)
+
+
+def test_a_replacing_containers_log_goes_on_from_the_dead_ones():
+    dead = follow([b"job one\n", b"dying words\n"], keep=30)
+    mark = len(b"job one\n")
+    fresh = follow([b"starting\nmeca-init-done\n"], keep=30)
+    fresh.adopt(dead)
+    assert fresh.mark() == len(b"job one\ndying words\nstarting\nmeca-init-done\n")
+    assert fresh.since(mark, limit=100) == \
+        b"[... 6 bytes cut ...]\nwords\nstarting\nmeca-init-done\n"
+
