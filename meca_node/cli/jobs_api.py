@@ -1,5 +1,8 @@
 """Jobs through the running node: the provider's image source (IPFS + Docker) and the
-client's ``POST /v1/jobs/run`` (JSON lines: progress, then the output)."""
+client's ``POST /v1/jobs/run`` (JSON lines: progress, then the output; or with ``detach``
+the job's id at once), with every job kept in the history (``store.jobs_db``) that
+``GET /v1/jobs``, ``/v1/jobs/describe``, ``/v1/jobs/logs``, ``/v1/jobs/get`` and
+``POST /v1/jobs/cancel`` read."""
 
 from __future__ import annotations
 
@@ -7,7 +10,11 @@ import base64
 import json
 import logging
 import os
+import re
+import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -19,6 +26,7 @@ from meca_node.core.matching import Weights
 from meca_node.ipfs.cid import CID, CidError
 from meca_node.net.ipfs_node import IpfsNode, Job
 from meca_node.node.jobs import PULL_TICK_S, JobClient, JobFailed, while_reporting
+from meca_node.store.jobs_db import INTERRUPTED, JobNotFound, JobRecord, JobsDB
 from meca_node.store.reputation import load_reputation, save_reputation
 
 log = logging.getLogger("meca_node.jobs")
@@ -233,61 +241,338 @@ class IpfsData:
                 lambda: b"".join(unixfs.cat(root, store.get)))
 
 
+def _job_input(body: dict) -> bytes:
+    """The job's input bytes: ``input_path`` (read by the node) or ``input_b64``."""
+    path = body.get("input_path")
+    if path is not None:
+        return _read_input(str(path))
+    try:
+        return base64.b64decode(body.get("input_b64", ""), validate=True)
+    except (ValueError, TypeError) as exc:
+        raise HttpError(400, f"bad job input: {exc}") from None
+
+
+def _job_params(body: dict) -> dict:
+    """``JobClient.run``'s keyword arguments from a run request (all in this one place)."""
+    try:
+        return {"max_price": int(body.get("max_price", 0)),
+                "timeout_s": float(body.get("timeout_s", 120)),
+                "provider": str(body.get("provider") or "") or None}
+    except (ValueError, TypeError) as exc:
+        raise HttpError(400, f"bad job parameters: {exc}") from None
+
+
+#: jobs running in this node at once (each holds a task and its input in memory)
+MAX_LIVE = 1024
+#: timeline events waiting to be written, per job (progress arrives about once a second)
+EVENT_QUEUE = 256
+#: how long ``job cancel`` waits for the job to end before it answers
+CANCEL_WAIT_S = 10.0
+#: stages before a provider has the job: the state stays ``queued``
+WAITING = ("submitted", "queued")
+_PEER = re.compile(r"12D3KooW[1-9A-HJ-NP-Za-km-z]+")
+_HASH = re.compile(r"\b[0-9a-f]{64}\b")
+
+
+def _line(doc: dict) -> bytes:
+    return json.dumps(doc).encode() + b"\n"
+
+
+@dataclass(eq=False)
+class _Live:
+    """A job running in this node: what ``job cancel`` cancels, ``job get`` follows."""
+
+    id: str
+    events: trio.MemorySendChannel  # timeline events for the history
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    finished: trio.Event = field(default_factory=trio.Event)
+    final: dict = field(default_factory=dict)  # the stream's last line
+    watchers: set = field(default_factory=set)  # progress channels of followers
+    last: dict | None = None  # the newest progress line (a new follower's first)
+    running: bool = False  # a provider has it (the history's state says so)
+    provider: str = ""  # from the newest "matched" event
+    paid: str = ""  # the "paid" event's detail
+
+    def note(self, stage: str, percent: int, detail: str) -> None:
+        """A progress report: to the timeline and to every follower (both bounded: a
+        follower that lags misses progress lines, never the result)."""
+        if stage == "matched":
+            found = _PEER.search(detail)
+            self.provider = found.group(0) if found else self.provider
+        elif stage == "paid":
+            self.paid = detail
+        try:
+            self.events.send_nowait((time.time(), stage, percent, detail))
+        except trio.WouldBlock:
+            log.debug("job %s: timeline event %s dropped (queue full)", self.id, stage)
+        except trio.ClosedResourceError:
+            pass
+        self.last = {"progress": {"stage": stage, "percent": percent, "detail": detail}}
+        for send in list(self.watchers):
+            try:
+                send.send_nowait(self.last)
+            except trio.WouldBlock:
+                pass  # progress lines are advice; the result is not dropped
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.watchers.discard(send)
+
+    def follow(self) -> AsyncIterator[bytes]:
+        """JSON lines: progress from now on, then the result (``done`` or ``error``)."""
+        send, receive = trio.open_memory_channel[dict](64)
+        if self.finished.is_set():
+            send.close()
+        else:
+            if self.last is not None:
+                send.send_nowait(self.last)
+            self.watchers.add(send)
+
+        async def lines():
+            async with receive:
+                async for doc in receive:
+                    yield _line(doc)
+            yield _line(self.final)
+
+        return lines()
+
+    def end(self, final: dict) -> None:
+        self.final = final
+        self.finished.set()
+        for send in self.watchers:
+            send.close()
+        self.watchers.clear()
+
+
+class JobHistory:
+    """Every job this node runs for its user, recorded in the history (``JobsDB``) before
+    it starts and until it ends; the running ones followed and cancelled through here."""
+
+    def __init__(self, jobs: JobClient, ipfs: IpfsNode, db: JobsDB) -> None:
+        self.jobs = jobs
+        self.ipfs = ipfs
+        self.db = db
+        self.live: dict[str, _Live] = {}
+
+    async def submit(self, ref: str, data: bytes, params: dict, detach: bool) -> _Live:
+        """Record the job, then run it in the node's nursery."""
+        if len(self.live) >= MAX_LIVE:
+            raise HttpError(429, f"{len(self.live)} jobs are running in this node, the most "
+                                 "it runs at once; wait for some to end or cancel some "
+                                 "(`meca-node job list --state running`, "
+                                 "`meca-node job cancel ID`)")
+        try:
+            label = self.jobs.find_offer(ref).label
+        except JobFailed:
+            label = ""  # the run fails and says why; the history keeps that too
+        record = await trio.to_thread.run_sync(partial(
+            self.db.create, ref, label, len(data), params["max_price"], detach))
+        send, receive = trio.open_memory_channel[tuple](EVENT_QUEUE)
+        live = self.live[record.id] = _Live(record.id, send)
+        self.ipfs.start_job(Job("run"), partial(self._work, live, receive, ref, data,
+                                                params))
+        return live
+
+    async def _work(self, live: _Live, receive, ref: str, data: bytes, params: dict,
+                    _job: Job) -> dict:
+        ended: dict = {}
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._record, live, receive)
+                try:
+                    ended = await self._run(live, ref, data, params)
+                finally:
+                    live.events.close()
+        finally:  # on every path, a node that stops included: the history says how it ended
+            with trio.CancelScope(shield=True):
+                await self._finish(live, receive, ended or {
+                    "state": "interrupted",
+                    "error": INTERRUPTED.format(how="", state="running")})
+        return {}
+
+    async def _run(self, live: _Live, ref: str, data: bytes, params: dict) -> dict:
+        """The job until it ends: how to finish its history row."""
+        failure = None
+        with live.scope:
+            try:
+                outcome = await self.jobs.run(ref, data, on_progress=live.note, **params)
+            except trio.TooSlowError:
+                failure = JobFailed("deadline", f"no result within {params['timeout_s']:g} s")
+            except JobFailed as exc:
+                failure = exc
+            except Exception as exc:  # a bug: the job fails, the node stays up
+                log.exception("job %s failed", live.id)
+                failure = JobFailed("internal", f"{type(exc).__name__}: {exc}")
+            else:
+                return {"state": "done", "outcome": outcome}
+        if live.scope.cancel_called:  # `job cancel`
+            paid = (failure.paid if failure else 0) or _paid(live.paid)[0]
+            return {"state": "cancelled", "paid": paid,
+                    "error": "cancelled: the job was cancelled (`meca-node job cancel`)"
+                             + (f" after {paid} was paid for it (the receipt is in "
+                                "`meca-node wallet history`)" if paid else
+                                "; nothing was paid")}
+        return {"state": "failed", "error": str(failure), "paid": failure.paid}
+
+    async def _record(self, live: _Live, receive) -> None:
+        """Timeline events into the history, in batches (a worker thread writes them)."""
+        async for first in receive:
+            batch = [first, *_drain(receive)]
+            state = None
+            if not live.running and any(e[1] not in WAITING for e in batch):
+                live.running, state = True, "running"
+            try:
+                await trio.to_thread.run_sync(self.db.add_events, live.id, batch, state)
+            except Exception as exc:  # the history is advice; the job goes on
+                log.warning("job %s: timeline not saved: %s", live.id, exc)
+
+    async def _finish(self, live: _Live, receive, ended: dict) -> None:
+        state, outcome = ended["state"], ended.get("outcome")
+        now = time.time()
+        events = _drain(receive)
+        paid, receipt = _paid(live.paid)  # what the timeline says, when it ended early
+        fields = {"error": ended.get("error", ""), "paid": ended.get("paid") or paid,
+                  "receipt": receipt, "provider": live.provider}
+        if outcome is not None:
+            receipt = getattr(outcome, "receipt", "") or ""
+            fields = {"output": outcome.output, "log": getattr(outcome, "log", b"") or b"",
+                      "provider": outcome.provider, "price": outcome.price,
+                      "paid": outcome.paid, "receipt": receipt,
+                      "wire_job": (getattr(outcome, "job_id", b"") or b"").hex(),
+                      "seconds": round(outcome.timings["total"], 6),
+                      "pull_seconds": round(outcome.timings["pull"], 3)}
+            if outcome.paid and not live.paid:  # a node that does not report "paid" itself
+                events.append((now, "paid", 100, f"{outcome.paid} to {outcome.provider}"
+                                                 + (f" receipt {receipt}" if receipt else "")))
+            events.append((now, "answered", 100, f"{len(outcome.output)} bytes from "
+                                                 f"{outcome.provider} in "
+                                                 f"{fields['seconds']:.3f} s"))
+            final = {"done": {"job": live.id, **_done(fields),
+                              "output_b64": base64.b64encode(outcome.output).decode()}}
+        else:
+            events.append((now, state, 0, fields["error"]))
+            final = {"error": fields["error"]}
+        try:
+            await trio.to_thread.run_sync(partial(self.db.finish, live.id, state,
+                                                  events=events, **fields))
+        except Exception as exc:  # the follower still gets the result
+            log.error("job %s ended %s, but the history could not record it: %s", live.id,
+                      state, exc)
+        self.live.pop(live.id, None)
+        live.end(final)
+
+    # -- the routes ---------------------------------------------------------------------
+    async def lookup(self, request: Request) -> JobRecord:
+        try:
+            return await trio.to_thread.run_sync(self.db.get, request.arg("id"))
+        except JobNotFound as exc:
+            raise HttpError(404, str(exc)) from None
+
+    async def list_jobs(self, request: Request) -> dict:
+        state = request.query.get("state") or None
+        try:
+            limit = int(request.query.get("limit", 20))
+            rows = await trio.to_thread.run_sync(self.db.recent, limit, state)
+        except ValueError as exc:
+            raise HttpError(400, f"bad job list parameters: {exc}") from None
+        total = await trio.to_thread.run_sync(self.db.count)
+        return {"jobs": [r.to_json() for r in rows], "total": total,
+                "kept": self.db.max_jobs}
+
+    async def describe(self, request: Request) -> dict:
+        record = await self.lookup(request)
+        events = await trio.to_thread.run_sync(self.db.timeline, record.id)
+        return {"job": record.to_json(), "timeline": [e.to_json() for e in events]}
+
+    async def logs(self, request: Request) -> dict:
+        record = await self.lookup(request)
+        text = await trio.to_thread.run_sync(self.db.log, record.id)
+        return {"job": record.id, "state": record.state,
+                "log_b64": base64.b64encode(text).decode()}
+
+    async def cancel(self, request: Request) -> dict:
+        record = await self.lookup(request)
+        live = self.live.get(record.id)
+        if live is None:
+            raise HttpError(409, f"job {record.id} is {record.state}, not running: nothing "
+                                 "to cancel")
+        live.scope.cancel()
+        with trio.move_on_after(CANCEL_WAIT_S):
+            await live.finished.wait()
+        record = await trio.to_thread.run_sync(self.db.get, record.id)
+        return {"job": record.id, "state": record.state, "paid": record.paid,
+                "error": record.error}
+
+    async def get(self, request: Request) -> Streamed:
+        """The job's result as ``run`` streams it: followed while it runs."""
+        record = await self.lookup(request)
+        live = self.live.get(record.id)
+        if live is not None:
+            return Streamed(live.follow(), "application/x-ndjson")
+        final = await trio.to_thread.run_sync(self._final, record)
+
+        async def one():
+            yield _line(final)
+        return Streamed(one(), "application/x-ndjson")
+
+    def _final(self, record: JobRecord) -> dict:
+        """A finished job's result line, from the history."""
+        if record.state != "done":
+            return {"error": record.error or f"internal: job {record.id} is {record.state} "
+                                              "in the history, but not running in this node"}
+        output = self.db.output(record.id) if record.output_kept else None
+        if output is None:
+            return {"error": f"gone: the output of job {record.id} is no longer kept (the "
+                             f"history keeps the newest outputs, up to "
+                             f"{self.db.max_output_bytes >> 20} MiB in all); "
+                             "`meca-node job describe` shows the rest"}
+        return {"done": {"job": record.id, **_done(record.to_json()),
+                         "output_b64": base64.b64encode(output).decode()}}
+
+
+def _drain(receive) -> list:
+    out = []
+    while True:
+        try:
+            out.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return out
+
+
+def _done(fields: dict) -> dict:
+    """The ``done`` line's fields but the output (as ``meca-node run`` prints them)."""
+    return {"provider": fields["provider"], "price": fields["price"],
+            "seconds": fields["seconds"], "pull_seconds": fields["pull_seconds"],
+            "paid": fields["paid"], "receipt": fields["receipt"]}
+
+
+def _paid(detail: str) -> tuple[int, str]:
+    """The amount and receipt hash a ``paid`` event names (0, "" when none)."""
+    if not detail:
+        return 0, ""
+    amount = re.search(r"\d+", detail)
+    receipt = _HASH.search(detail)
+    return (int(amount.group(0)) if amount else 0), (receipt.group(0) if receipt else "")
+
+
 def job_routes(node, ipfs: IpfsNode, data_dir: Path, weights: Weights | None = None) -> dict:
     jobs = JobClient(node, IpfsData(ipfs), load_reputation(data_dir),
                      lambda rep: save_reputation(data_dir, rep))
     if weights is not None:
         jobs.weights = weights
+    db = JobsDB(data_dir)
+    lost = db.recover()
+    if lost:
+        log.warning("%d job(s) were left unfinished when the node last stopped; they are "
+                    "interrupted (`meca-node job list --state interrupted`)", len(lost))
+    history = JobHistory(jobs, ipfs, db)
 
-    def run(request: Request) -> Streamed:
+    async def run(request: Request) -> Streamed | dict:
         body = request.json()
         ref = request.arg("task")
-        try:
-            data = base64.b64decode(body.get("input_b64", ""), validate=True)
-            max_price = int(body.get("max_price", 0))
-            timeout_s = float(body.get("timeout_s", 120))
-        except (ValueError, TypeError) as exc:
-            raise HttpError(400, f"bad job parameters: {exc}") from None
-        path = body.get("input_path")
-        if path is not None:
-            data = _read_input(str(path))
-        send, receive = trio.open_memory_channel[dict](64)
-
-        def on_progress(stage: str, percent: int, detail: str) -> None:
-            try:
-                send.send_nowait({"progress": {"stage": stage, "percent": percent,
-                                               "detail": detail}})
-            except trio.WouldBlock:
-                pass  # progress lines are advice; the result is not dropped
-
-        async def work(job: Job) -> dict:
-            try:
-                outcome = await jobs.run(ref, data, max_price, timeout_s, on_progress,
-                                         provider=body.get("provider") or None)
-            except trio.TooSlowError:
-                raise JobFailed("deadline", f"no result within {timeout_s:g} s") from None
-            return {"provider": outcome.provider, "price": outcome.price,
-                    "seconds": round(outcome.timings["total"], 6),
-                    "pull_seconds": round(outcome.timings["pull"], 3),
-                    "paid": outcome.paid,
-                    "output_b64": base64.b64encode(outcome.output).decode()}
-
-        job = ipfs.start_job(Job("run"), work)
-
-        async def lines():
-            async with receive:
-                while not job.finished.is_set():
-                    with trio.move_on_after(0.25):
-                        await job.finished.wait()
-                    while True:
-                        try:
-                            yield json.dumps(receive.receive_nowait()).encode() + b"\n"
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                last = {"error": job.error} if job.error else {"done": job.result}
-                yield json.dumps(last).encode() + b"\n"
-
-        return Streamed(lines(), "application/x-ndjson")
+        data, params = _job_input(body), _job_params(body)
+        live = await history.submit(ref, data, params, bool(body.get("detach")))
+        if body.get("detach"):
+            return {"job": live.id}
+        return Streamed(live.follow(), "application/x-ndjson")
 
     def match(request: Request) -> dict:
         body = request.json()
@@ -301,7 +586,10 @@ def job_routes(node, ipfs: IpfsNode, data_dir: Path, weights: Weights | None = N
             raise HttpError(404 if exc.reason == "unknown_offer" else 400, exc.detail) from None
 
     return {"POST /v1/jobs/run": run, "POST /v1/jobs/match": match,
-            "GET /v1/hosts": lambda _: jobs.hosts()}
+            "GET /v1/hosts": lambda _: jobs.hosts(),
+            "GET /v1/jobs": history.list_jobs, "GET /v1/jobs/describe": history.describe,
+            "GET /v1/jobs/logs": history.logs, "POST /v1/jobs/cancel": history.cancel,
+            "GET /v1/jobs/get": history.get, "POST /v1/jobs/get": history.get}
 
 
 def start_provider(node, ipfs: IpfsNode, data_dir: Path, values: dict):

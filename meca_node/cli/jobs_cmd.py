@@ -1,4 +1,5 @@
-"""``meca-node run``: run an offered task on a provider; the output bytes go to stdout."""
+"""``meca-node run``: run an offered task on a provider; the output bytes go to stdout
+(or with ``--detach`` the job's id: ``meca-node job ...`` manages it)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ def run(task: Annotated[str, typer.Argument(help="offer id, task name, or name@k
             "--provider", help="run on this provider (peer id) only")] = "",
         dry_run: Annotated[bool, typer.Option(
             "--dry-run", help="show how the providers rank for this job; run nothing")] = False,
+        detach: Annotated[bool, typer.Option(
+            "--detach", "-d", help="print the job's id and return at once; the node runs "
+                                   "it (meca-node job get ID for its output)")] = False,
         json_out: m.JsonOut = False,
         data_dir: m.DataDir = None, config: m.ConfigFile = None):
     """Run a task the network offers; its output goes to stdout, progress to stderr."""
@@ -56,7 +60,18 @@ def run(task: Annotated[str, typer.Argument(help="offer id, task name, or name@k
             "provider": provider}
     client = m._client(data_dir, config)
     client.timeout_s = max(client.timeout_s, 10.0)
+    if detach:
+        job = m._call(client.post, "/v1/jobs/run", {**body, "detach": True})["job"]
+        print(json.dumps({"job": job}) if json_out else job)
+        m.err.print(f"job {job} runs in the node; its output: meca-node job get {job}",
+                    highlight=False)
+        return
+    write_done(follow_job(client, "/v1/jobs/run", body, progress_printer(),
+                          failed="the job failed: "), json_out)
 
+
+def progress_printer():
+    """``on_progress`` for :func:`follow_job`: a job's progress lines on stderr."""
     last = {"stage": "", "percent": -100}
 
     def show(p: dict) -> None:
@@ -70,7 +85,12 @@ def run(task: Annotated[str, typer.Argument(help="offer id, task name, or name@k
         m.err.print(f"==> {p['stage']}{percent} {p['detail']}".rstrip(), highlight=False,
                     markup=False)
 
-    done = follow_job(client, "/v1/jobs/run", body, show, failed="the job failed: ")
+    return show
+
+
+def write_done(done: dict, json_out: bool) -> None:
+    """A job's result as ``run`` prints it: the output bytes on stdout (or JSON), who ran
+    it and what it cost on stderr."""
     output = base64.b64decode(done["output_b64"])
     if json_out:
         print(json.dumps({**{k: v for k, v in done.items() if k != "output_b64"},
@@ -78,7 +98,8 @@ def run(task: Annotated[str, typer.Argument(help="offer id, task name, or name@k
         return
     paid = (f"paid {done['paid']} (price {done['price']} + developer fee) with a signed "
             "receipt" if done.get("paid") else "free")
-    m.err.print(f"ran on {done['provider']} in {done['seconds']:.3f} s; {paid}",
+    job = f"; job {done['job']}" if done.get("job") else ""
+    m.err.print(f"ran on {done['provider']} in {done['seconds']:.3f} s; {paid}{job}",
                 highlight=False)
     sys.stdout.buffer.write(output)
     sys.stdout.buffer.flush()
