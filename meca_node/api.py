@@ -52,6 +52,9 @@ class Result:
     price: int
     paid: int
     seconds: float
+    #: with ``replicas`` > 1: each provider's part (``provider``, ``sha256``, ``size``,
+    #: ``paid``, ``outcome``: paid / refused / failed: reason)
+    replicas: tuple[dict, ...] = ()
 
     def json(self) -> Any:
         return json.loads(self.output)
@@ -70,7 +73,8 @@ class JobError(Exception):
         self.detail = detail
 
 
-def _body(task: str, data: Any, max_price: int, timeout: float, provider: str | None) -> dict:
+def _body(task: str, data: Any, max_price: int, timeout: float, provider: str | None,
+          replicas: int = 1) -> dict:
     if isinstance(data, bytes):
         raw = data
     elif isinstance(data, str):
@@ -78,7 +82,8 @@ def _body(task: str, data: Any, max_price: int, timeout: float, provider: str | 
     else:
         raw = json.dumps(data).encode()
     return {"task": task, "input_b64": base64.b64encode(raw).decode(),
-            "max_price": max_price, "timeout_s": timeout, "provider": provider or ""}
+            "max_price": max_price, "timeout_s": timeout, "provider": provider or "",
+            "replicas": replicas}
 
 
 def _run(control: ControlClient, body: dict) -> Result:
@@ -99,7 +104,7 @@ def _run(control: ControlClient, body: dict) -> Result:
     if done is None:
         raise JobError("node", "the node ended the answer without a result (did it stop?)")
     return Result(base64.b64decode(done["output_b64"]), done["provider"], done["price"],
-                  done.get("paid", 0), done["seconds"])
+                  done.get("paid", 0), done["seconds"], tuple(done.get("replicas", ())))
 
 
 class AsyncClient:
@@ -114,9 +119,12 @@ class AsyncClient:
             raise JobError("node", str(exc)) from None
 
     async def run(self, task: str, input: Any, *, max_price: int = 100,
-                  timeout: float = 120.0, provider: str | None = None) -> Result:
-        """Run ``task`` (offer id, name or name@key-prefix) on ``input``."""
-        body = _body(task, input, max_price, timeout, provider)
+                  timeout: float = 120.0, provider: str | None = None,
+                  replicas: int = 1) -> Result:
+        """Run ``task`` (offer id, name or name@key-prefix) on ``input``; with ``replicas``
+        > 1 on that many providers at once, paying only those in the majority (the
+        result's ``replicas`` says who answered what)."""
+        body = _body(task, input, max_price, timeout, provider, replicas)
         return await trio.to_thread.run_sync(partial(_run, self._control, body),
                                              abandon_on_cancel=True)
 

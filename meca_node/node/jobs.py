@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -51,6 +52,7 @@ import trio
 from meca_node import wire
 from meca_node.core import AmbiguousOffer, KnownOffer
 from meca_node.core.matching import PARTS, Candidate, Need, Weights, rank, summary
+from meca_node.core.replicas import Commitment, Verdict, check_refusal, decide
 from meca_node.core.reputation import Reputation
 from meca_node.core.task import TaskResources
 
@@ -79,8 +81,18 @@ SLOW_START_S = 0.2
 PULL_STAGES = ("pulling", "loading")
 #: how long a provider waits for the client's receipt after its ResultCommit
 PAY_TIMEOUT_S = 30.0
+#: ...in a replicated job, where the client first waits for every replica's commitment (a
+#: replica may be pulling the image): the client decides within REPLICA_DECIDE_S of the
+#: first commitment, well inside this
+REPLICA_PAY_WAIT_S = 600.0
+REPLICA_DECIDE_S = 540.0
 #: clients a provider remembers took a commitment without paying (refused after)
 MAX_DEFAULTERS = 4096
+#: answers a provider keeps for a repeated request (same client, same job id): it answers
+#: from these instead of running the job again (at most this many, bytes, seconds)
+KEEP_ANSWERS = 256
+KEEP_ANSWER_BYTES = 64 * 1024 * 1024
+KEEP_ANSWER_S = 600.0
 
 
 class JobStream(Protocol):
@@ -119,26 +131,55 @@ RETRY_REASONS = frozenset({"busy", "no_fit", "internal", "unknown_offer", "arch"
                            "not_allowed"})
 MAX_ATTEMPTS = 3  # providers tried for one job
 #: a failed job's reason -> the outcome recorded in the provider's reputation
-OUTCOME_OF = {"deadline": "timeout", "internal": "failure", "bad_output": "cheat"}
+OUTCOME_OF = {"deadline": "timeout", "internal": "failure", "bad_output": "cheat",
+              "minority": "minority"}
 MAX_ROUNDS = 100_000  # choices and waits for an advert change, per job (a bound)
+MAX_WAITING = 1024  # jobs of one client node waiting for a busy network at once
 
 
 class JobFailed(Exception):
     """A job that did not produce a checked output; ``reason`` is typed."""
 
-    def __init__(self, reason: str, detail: str, paid: int = 0) -> None:
+    def __init__(self, reason: str, detail: str, paid: int = 0,
+                 paid_commit: bytes = b"") -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
         self.paid = paid  # what the client had paid for this attempt (a receipt signed)
+        self.paid_commit = paid_commit  # the provider's ResultCommit that receipt is over
+
+
+#: jobs a provider keeps waiting for resources, by default (config ``queue_max``)
+QUEUE_MAX = 8
 
 
 @dataclass
 class Capacity:
-    """What a provider offers, and what running jobs hold of it."""
+    """What a provider offers, what running jobs hold of it, and the jobs waiting for it
+    (first come, first served; at most ``queue_max``)."""
 
     offered: wire.Resources
     reserved: dict[bytes, wire.Resources] = field(default_factory=dict)
+    queue_max: int = QUEUE_MAX
+    waiting: list[bytes] = field(default_factory=list)  # job ids, oldest first
+    _changed: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def load(self) -> int:
+        """Jobs running and waiting (the advert's ``queue``)."""
+        return len(self.reserved) + len(self.waiting)
+
+    def release(self, job_id: bytes) -> None:
+        """The job's resources are free (or it stopped waiting): wake the waiting."""
+        if self.reserved.pop(job_id, None) is not None or job_id in self.waiting:
+            if job_id in self.waiting:
+                self.waiting.remove(job_id)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def changed(self) -> None:
+        """Return at the next release."""
+        await self._changed.wait()
 
     @property
     def free(self) -> wire.Resources:
@@ -204,6 +245,9 @@ class JobHost:
         self.failed = 0
         self._held: dict[int, list[bytes]] = {}  # per stream: sealed, not sent yet
         self._defaulters: dict[bytes, None] = {}  # clients that did not pay (oldest first)
+        #: (client, job id) -> the answer, for a repeated request (oldest first)
+        self._kept: dict[tuple[bytes, bytes], _Kept] = {}
+        self._kept_bytes = 0
 
     def install(self) -> None:
         self.node.net.set_stream_handler(PROTOCOL, self.handle)
@@ -258,6 +302,9 @@ class JobHost:
                 raise JobFailed("bad_request", f"expected a JobRequest, got {env.type}")
             req: wire.JobRequest = env.body
             job_id = req.job_id
+            kept = self._kept_answer(env.signer, job_id)
+            if kept is not None:  # a repeat: the same answer again, never the work again
+                return await self._answer_again(stream, env.signer, req, kept)
             offer = self._admit(req, env.signer)
         except (JobFailed, wire.WireError) as exc:
             reason = exc.reason if isinstance(exc, JobFailed) else "bad_request"
@@ -265,39 +312,40 @@ class JobHost:
                                                     detail=str(getattr(exc, "detail", exc))
                                                     [:1024]))
             return True
-        budget_s = max(0.0, (req.deadline - self.node.clock.now_ms()) / 1000)
-        self.capacity.reserved[job_id] = offer.offer.resources
+        cap = self.capacity
         try:
-            self._hold(stream, wire.JobAccept(job_id=job_id, price=self.price,
-                                              queue_position=0))
-            output = await self._run_watched(stream, job_id, offer, req, budget_s)
+            if cap.waiting or cap.shortfall(offer.offer.resources):
+                await self._wait_turn(stream, job_id, offer, req.deadline)
+            else:
+                self._hold(stream, wire.JobAccept(job_id=job_id, price=self.price,
+                                                  queue_position=0))
+            cap.reserved[job_id] = offer.offer.resources
+            budget_s = max(0.0, (req.deadline - self.node.clock.now_ms()) / 1000)
+            output, app_log = await self._run_watched(stream, job_id, offer, req, budget_s)
+            # the work is done: its resources are free while we wait for the receipt
+            self.capacity.release(job_id)
             digest = hashlib.sha256(output).digest()
             commit = self.node.seal(wire.ResultCommit(job_id=job_id, result_sha256=digest,
                                                       size=len(output)))
-            if self._paid(offer):  # fair exchange: the commitment, the receipt, the output
+            kept = self._keep(env.signer, job_id, _Kept(commit, output, app_log, self.price,
+                                                         paid=not self._paid(offer)))
+            if not kept.paid:  # fair exchange: the commitment, the receipt, the output
                 await self._send(stream, commit)
-                await self._collect_payment(stream, env.signer, offer, job_id, commit)
+                await self._collect_payment(stream, env.signer, offer, req, commit)
+                kept.paid = True
                 commit = None
-            if len(output) <= self.inline_cap or self.data is None:
-                await self._send(stream, *filter(None, [commit]),
-                                 wire.JobResult(job_id=job_id, output=output, output_cid=""))
-            else:
-                async with self.data.hold(output) as cid:
-                    await self._send(stream, *filter(None, [commit]), wire.JobResult(
-                        job_id=job_id, output=b"", output_cid=cid))
-                    # kept until the client has fetched it and closed the stream
-                    with trio.move_on_after(PROVIDER_IDLE_S):
-                        await stream.receive()
-                self.done += 1
-                return False
+            reusable = await self._release(stream, job_id, kept, commit)
             self.done += 1
-            return True
+            return reusable
         except JobFailed as exc:
             self.failed += 1
             self._held.pop(id(stream), None)  # a reject says it all
             if exc.reason == "gone":
                 log.info("job %s: %s", job_id.hex(), exc.detail)
                 return False
+            if exc.reason == "minority":  # the client said why it does not pay: no answer
+                log.info("job %s: %s", job_id.hex(), exc.detail)
+                return True
             try:
                 await self._send(stream, wire.JobReject(job_id=job_id, reason=exc.reason,
                                                         detail=exc.detail[:1024]))
@@ -311,7 +359,116 @@ class JobHost:
             return False
         finally:
             self._held.pop(id(stream), None)
-            self.capacity.reserved.pop(job_id, None)  # released on every path
+            self.capacity.release(job_id)  # released on every path (or no longer waiting)
+
+    async def _wait_turn(self, stream: JobStream, job_id: bytes, offer: KnownOffer,
+                         deadline_ms: int) -> None:
+        """Wait in the queue until this job is first and its resources are free, telling
+        the client its place (``queued``) whenever it changes. A client that goes away
+        leaves the queue; the job's deadline passing fails it."""
+        cap, need = self.capacity, offer.offer.resources
+        cap.waiting.append(job_id)
+        self._hold(stream, wire.JobAccept(job_id=job_id, price=self.price,
+                                          queue_position=len(cap.waiting)))
+        watch = _Watch(stream)
+
+        told = 0
+        late = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch, nursery.cancel_scope)
+            for _ in range(MAX_ROUNDS):  # bounded: each round follows a release
+                place = cap.waiting.index(job_id) + 1
+                short = cap.shortfall(need)
+                if place == 1 and short is None:
+                    break
+                if place != told:
+                    told = place
+                    await self._send(stream, wire.JobProgress(
+                        job_id=job_id, stage="queued", percent=0,
+                        detail=f"place {place} of {len(cap.waiting)} in the queue"
+                               + (f" ({short})" if short else "")))
+                left_s = (deadline_ms - self.node.clock.now_ms()) / 1000
+                if left_s <= 0:
+                    late = True
+                    break
+                with trio.move_on_after(left_s):
+                    await cap.changed()
+            nursery.cancel_scope.cancel()
+        cap.release(job_id)  # out of the queue: the next in line may go
+        if watch.gone:
+            raise JobFailed("gone", "the client went away while its job waited in the queue")
+        if late:
+            raise JobFailed("deadline", f"the job waited in the queue (place {told}) until "
+                                        "its deadline")
+
+    async def _release(self, stream: JobStream, job_id: bytes, kept: "_Kept",
+                       commit: bytes | None) -> bool:
+        """Send the output (after ``commit`` when it has not gone out yet): inline, or as a
+        CID held until the client has fetched it. Whether the stream may carry another."""
+        output = kept.output
+        if len(output) <= self.inline_cap or self.data is None:
+            await self._send(stream, *filter(None, [commit]),
+                             wire.JobResult(job_id=job_id, output=output, output_cid="",
+                                            log=kept.log))
+            return True
+        async with self.data.hold(output) as cid:
+            await self._send(stream, *filter(None, [commit]), wire.JobResult(
+                job_id=job_id, output=b"", output_cid=cid, log=kept.log))
+            # kept until the client has fetched it and closed the stream
+            with trio.move_on_after(PROVIDER_IDLE_S):
+                await stream.receive()
+        return False
+
+    def _kept_answer(self, client: bytes, job_id: bytes) -> "_Kept | None":
+        kept = self._kept.get((client, job_id))
+        if kept is not None and time.monotonic() - kept.at > KEEP_ANSWER_S:
+            self._forget((client, job_id))
+            return None
+        return kept
+
+    def _keep(self, client: bytes, job_id: bytes, kept: "_Kept") -> "_Kept":
+        """Remember the answer to (client, job id) for a repeated request (bounded)."""
+        self._forget((client, job_id))
+        self._kept[(client, job_id)] = kept
+        self._kept_bytes += len(kept.output)
+        while self._kept and (len(self._kept) > KEEP_ANSWERS
+                              or self._kept_bytes > KEEP_ANSWER_BYTES):
+            self._forget(next(iter(self._kept)))
+        return kept
+
+    def _forget(self, key: tuple[bytes, bytes]) -> None:
+        old = self._kept.pop(key, None)
+        if old is not None:
+            self._kept_bytes -= len(old.output)
+
+    async def _answer_again(self, stream: JobStream, client: bytes, req: wire.JobRequest,
+                            kept: "_Kept") -> bool:
+        """A request with the id of a job this client ran here already (its stream broke,
+        say, after it paid): the same commitment and output, from what we kept; a receipt
+        is asked for only if none over that commitment is known yet."""
+        job_id = req.job_id
+        accept = wire.JobAccept(job_id=job_id, price=kept.price, queue_position=0)
+        if not kept.paid and self.node.ledger.paid_for(client, kept.commit):
+            kept.paid = True
+        if kept.paid:
+            self.done += 1
+            await self._send(stream, accept)
+            return await self._release(stream, job_id, kept, kept.commit)
+        offer = next((o for o in self.node.offers.live(self.node.clock.now_ms())
+                      if o.offer_id == req.offer_id), None)
+        if offer is None:
+            await self._send(stream, wire.JobReject(job_id=job_id, reason="unknown_offer",
+                                                    detail="the job's offer is withdrawn"))
+            return True
+        await self._send(stream, accept, kept.commit)
+        try:
+            await self._collect_payment(stream, client, offer, req, kept.commit)
+        except JobFailed as exc:
+            log.info("job %s (repeated): %s", job_id.hex(), exc.detail)
+            return False
+        kept.paid = True
+        self.done += 1
+        return await self._release(stream, job_id, kept, None)
 
     def _admit(self, req: wire.JobRequest, client: bytes) -> KnownOffer:
         now = self.node.clock.now_ms()
@@ -347,30 +504,33 @@ class JobHost:
                 raise JobFailed("balance", f"the client's balance of {have} (as this provider "
                                            f"knows it) cannot cover its max price "
                                            f"{req.max_price}")
-        short = self.capacity.shortfall(offer.offer.resources)
-        if short:  # busy: it fits what we offer once running jobs end
-            raise JobFailed("busy" if self.capacity.holds(offer.offer.resources) else "no_fit",
-                            short)
-        if req.job_id in self.capacity.reserved:
+        cap = self.capacity
+        if req.job_id in cap.reserved or req.job_id in cap.waiting:
             raise JobFailed("bad_request", "a job with this id is running")
+        short = cap.shortfall(offer.offer.resources)
+        if short and not cap.holds(offer.offer.resources):
+            raise JobFailed("no_fit", short)
+        if (short or cap.waiting) and len(cap.waiting) >= cap.queue_max:
+            raise JobFailed("busy", f"{short or 'others wait first'}; the queue is full "
+                                    f"({len(cap.waiting)} jobs wait)")
         return offer
 
     def _paid(self, offer: KnownOffer) -> bool:
         return self.price + offer.offer.fee > 0
 
     async def _collect_payment(self, stream: JobStream, client: bytes, offer: KnownOffer,
-                               job_id: bytes, commit: bytes) -> None:
+                               req: wire.JobRequest, commit: bytes) -> None:
         """Wait for the client's Receipt over ``commit``; check it names this job, offer,
         commitment, provider, developer and split, and take it into the ledger (stored
         before the output is released). A client that sends none is remembered and
-        refused later."""
+        refused later; in a replicated job a PaymentRefusal that proves our result cannot
+        be in the majority (``core.replicas``) is an answer, not a default."""
+        job_id = req.job_id
         data = None
-        with trio.move_on_after(PAY_TIMEOUT_S):
+        with trio.move_on_after(PAY_TIMEOUT_S if req.replicas == 1 else REPLICA_PAY_WAIT_S):
             data = await stream.receive()
         if data is None:
-            self._defaulters[client] = None
-            while len(self._defaulters) > MAX_DEFAULTERS:
-                del self._defaulters[next(iter(self._defaulters))]
+            self._default(client)
             raise JobFailed("gone", "the client did not pay for the result commitment; no "
                                     "output released, the client is refused from now on")
         try:
@@ -378,6 +538,8 @@ class JobHost:
         except wire.WireError as exc:
             raise JobFailed("bad_request", f"expected a Receipt: {exc}") from None
         r = env.body
+        if isinstance(r, wire.PaymentRefusal) and env.signer == client:
+            self._refused(r, req, commit, client)
         want = dict(job_id=job_id, offer_id=offer.offer_id, commit=commit,
                     provider=self.node.identity.public_key, developer=offer.signer,
                     price=self.price, fee=offer.offer.fee)
@@ -391,22 +553,38 @@ class JobHost:
         if why is not None:
             raise JobFailed("balance", f"the receipt was not accepted: {why}")
 
+    def _default(self, client: bytes) -> None:
+        """Remember ``client`` took a commitment without paying (refused from now on)."""
+        self._defaulters[client] = None
+        while len(self._defaulters) > MAX_DEFAULTERS:
+            del self._defaulters[next(iter(self._defaulters))]
+
+    def _refused(self, refusal: wire.PaymentRefusal, req: wire.JobRequest,
+                 commit: bytes, client: bytes) -> None:
+        """A replicated job's client does not pay us: JobFailed("minority") when its proof
+        holds (nothing is released, the client is not a defaulter), else a bad request."""
+        cap = self.node.settings.caps.stream_frame
+        own = wire.open_envelope(commit, max_size=cap).body
+        providers = {_public_key(a.peer_id) for a in self.node.peerbook.all()
+                     if "provider" in a.advert.roles}
+        why = check_refusal(refusal, own, self.node.identity.public_key, req.replicas,
+                            self.node.genesis.network_id, cap, providers.__contains__)
+        if why is not None:  # a way not to pay: the client is a defaulter
+            self._default(client)
+            raise JobFailed("bad_request", f"a payment refusal that proves nothing: {why}; "
+                                           "the client is refused from now on")
+        raise JobFailed("minority", f"not paid: {len(refusal.commits)} other replica(s) of "
+                                    f"{req.replicas} committed to another result (our "
+                                    f"sha256 {own.result_sha256.hex()[:16]})")
+
     async def _run_watched(self, stream: JobStream, job_id: bytes, offer: KnownOffer,
-                           req: wire.JobRequest, budget_s: float) -> bytes:
+                           req: wire.JobRequest, budget_s: float) -> tuple[bytes, bytes]:
         """Run the job while watching the stream: a client that goes away (or breaks the
         protocol by sending during the job) cancels it; the container is removed (the
-        executor's removal is shielded) and the reservation released."""
-        result: list[bytes] = []
-        gone = False
-
-        async def watch(scope: trio.CancelScope) -> None:
-            nonlocal gone
-            try:
-                await stream.receive()
-            except Exception:
-                pass
-            gone = True
-            scope.cancel()
+        executor's removal is shielded) and the reservation released. The output and the
+        app's log of this run."""
+        result: list[tuple[bytes, bytes]] = []
+        watch = _Watch(stream)
 
         failure: list[JobFailed] = []
         async with trio.open_nursery() as nursery:
@@ -416,7 +594,7 @@ class JobHost:
             except JobFailed as exc:
                 failure.append(exc)
             nursery.cancel_scope.cancel()
-        if gone and not result:
+        if watch.gone and not result:
             raise JobFailed("gone", "the client went away (or sent during the job); the job "
                                     "was stopped")
         if failure:
@@ -424,7 +602,7 @@ class JobHost:
         return result[0]
 
     async def _run(self, stream: JobStream, job_id: bytes, offer: KnownOffer,
-                   req: wire.JobRequest, budget_s: float) -> bytes:
+                   req: wire.JobRequest, budget_s: float) -> tuple[bytes, bytes]:
         async def progress(stage: str, percent: int, detail: str = "") -> None:
             await self._send(stream, wire.JobProgress(job_id=job_id, stage=stage,
                                                       percent=max(0, min(100, percent)),
@@ -451,10 +629,11 @@ class JobHost:
             raise JobFailed("internal", f"{stage}: {exc}") from None
 
     async def _start_and_post(self, tag: str, resources: TaskResources, body: bytes,
-                              progress) -> bytes:
-        """Start (or take a warm container) and POST. A job done within SLOW_START_S sends
-        no progress (its JobAccept goes with the result); a slower one reports
-        ``starting`` and/or ``running`` (which sends the JobAccept)."""
+                              progress) -> tuple[bytes, bytes]:
+        """Start (or take a warm container) and POST; the reply and what the app printed
+        meanwhile (the tail, at most wire.MAX_JOB_LOG bytes). A job done within
+        SLOW_START_S sends no progress (its JobAccept goes with the result); a slower one
+        reports ``starting`` and/or ``running`` (which sends the JobAccept)."""
         stage = "starting"
 
         async def slow() -> None:
@@ -463,14 +642,17 @@ class JobHost:
             shown, stage = stage, "shown"
             await progress(shown, 0)
 
-        async def run() -> bytes:
+        async def run() -> tuple[bytes, bytes]:
             nonlocal stage
             async with self.executor.run(tag, resources) as running:
                 if stage == "shown":  # "starting" went out: now it runs
                     await progress("running", 0)
                 stage = "running"
+                mark = running.log_mark() if hasattr(running, "log_mark") else None
                 output, _ = await self.executor.request(running, body)
-            return output
+                app_log = (running.log_since(mark, wire.MAX_JOB_LOG) if mark is not None
+                           else b"")
+            return output, app_log
 
         return await while_reporting(slow, run)
 
@@ -496,6 +678,35 @@ class JobHost:
                                            f"client: {exc}") from None
 
 
+class _Watch:
+    """Run beside a job: cancels ``scope`` when the client sends anything (which breaks the
+    protocol) or goes away; ``gone`` says it did."""
+
+    def __init__(self, stream: JobStream) -> None:
+        self.stream = stream
+        self.gone = False
+
+    async def __call__(self, scope: trio.CancelScope) -> None:
+        try:
+            await self.stream.receive()
+        except Exception:
+            pass
+        self.gone = True
+        scope.cancel()
+
+
+@dataclass(eq=False)
+class _Kept:
+    """A provider's answer to one job, kept for a repeated request."""
+
+    commit: bytes  # our sealed ResultCommit
+    output: bytes
+    log: bytes
+    price: int
+    paid: bool
+    at: float = field(default_factory=time.monotonic)
+
+
 @dataclass
 class JobOutcome:
     output: bytes
@@ -504,6 +715,11 @@ class JobOutcome:
     timings: dict[str, float]
     progress: list[tuple[str, int, str]]
     paid: int = 0  # price + fee signed over to the provider and developer
+    job_id: bytes = b""
+    receipt: str = ""  # hex SHA-256 of our Receipt entry ("" when the job was free)
+    log: bytes = b""  # the tail of the app's log in this run, as the provider sent it
+    #: a replicated run: each provider's part (peer id, sha256, size, paid, outcome)
+    replicas: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -528,6 +744,13 @@ class JobClient:
         #: (blocking, run in a thread) saves it after each outcome
         self.reputation = reputation if reputation is not None else Reputation()
         self._persist = persist
+        #: jobs of this node waiting for a provider, in arrival order (bounded)
+        self._waiting: dict[object, None] = {}
+
+    def _queue_of(self, peer_id: str) -> int:
+        """The queue length ``peer_id`` last advertised (unknown: last)."""
+        ad = self.node.peerbook.get(_public_key(peer_id))
+        return ad.advert.queue if ad is not None else 1 << 30
 
     async def _outcome(self, provider: str, outcome: str) -> None:
         self.reputation.record(_public_key(provider), outcome, self.node.clock.now_ms() / 1000)
@@ -609,16 +832,26 @@ class JobClient:
                        if self.node.ledger.is_cheat(key) else
                        "it forked its account chain" if self.node.ledger.is_refused(key)
                        else "")
+            rtt = getattr(self.node, "rtt_ms", None)  # measured by ping (node.latency)
             candidates.append(Candidate(a.peer_id, a.advert, max(0, now - a.ts),
                                         a.peer_id in connected, refused=refused,
+                                        latency_ms=rtt(a.peer_id) if rtt else None,
                                         reputation=self.reputation.value(key, now / 1000)))
         return rank(candidates, need, self.weights)
 
     async def run(self, ref: str, body: bytes, max_price: int, timeout_s: float,
-                  on_progress=None, provider: str | None = None) -> JobOutcome:
+                  on_progress=None, provider: str | None = None,
+                  replicas: int = 1) -> JobOutcome:
         """Run the offer ``ref`` (id, name or name@key-prefix) on ``body``, on the best
-        fitting provider or on ``provider`` (a peer id); the job's ``timeout_s`` does not
-        count time spent pulling the image and input."""
+        fitting provider or on ``provider`` (a peer id), or on ``replicas`` providers at
+        once (:meth:`_replicated`); the job's ``timeout_s`` does not count time spent
+        pulling the image and input. ``max_price`` bounds what one provider's run costs."""
+        if not 1 <= replicas <= wire.MAX_REPLICAS:
+            raise JobFailed("bad_request", f"replicas must be 1..{wire.MAX_REPLICAS}, got "
+                                           f"{replicas}")
+        if replicas > 1 and provider is not None:
+            raise JobFailed("bad_request", "a replicated job picks its providers itself: give "
+                                           "--provider or --replicas, not both")
         offer = self.find_offer(ref)
         if len(body) > MAX_DATA:
             raise JobFailed("bad_request", f"the input is {len(body)} bytes, over the cap of "
@@ -632,6 +865,10 @@ class JobClient:
             raise JobFailed("balance", f"our balance of {have} cannot cover the max price "
                                        f"{max_price} (providers refuse such a job); lower "
                                        "--max-price or receive funds first")
+        if offer.offer.fee > 0 and have < replicas * max_price:
+            raise JobFailed("balance", f"our balance of {have} cannot cover {replicas} "
+                                       f"replicas at up to {max_price} each; lower --replicas "
+                                       "or --max-price, or receive funds first")
         if provider is not None:
             ranked, unfits = self.match(offer, max_price)
             if provider not in {r.peer_id for r in ranked}:
@@ -641,18 +878,41 @@ class JobClient:
                                           f"at most {max_price}: it {why}")
             return await self._attempt(provider, offer, body, max_price, timeout_s,
                                        on_progress)
+        if replicas > 1:
+            return await self._replicated(offer, body, max_price, timeout_s, on_progress,
+                                          replicas)
+        ticket = object()  # our place in this node's waiting room, while we wait
+        try:
+            return await self._placed(offer, body, max_price, timeout_s, on_progress, ticket)
+        finally:
+            self._waiting.pop(ticket, None)
+
+    async def _placed(self, offer: KnownOffer, body: bytes, max_price: int,
+                      timeout_s: float, on_progress, ticket: object) -> JobOutcome:
+        """Try the best provider with free resources; with none, the busy one with the
+        shortest queue (its provider queues the job and tells its place); with every
+        queue full, wait in this node's waiting room for the next advert."""
         deadline = trio.current_time() + timeout_s
         failed: list[str] = []  # providers that failed this job (not tried again)
         failures: list[str] = []
+        full: set[str] = set()  # providers whose queue was full, until the next advert
         unfits: list = []
         for _ in range(MAX_ROUNDS):  # bounded: attempts, plus waits for busy providers
             left = deadline - trio.current_time()
             if left <= 0 or len(failed) >= MAX_ATTEMPTS:
                 break
             ranked, unfits = self.match(offer, max_price)
-            untried = [r.peer_id for r in ranked if r.peer_id not in failed]
-            if untried:
-                provider = untried[0]
+            skip = set(failed) | full
+            untried = [r.peer_id for r in ranked if r.peer_id not in skip]
+            busy = sorted((u.peer_id for u in unfits if u.busy and u.peer_id not in skip),
+                          key=self._queue_of)
+            provider = untried[0] if untried else busy[0] if busy else None
+            if provider is not None:
+                self._waiting.pop(ticket, None)
+                if on_progress:
+                    score = next((f"score {r.score:.3f}" for r in ranked
+                                  if r.peer_id == provider), "busy: joining its queue")
+                    on_progress("matched", 0, f"{provider} ({score})")
                 try:
                     return await self._attempt(provider, offer, body, max_price, left,
                                                on_progress)
@@ -660,22 +920,31 @@ class JobClient:
                     if exc.paid or exc.reason not in RETRY_REASONS:
                         raise
                     log.info("job on %s failed (%s); trying again", provider, exc)
-                    if exc.reason != "busy":  # busy: its next advert says when it is free
+                    if exc.reason == "busy":  # its queue is full: its next advert may differ
+                        full.add(provider)
+                    else:
                         failed.append(provider)
                         failures.append(f"{provider[-8:]} {exc.reason}: {exc.detail}")
                     if on_progress:
                         on_progress("queued", 0, f"{provider[-8:]} {exc.reason}; trying "
-                                                 "again" + (" elsewhere" if exc.reason !=
-                                                            "busy" else ""))
-                    if exc.reason != "busy":
-                        continue
-            elif not any(u.busy for u in unfits):
+                                                 "again elsewhere")
+                    continue
+            if not any(u.busy for u in unfits) and not full:
                 break  # nothing fits, and nothing will by waiting
-            elif on_progress:
-                on_progress("queued", 0, f"waiting: {sum(u.busy for u in unfits)} "
-                                         "provider(s) that fit are busy")
+            if ticket not in self._waiting:
+                if len(self._waiting) >= MAX_WAITING:
+                    raise JobFailed("busy", f"every provider that can run {offer.label} is "
+                                            f"busy and {MAX_WAITING} jobs wait here already; "
+                                            "try again later")
+                self._waiting[ticket] = None
+            if on_progress:
+                place = list(self._waiting).index(ticket) + 1
+                on_progress("queued", 0, f"place {place} of {len(self._waiting)} here: "
+                                         f"{len(full) + len(busy)} provider(s) that fit "
+                                         "are busy")
             with trio.move_on_at(deadline):  # until the next advert (free resources change)
                 await self.node.advert_seen.wait()
+            full.clear()
         if failures:
             raise JobFailed("no_fit", f"{offer.label} failed on {len(failed)} provider(s): "
                                       + "; ".join(failures))
@@ -686,12 +955,13 @@ class JobClient:
                                   f"most {max_price}: {summary(unfits)}")
 
     async def _attempt(self, provider: str, offer: KnownOffer, body: bytes, max_price: int,
-                       timeout_s: float, on_progress) -> JobOutcome:
+                       timeout_s: float, on_progress,
+                       group: "_Replicas | None" = None) -> JobOutcome:
         """One try of the job on ``provider``; its outcome goes into the provider's score
         (a rejection does not: the provider said no before doing anything)."""
         try:
             outcome = await self._try(provider, offer, body, max_price, timeout_s,
-                                      on_progress)
+                                      on_progress, group)
         except JobFailed as exc:
             kind = OUTCOME_OF.get(exc.reason)
             if kind is not None:
@@ -706,14 +976,44 @@ class JobClient:
         return outcome
 
     async def _try(self, provider: str, offer: KnownOffer, body: bytes, max_price: int,
-                   timeout_s: float, on_progress) -> JobOutcome:
+                   timeout_s: float, on_progress,
+                   group: "_Replicas | None" = None) -> JobOutcome:
+        if group is not None:  # one job id and one held input for every replica
+            return await self._run_on(provider, offer, group.job_id, b"" if group.input_cid
+                                      else body, group.input_cid, max_price, timeout_s,
+                                      on_progress, group)
         job_id = self.node.rand.token_bytes(16)
         if len(body) <= self.inline_cap:
-            return await self._run_on(provider, offer, job_id, body, "", max_price,
-                                      timeout_s, on_progress)
+            return await self._recovering(provider, offer, job_id, body, "", max_price,
+                                          timeout_s, on_progress)
         async with self.data.hold(body) as cid:  # the provider fetches it from us
-            return await self._run_on(provider, offer, job_id, b"", cid, max_price,
+            return await self._recovering(provider, offer, job_id, b"", cid, max_price,
+                                          timeout_s, on_progress)
+
+    async def _recovering(self, provider: str, offer: KnownOffer, job_id: bytes,
+                          body: bytes, input_cid: str, max_price: int, timeout_s: float,
+                          on_progress) -> JobOutcome:
+        """``_run_on``; when the stream broke after we paid, ask the same provider once
+        more with the same job id: it answers from what it kept (a job id is idempotent
+        there), so the output we paid for arrives without a second run or payment."""
+        try:
+            return await self._run_on(provider, offer, job_id, body, input_cid, max_price,
                                       timeout_s, on_progress)
+        except JobFailed as exc:
+            if not (exc.paid and exc.paid_commit and exc.reason == "internal"):
+                raise
+            first = exc
+        if on_progress:
+            on_progress("recovering", 0, f"asking {provider} again for the output we paid "
+                                         f"for (job {job_id.hex()})")
+        try:
+            return await self._run_on(provider, offer, job_id, body, input_cid, max_price,
+                                      timeout_s, on_progress,
+                                      prepaid=(first.paid, first.paid_commit))
+        except JobFailed as exc:
+            again = exc.detail.split(". We had paid")[0]  # said once, in first.detail
+            raise JobFailed(exc.reason, f"{first.detail}; asked again: {again}",
+                            first.paid, first.paid_commit) from None
 
     async def _stream(self, provider: str) -> tuple[JobStream, bool]:
         """An idle stream to ``provider`` (reused) or a new one; and whether reused."""
@@ -739,7 +1039,11 @@ class JobClient:
         """Send ``request`` on an idle stream, or a new one when the idle one turns out to
         be closed already; the stream and the provider's first answer."""
         for _ in range(CLIENT_IDLE_STREAMS + 1):  # the idle ones, then a new one
-            stream, reused = await self._stream(provider)
+            try:
+                stream, reused = await self._stream(provider)
+            except Exception as exc:  # no connection, protocol refused, ...
+                raise JobFailed("internal", f"cannot open a job stream to {provider} ({exc}); "
+                                            "it stopped or went away") from None
             try:
                 await stream.send(request)
                 first = await stream.receive()
@@ -761,14 +1065,22 @@ class JobClient:
 
     async def _run_on(self, provider: str, offer: KnownOffer, job_id: bytes, body: bytes,
                       input_cid: str, max_price: int, timeout_s: float,
-                      on_progress) -> JobOutcome:
+                      on_progress, group: "_Replicas | None" = None,
+                      prepaid: tuple[int, bytes] | None = None) -> JobOutcome:
+        """The job ``job_id`` on ``provider``. ``prepaid``: (amount, commitment) we paid
+        for this job id before (a repeat after a broken stream): that very commitment is
+        expected and not paid again."""
         t0 = time.monotonic()
         now = self.node.clock.now_ms()
         request = self.node.seal(wire.JobRequest(
             job_id=job_id, offer_id=offer.offer_id, input=body, input_cid=input_cid,
-            max_price=max_price, deadline=now + int(timeout_s * 1000)))
+            max_price=max_price, deadline=now + int(timeout_s * 1000),
+            replicas=group.k if group is not None else 1))
         run_deadline = trio.current_time() + timeout_s
-        state = _Exchange(provider, job_id, run_deadline, offer, max_price)
+        state = _Exchange(provider, job_id, run_deadline, offer, max_price,
+                          on_progress=on_progress, group=group)
+        if prepaid is not None:
+            state.prepaid, state.paid_commit = prepaid
         with trio.CancelScope(deadline=run_deadline) as scope:
             state.scope = scope
             stream, first = await self._send_request(provider, request)
@@ -778,23 +1090,25 @@ class JobClient:
                 reusable = not state.output_cid  # the provider holds a CID until we close
                 return JobOutcome(out, provider, price, {"total": time.monotonic() - t0,
                                                          "pull": state.pulled},
-                                  state.progress, paid=state.paid)
+                                  state.progress, paid=state.paid, job_id=job_id,
+                                  receipt=state.receipt, log=state.log)
             except JobFailed as exc:
                 reusable = exc.reason != "internal"  # a reject leaves the stream usable
                 raise JobFailed(exc.reason, exc.detail + _paid_note(state),
-                                state.paid) from None
+                                state.paid, state.paid_commit) from None
             except (trio.Cancelled, trio.TooSlowError):
                 raise
             except Exception as exc:  # the stream broke
                 raise JobFailed("internal", f"{provider}: the job stream broke ({exc}); the "
                                             "provider stopped or went away"
-                                + _paid_note(state), state.paid) from None
+                                + _paid_note(state), state.paid, state.paid_commit) from None
             finally:
                 with trio.CancelScope(shield=True):
                     await self._release(provider, stream, reusable and not scope.cancel_called)
         raise JobFailed("deadline", f"no result from {provider} within {timeout_s:g} s"
                                     + (f" (+{state.pulled:.1f} s pulling)" if state.pulled
-                                       else "") + _paid_note(state), state.paid)
+                                       else "") + _paid_note(state), state.paid,
+                        state.paid_commit)
 
     async def _answer(self, stream: JobStream, st: "_Exchange", data: bytes | None,
                       on_progress) -> tuple[bytes, int]:
@@ -825,7 +1139,15 @@ class JobClient:
                 commit, commit_env = body_, env
                 if accepted is None:
                     raise JobFailed("internal", "a result commitment before the accept")
-                if accepted.price + st.offer.offer.fee > 0:
+                if st.group is not None:  # every replica's commitment before any payment
+                    await self._vote(stream, st, env, body_)
+                if st.prepaid:  # a repeat of a job we paid: the same commitment, or nothing
+                    if env.raw != st.paid_commit:
+                        raise JobFailed("internal", f"{st.provider} answered the repeated "
+                                                    "job with another commitment than the "
+                                                    "one we paid for")
+                    st.paid = st.prepaid
+                elif accepted.price + st.offer.offer.fee > 0:
                     await self._pay(stream, st, env, accepted.price)
             elif isinstance(body_, wire.JobResult):
                 if commit is None or accepted is None:
@@ -838,9 +1160,95 @@ class JobClient:
                     told = await self.node.ledger.report_bad_output(commit_env, env)
                     raise JobFailed("bad_output", f"{st.provider}'s output does not match "
                                                   f"its signed commitment: {told}")
+                st.log = body_.log
                 return out, accepted.price
             data = await stream.receive()
         raise JobFailed("internal", f"{st.provider} sent too many messages")
+
+    async def _replicated(self, offer: KnownOffer, body: bytes, max_price: int,
+                          timeout_s: float, on_progress, k: int) -> JobOutcome:
+        """Run one job (one job id) on ``k`` providers with distinct keys and addresses at
+        once. Every provider's ResultCommit is collected before anyone is paid
+        (:meth:`_vote`); the majority is paid, the others are refused with the other
+        commitments as proof (``core.replicas``). A replica that fails before committing
+        is replaced by the next candidate (at most MAX_ATTEMPTS replacements in all)."""
+        ranked, unfits = self.match(offer, max_price)
+        group = _Replicas(self.node.rand.token_bytes(16), k, on_progress)
+        addrs = {p.peer_id: _hosts_of(p.addrs) for p in self.node.net.connected_peers()}
+        group.candidates = [r.peer_id for r in ranked]
+        group.addrs = addrs
+        distinct = group.distinct_candidates()
+        if len(distinct) < k:
+            raise JobFailed("no_fit", f"--replicas {k} needs {k} providers with distinct keys "
+                                      f"and addresses that can run {offer.label} now; "
+                                      f"{len(distinct)} can"
+                                      + (f" ({len(ranked)} fit, some share an address)"
+                                         if len(ranked) > len(distinct) else "")
+                                      + (f"; the others: {summary(unfits)}" if unfits else ""))
+        t0 = time.monotonic()
+        deadline = trio.current_time() + timeout_s
+        if len(body) > self.inline_cap:
+            async with self.data.hold(body) as cid:  # every replica fetches it from us
+                group.input_cid = cid
+                await self._replica_slots(group, offer, body, max_price, deadline)
+        else:
+            await self._replica_slots(group, offer, body, max_price, deadline)
+        return group.outcome(time.monotonic() - t0, offer.label)
+
+    async def _replica_slots(self, group: "_Replicas", offer: KnownOffer, body: bytes,
+                             max_price: int, deadline: float) -> None:
+        async def slot() -> None:
+            with trio.CancelScope() as scope:
+                for _ in range(MAX_ATTEMPTS + 1):  # bounded: one try, then replacements
+                    provider = group.take_candidate()
+                    left = deadline - trio.current_time()
+                    if provider is None or left <= 0:
+                        break
+                    group.scopes[provider] = scope
+                    if group.on_progress:
+                        group.on_progress("matched", 0, f"{provider} (replica "
+                                                        f"{len(group.tried)} of {group.k})")
+                    try:
+                        group.done[provider] = await self._attempt(
+                            provider, offer, body, max_price, left, group.on_progress, group)
+                        return
+                    except JobFailed as exc:
+                        group.failed[provider] = exc
+                        if provider in group.committed or exc.paid:
+                            return  # its commitment counts; no replacement
+                        if exc.reason not in RETRY_REASONS:
+                            break
+                    except trio.TooSlowError:
+                        group.failed[provider] = JobFailed("deadline", "no answer in time")
+                        break
+            group.slot_closed()  # gave up (or was cut off) without a commitment
+
+        async with trio.open_nursery() as outer:
+            outer.start_soon(group.decide_by, REPLICA_DECIDE_S)
+            async with trio.open_nursery() as slots:
+                for _ in range(group.k):
+                    slots.start_soon(slot)
+            outer.cancel_scope.cancel()  # every slot ended: nothing left to decide on time
+
+    async def _vote(self, stream: JobStream, st: "_Exchange", env: wire.Envelope,
+                    commit: wire.ResultCommit) -> None:
+        """Put ``commit`` to the replicated job's vote and wait for the verdict; a provider
+        the verdict refuses gets a PaymentRefusal with the proof, and the job on it fails
+        as ``minority``."""
+        group = st.group
+        left = st.scope.deadline - trio.current_time()
+        st.scope.deadline = math.inf  # the group's own bound applies while we wait
+        verdict = await group.vote(Commitment(st.provider, env.signer, commit.result_sha256,
+                                              commit.size, env.raw))
+        st.scope.deadline = trio.current_time() + max(left, PAY_TIMEOUT_S)
+        if st.provider in verdict.refused:
+            proof = verdict.proof_for(st.provider, group.commits)
+            await stream.send(self.node.seal(wire.PaymentRefusal(job_id=st.job_id,
+                                                                 commits=proof)))
+            raise JobFailed("minority", f"{st.provider} committed to sha256 "
+                                        f"{commit.result_sha256.hex()[:16]}, not the "
+                                        "majority's: refused payment with the other "
+                                        "commitments as proof")
 
     async def _pay(self, stream: JobStream, st: "_Exchange", commit: wire.Envelope,
                    price: int) -> None:
@@ -863,7 +1271,12 @@ class JobClient:
             raise JobFailed("balance", f"cannot pay {price + offer.offer.fee}: {exc}") \
                 from None
         st.paid = price + offer.offer.fee
+        st.paid_commit = commit.raw
+        st.receipt = hashlib.sha256(env.raw).hexdigest()
         await stream.send(env.raw)
+        if st.on_progress:
+            st.on_progress("paid", 100, f"{st.paid} to {st.provider} (price {price} + fee "
+                                        f"{offer.offer.fee}), receipt {st.receipt}")
 
     async def _fetch_output(self, cid: str, st: "_Exchange", size: int) -> bytes:
         if self.data is None:
@@ -882,6 +1295,125 @@ class JobClient:
                                         f"{st.provider}: {exc}") from None
 
 
+def _hosts_of(addrs) -> frozenset[str]:
+    """The IP addresses in a peer's multiaddrs (``/ip4/127.0.0.2/tcp/4001`` -> 127.0.0.2)."""
+    out = set()
+    for a in addrs:
+        parts = str(a).split("/")
+        if len(parts) > 2 and parts[1] in ("ip4", "ip6"):
+            out.add(parts[2])
+    return frozenset(out)
+
+
+class _Replicas:
+    """A replicated job in flight: its candidates, the commitments, the verdict."""
+
+    def __init__(self, job_id: bytes, k: int, on_progress) -> None:
+        self.job_id = job_id
+        self.k = k
+        self.on_progress = on_progress
+        self.input_cid = ""
+        self.candidates: list[str] = []  # ranked peer ids
+        self.addrs: dict[str, frozenset[str]] = {}
+        self.tried: list[str] = []
+        self.used_hosts: set[str] = set()
+        self.commits: list[Commitment] = []
+        self.committed: set[str] = set()
+        self.closed = 0  # slots that gave up without a commitment
+        self.scopes: dict[str, trio.CancelScope] = {}
+        self.done: dict[str, JobOutcome] = {}
+        self.failed: dict[str, JobFailed] = {}
+        self.verdict: Verdict | None = None
+        self.decided = trio.Event()
+        self.first = trio.Event()
+
+    def distinct_candidates(self) -> list[str]:
+        hosts: set[str] = set()
+        out = []
+        for peer in self.candidates:
+            mine = self.addrs.get(peer, frozenset())
+            if mine & hosts:
+                continue
+            hosts |= mine
+            out.append(peer)
+        return out
+
+    def take_candidate(self) -> str | None:
+        """The best untried candidate on an address no replica of this job used."""
+        for peer in self.candidates:
+            mine = self.addrs.get(peer, frozenset())
+            if peer not in self.tried and not mine & self.used_hosts:
+                self.tried.append(peer)
+                self.used_hosts |= mine
+                return peer
+        return None
+
+    async def vote(self, c: Commitment) -> Verdict:
+        self.commits.append(c)
+        self.committed.add(c.provider)
+        self.first.set()
+        if self.on_progress:
+            self.on_progress("committed", 0, f"{c.provider}: sha256 {c.sha256.hex()[:16]}, "
+                                             f"{c.size} bytes ({len(self.commits)} of "
+                                             f"{self.k})")
+        self._maybe_decide()
+        await self.decided.wait()
+        return self.verdict
+
+    def slot_closed(self) -> None:
+        self.closed += 1
+        self._maybe_decide()
+
+    def _maybe_decide(self, now: bool = False) -> None:
+        if self.verdict is None and (now or len(self.commits) + self.closed >= self.k):
+            self.verdict = decide(self.commits, self.k)
+            for peer, scope in self.scopes.items():  # stragglers: too late to count
+                if peer not in self.committed:
+                    scope.cancel()
+            self.decided.set()
+
+    async def decide_by(self, wait_s: float) -> None:
+        """Decide at the latest ``wait_s`` after the first commitment (the committed
+        providers wait for our receipt only so long)."""
+        await self.first.wait()
+        with trio.move_on_after(wait_s):
+            await self.decided.wait()
+        self._maybe_decide(now=True)
+
+    def outcome(self, seconds: float, label: str) -> JobOutcome:
+        """The job's outcome once every slot has ended: the majority's output, or
+        JobFailed saying how the replicas disagreed."""
+        v = self.verdict
+        parts = []
+        for c in self.commits:
+            exc = self.failed.get(c.provider)
+            done = self.done.get(c.provider)
+            parts.append({"provider": c.provider, "sha256": c.sha256.hex(), "size": c.size,
+                          "paid": done.paid if done else (exc.paid if exc else 0),
+                          "outcome": "refused" if v and c.provider in v.refused else
+                          "paid" if done else f"failed: {exc.reason}" if exc else "?"})
+        for peer, exc in self.failed.items():
+            if peer not in self.committed:
+                parts.append({"provider": peer, "sha256": "", "size": 0, "paid": exc.paid,
+                              "outcome": f"failed: {exc.reason}"})
+        paid = sum(p["paid"] for p in parts)
+        agreed = v.agreed if v else None
+        winner = next((self.done[c.provider] for c in self.commits
+                       if agreed and c.result == agreed and c.provider in self.done), None)
+        if winner is None:
+            report = "; ".join(f"{p['provider']} " + (f"sha256 {p['sha256'][:16]}"
+                                                      if p["sha256"] else p["outcome"])
+                               for p in parts)
+            need = self.k // 2 + 1
+            raise JobFailed("disagreement", f"no {need} of {self.k} replicas of {label} agreed"
+                                            f": {report or 'no provider answered'}", paid)
+        return JobOutcome(winner.output, winner.provider, winner.price,
+                          {"total": seconds, "pull": max(d.timings["pull"]
+                                                         for d in self.done.values())},
+                          winner.progress, paid=paid, job_id=self.job_id,
+                          receipt=winner.receipt, log=winner.log, replicas=parts)
+
+
 @dataclass
 class _Exchange:
     """One job's client-side state: the deadline stretches over pulls."""
@@ -897,6 +1429,12 @@ class _Exchange:
     pulled: float = 0.0
     output_cid: str = ""
     progress: list[tuple[str, int, str]] = field(default_factory=list)
+    on_progress: Callable | None = None
+    group: "_Replicas | None" = None
+    receipt: str = ""
+    log: bytes = b""
+    prepaid: int = 0  # a repeat: what we paid for this job id before
+    paid_commit: bytes = b""  # the commitment our receipt is over
 
     def on_stage(self, stage: str) -> None:
         now = trio.current_time()

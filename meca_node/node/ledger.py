@@ -113,6 +113,14 @@ class NodeLedger:
         """(seq, prev) of the next entry ``key`` (default: ours) would sign."""
         return self.chains.head(self.public_key if key is None else key)
 
+    def paid_for(self, payer: bytes, commit: bytes, newest: int = 4096) -> bool:
+        """Whether ``payer``'s chain (its ``newest`` entries) holds a Receipt over the
+        commitment ``commit`` (a signed ResultCommit envelope, byte for byte)."""
+        for env in reversed(self.chains.entries(payer)[-newest:]):
+            if isinstance(env.body, wire.Receipt) and env.body.commit == commit:
+                return True
+        return False
+
     def is_refused(self, key: bytes) -> bool:
         """Whether ``key`` is proven to have forked its chain."""
         return self.chains.fork(key) is not None

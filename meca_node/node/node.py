@@ -86,7 +86,7 @@ class Node:
         #: missing entries fetched from peers, ours served (``/meca/ledger/1.0.0``)
         self.ledger_sync = LedgerSync(net, self.ledger, self.seal, genesis.network_id)
         #: smoothed ping round trips to connected providers (``/ipfs/ping/1.0.0``)
-        self.latency = Latency(net, self._provider_peers)  # type: ignore[arg-type]
+        self.latency = Latency(net, self._provider_peers)
 
     # -- gossip intake ------------------------------------------------------------
     def _validate(self, topic: str, data: bytes, origin: str) -> bool:
@@ -214,14 +214,14 @@ class Node:
             free=free,
             price=self.settings.price, environments=self.environments,
             cached_images=self.cached_images[:256],
-            queue=len(self.capacity.reserved) if self.capacity is not None else 0,
+            queue=self.capacity.load if self.capacity is not None else 0,
             addrs=tuple(self.net.listen_addrs()[:16]))
 
     def _advert_state(self) -> tuple:
         """What changes in an advert between rounds."""
         cap = self.capacity
         return (cap.free if cap is not None else None,
-                len(cap.reserved) if cap is not None else 0,
+                cap.load if cap is not None else 0,
                 self.cached_images, self.environments)
 
     def seal(self, body) -> bytes:

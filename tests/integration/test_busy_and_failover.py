@@ -99,7 +99,9 @@ def test_a_job_whose_only_provider_is_busy_waits_and_completes(tmp_path):
             out, err = second.communicate(timeout=120)
             assert second.returncode == 0, err.decode()
             assert out == b"second"
-            assert b"queued" in err and (b"busy" in err), err.decode()
+            # it joined the busy provider's queue and was told its place there
+            assert b"busy: joining its queue" in err, err.decode()
+            assert b"==> queued place 1 of 1 in the queue" in err, err.decode()
             assert first.wait(timeout=60) == 0 and first.stdout.read() == b"first"
             assert time.monotonic() - t0 > 2  # it waited for the first job
         finally:

@@ -65,3 +65,27 @@ def test_a_provider_killed_between_receipt_and_output_loses_nothing(tmp_path):
         assert [e["kind"] for e in history["entries"]] == ["Receipt"]
         wait_balances(cluster, {keys[0]: 1_000_001, keys[1]: 1_000_001, keys[2]: 999_998},
                       timeout_s=30)
+
+
+FLAKY = Path(__file__).with_name("flaky_provider.py")
+
+
+def test_a_stream_broken_after_payment_is_recovered_by_asking_again(tmp_path):
+    """The provider resets the stream after taking the receipt, before the output: the
+    client asks it again with the same job id and gets the very output it paid for, from
+    what the provider kept (no second run, no second payment)."""
+    with published_echo(tmp_path, 1, "price = 1\n", FLAKY) as (cluster, folder):
+        dev, provider, user = cluster.nodes
+        keys = [n.status()["public_key"] for n in cluster.nodes]
+        r = cli(user, "run", "echo", "--input", f"@{folder / 'example_input.bin'}",
+                "--max-price", "2", "--json")
+        err = r.stderr.decode()
+        assert r.returncode == 0, err
+        assert "recovering" in err, err
+        done = json.loads(r.stdout)
+        assert done["output"].encode() == (folder / "example_output.bin").read_bytes()
+        assert done["paid"] == 2 and done["provider"] == provider.peer_id
+        history = json.loads(cli(user, "wallet", "history", "--json").stdout)
+        assert [e["kind"] for e in history["entries"]] == ["Receipt"]  # paid once
+        wait_balances(cluster, {keys[0]: 1_000_001, keys[1]: 1_000_001, keys[2]: 999_998},
+                      timeout_s=30)
