@@ -257,7 +257,8 @@ def _job_params(body: dict) -> dict:
     try:
         return {"max_price": int(body.get("max_price", 0)),
                 "timeout_s": float(body.get("timeout_s", 120)),
-                "provider": str(body.get("provider") or "") or None}
+                "provider": str(body.get("provider") or "") or None,
+                "replicas": int(body.get("replicas", 1))}
     except (ValueError, TypeError) as exc:
         raise HttpError(400, f"bad job parameters: {exc}") from None
 
@@ -432,11 +433,11 @@ class JobHistory:
         fields = {"error": ended.get("error", ""), "paid": ended.get("paid") or paid,
                   "receipt": receipt, "provider": live.provider}
         if outcome is not None:
-            receipt = getattr(outcome, "receipt", "") or ""
-            fields = {"output": outcome.output, "log": getattr(outcome, "log", b"") or b"",
+            receipt = outcome.receipt
+            fields = {"output": outcome.output, "log": outcome.log,
                       "provider": outcome.provider, "price": outcome.price,
                       "paid": outcome.paid, "receipt": receipt,
-                      "wire_job": (getattr(outcome, "job_id", b"") or b"").hex(),
+                      "wire_job": outcome.job_id.hex(),
                       "seconds": round(outcome.timings["total"], 6),
                       "pull_seconds": round(outcome.timings["pull"], 3)}
             if outcome.paid and not live.paid:  # a node that does not report "paid" itself
@@ -445,7 +446,7 @@ class JobHistory:
             events.append((now, "answered", 100, f"{len(outcome.output)} bytes from "
                                                  f"{outcome.provider} in "
                                                  f"{fields['seconds']:.3f} s"))
-            final = {"done": {"job": live.id, **_done(fields),
+            final = {"done": {"job": live.id, **_done(fields), "replicas": outcome.replicas,
                               "output_b64": base64.b64encode(outcome.output).decode()}}
         else:
             events.append((now, state, 0, fields["error"]))

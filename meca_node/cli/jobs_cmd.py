@@ -44,6 +44,10 @@ def run(task: Annotated[str, typer.Argument(help="offer id, task name, or name@k
         timeout: Annotated[float, typer.Option(help="seconds for the job to answer, not counting the image and input pulls")] = 120.0,
         provider: Annotated[str, typer.Option(
             "--provider", help="run on this provider (peer id) only")] = "",
+        replicas: Annotated[int, typer.Option(
+            "--replicas", min=1, max=16,
+            help="run on this many providers (distinct keys and addresses) at once; pay "
+                 "only those whose result is in the majority")] = 1,
         dry_run: Annotated[bool, typer.Option(
             "--dry-run", help="show how the providers rank for this job; run nothing")] = False,
         detach: Annotated[bool, typer.Option(
@@ -57,7 +61,7 @@ def run(task: Annotated[str, typer.Argument(help="offer id, task name, or name@k
     if not input:
         raise m._fail("give the job's input: --input JSON or --input @FILE")
     body = {"task": task, **_input_field(input), "max_price": max_price, "timeout_s": timeout,
-            "provider": provider}
+            "provider": provider, "replicas": replicas}
     client = m._client(data_dir, config)
     client.timeout_s = max(client.timeout_s, 10.0)
     if detach:
@@ -98,6 +102,14 @@ def write_done(done: dict, json_out: bool) -> None:
         return
     paid = (f"paid {done['paid']} (price {done['price']} + developer fee) with a signed "
             "receipt" if done.get("paid") else "free")
+    parts = done.get("replicas") or []
+    if parts:
+        agreed = sum(p["outcome"] == "paid" for p in parts)
+        paid = f"{agreed} of {len(parts)} replicas agreed; paid {done['paid']} in all"
+        for p in parts:
+            m.err.print(f"  {p['provider']} {p['outcome']}"
+                        + (f", sha256 {p['sha256'][:16]}" if p["sha256"] else "")
+                        + (f", paid {p['paid']}" if p["paid"] else ""), highlight=False)
     job = f"; job {done['job']}" if done.get("job") else ""
     m.err.print(f"ran on {done['provider']} in {done['seconds']:.3f} s; {paid}{job}",
                 highlight=False)

@@ -32,6 +32,7 @@ print("meca-init-done", flush=True)
 
 @app.route("/", methods=["POST"])
 def entry():
+    print("sleepy got", request.json["input"], flush=True)  # before the reply: in its log
     time.sleep(float(request.json.get("sleep", 0)))
     return request.json["input"]
 '''
