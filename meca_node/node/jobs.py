@@ -79,6 +79,8 @@ PULL_STALL_S = 30.0
 #: sends none, so a warm job is four messages)
 SLOW_START_S = 0.2
 PULL_STAGES = ("pulling", "loading")
+#: the longest a provider's progress message may take to send
+SEND_WHOLE_S = 10.0
 #: how long a provider waits for the client's receipt after its ResultCommit
 PAY_TIMEOUT_S = 30.0
 #: ...in a replicated job, where the client first waits for every replica's commitment (a
@@ -128,7 +130,7 @@ class DataSource(Protocol):
 #: provider-side failures after which the client tries the next provider (none is tried
 #: again once we paid for an attempt)
 RETRY_REASONS = frozenset({"busy", "no_fit", "internal", "unknown_offer", "arch",
-                           "not_allowed"})
+                           "not_allowed", "refused_client"})
 MAX_ATTEMPTS = 3  # providers tried for one job
 #: a failed job's reason -> the outcome recorded in the provider's reputation
 OUTCOME_OF = {"deadline": "timeout", "internal": "failure", "bad_output": "cheat",
@@ -272,6 +274,16 @@ class JobHost:
         else:
             await stream.send_many(frames)
 
+    async def _send_whole(self, stream: JobStream, body) -> None:
+        """``_send`` that a cancellation does not cut short: progress is sent beside the
+        work, which cancels it when done, and a cut write would lose the held JobAccept
+        (or half a frame). Bounded by SEND_WHOLE_S: a client that stops reading is gone."""
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + SEND_WHOLE_S) \
+                as scope:
+            await self._send(stream, body)
+        if scope.cancelled_caught:
+            raise JobFailed("gone", f"the client read nothing for {SEND_WHOLE_S:g} s")
+
     def _hold(self, stream: JobStream, body) -> None:
         """Send ``body`` with the stream's next message: a JobAccept waits for the result
         of a job that answers fast (one write instead of two), or for the first progress
@@ -383,7 +395,7 @@ class JobHost:
                     break
                 if place != told:
                     told = place
-                    await self._send(stream, wire.JobProgress(
+                    await self._send_whole(stream, wire.JobProgress(
                         job_id=job_id, stage="queued", percent=0,
                         detail=f"place {place} of {len(cap.waiting)} in the queue"
                                + (f" ({short})" if short else "")))
@@ -604,9 +616,9 @@ class JobHost:
     async def _run(self, stream: JobStream, job_id: bytes, offer: KnownOffer,
                    req: wire.JobRequest, budget_s: float) -> tuple[bytes, bytes]:
         async def progress(stage: str, percent: int, detail: str = "") -> None:
-            await self._send(stream, wire.JobProgress(job_id=job_id, stage=stage,
-                                                      percent=max(0, min(100, percent)),
-                                                      detail=detail[:256]))
+            await self._send_whole(stream, wire.JobProgress(
+                job_id=job_id, stage=stage, percent=max(0, min(100, percent)),
+                detail=detail[:256]))
 
         resources = task_resources(offer.offer.resources)
         try:
