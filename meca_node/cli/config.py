@@ -63,6 +63,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("warm_pool_max", "int", 4,
            "providers: most warm (idle) task containers kept; the oldest goes first "
            "(0: no warm containers)"),
+    Option("queue_max", "int", 8,
+           "providers: most jobs kept waiting for resources (first come, first served; the "
+           "client sees its place); beyond it a job is refused as busy (0: no queue)"),
     Option("ipfs_pull_timeout_s", "float", 600.0,
            "seconds an IPFS pull (image or file) may take, apart from any job timeout"),
     Option("skew_s", "int", 120, "accept message timestamps within this many seconds of ours"),

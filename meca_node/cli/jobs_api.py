@@ -610,7 +610,7 @@ def start_provider(node, ipfs: IpfsNode, data_dir: Path, values: dict):
     except HttpError as exc:
         log.warning("not running jobs: %s", exc)
         return None
-    capacity = Capacity(offer.resources)
+    capacity = Capacity(offer.resources, queue_max=int(values.get("queue_max", 8)))
     docker = DockerExecutor(client)
     pool = WarmPool(docker, idle_s=float(values.get("warm_pool_s", 300)),
                     max_idle=int(values.get("warm_pool_max", 4)))

@@ -76,15 +76,17 @@ def run(task: Annotated[str, typer.Argument(help="offer id, task name, or name@k
 
 def progress_printer():
     """``on_progress`` for :func:`follow_job`: a job's progress lines on stderr."""
-    last = {"stage": "", "percent": -100}
+    last = {"stage": "", "percent": -100, "detail": ""}
 
     def show(p: dict) -> None:
         # the provider repeats progress every second (its keep-alive while it pulls and
-        # loads): a line per new stage, and per 10 points of a pull
+        # loads): a line per new stage or news (a new place in a queue), and per 10
+        # points of a pull
         same = p["stage"] == last["stage"]
-        if same and (p["stage"] != "pulling" or p["percent"] < last["percent"] + 10):
+        if same and (p["percent"] < last["percent"] + 10 if p["stage"] == "pulling"
+                     else p["detail"] == last["detail"] or p["stage"] == "loading"):
             return
-        last.update(stage=p["stage"], percent=p["percent"])
+        last.update(stage=p["stage"], percent=p["percent"], detail=p["detail"])
         percent = f" {p['percent']}%" if p["stage"] == "pulling" else ""
         m.err.print(f"==> {p['stage']}{percent} {p['detail']}".rstrip(), highlight=False,
                     markup=False)

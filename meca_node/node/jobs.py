@@ -67,6 +67,8 @@ ENVELOPE_ROOM = 4096
 PROVIDER_IDLE_S = 60.0
 #: the client reuses an idle stream only this long (well inside the provider's idle time)
 CLIENT_IDLE_S = 20.0
+#: the longest opening a job stream or sending the request may take (a stalled connection)
+OPEN_STREAM_S = 10.0
 #: idle streams the client keeps per provider
 CLIENT_IDLE_STREAMS = 4
 #: most jobs on one stream
@@ -895,7 +897,8 @@ class JobClient:
                                           replicas)
         ticket = object()  # our place in this node's waiting room, while we wait
         try:
-            return await self._placed(offer, body, max_price, timeout_s, on_progress, ticket)
+            return await self._placed(offer, body, max_price, timeout_s,
+                                      _once(on_progress), ticket)
         finally:
             self._waiting.pop(ticket, None)
 
@@ -1052,18 +1055,24 @@ class JobClient:
         be closed already; the stream and the provider's first answer."""
         for _ in range(CLIENT_IDLE_STREAMS + 1):  # the idle ones, then a new one
             try:
-                stream, reused = await self._stream(provider)
-            except Exception as exc:  # no connection, protocol refused, ...
+                with trio.fail_after(OPEN_STREAM_S):  # a stalled connection: fail over
+                    stream, reused = await self._stream(provider)
+            except Exception as exc:  # no connection, refused, stalled (TooSlowError)
                 raise JobFailed("internal", f"cannot open a job stream to {provider} ({exc}); "
                                             "it stopped or went away") from None
             try:
-                await stream.send(request)
+                with trio.move_on_after(OPEN_STREAM_S) as sending:
+                    await stream.send(request)
+                if sending.cancelled_caught:
+                    raise ConnectionError(f"sending stalled for {OPEN_STREAM_S:g} s")
                 first = await stream.receive()
             except (trio.Cancelled, trio.TooSlowError):
-                await stream.close()
+                with trio.move_on_after(1):
+                    await stream.close()
                 raise
             except Exception as exc:
-                await stream.close()
+                with trio.move_on_after(1):
+                    await stream.close()
                 if reused:
                     continue  # the provider had ended the idle stream: take another
                 raise JobFailed("internal", f"{provider} did not take the request ({exc}); "
@@ -1305,6 +1314,23 @@ class JobClient:
         except Exception as exc:
             raise JobFailed("internal", f"the output {cid} could not be fetched from "
                                         f"{st.provider}: {exc}") from None
+
+
+def _once(on_progress, most: int = 256):
+    """``on_progress`` that passes each (stage, detail) once: a job that waits for a busy
+    network goes round the same choices at every advert."""
+    if on_progress is None:
+        return None
+    said: set[tuple[str, str]] = set()
+
+    def once(stage: str, percent: int, detail: str) -> None:
+        if stage in PULL_STAGES or stage == "running":  # the provider's own progress
+            on_progress(stage, percent, detail)
+        elif (stage, detail) not in said and len(said) < most:
+            said.add((stage, detail))
+            on_progress(stage, percent, detail)
+
+    return once
 
 
 def _hosts_of(addrs) -> frozenset[str]:
