@@ -304,19 +304,22 @@ class DockerExecutor:
             except docker.errors.APIError as exc:
                 log.warning("could not recreate network %s: %s", self.network, exc)
         if not nets:
-            self.client.networks.create(self.network, driver="bridge", internal=True,
-                                        labels={LABEL: "1"}, check_duplicate=True,
-                                        options={_BRIDGE_OPTION: BRIDGE})
+            try:
+                self.client.networks.create(self.network, driver="bridge", internal=True,
+                                            labels={LABEL: "1"}, check_duplicate=True,
+                                            options={_BRIDGE_OPTION: BRIDGE})
+            except docker.errors.APIError:  # another provider on this engine made it first
+                if not any(n.name == self.network
+                           for n in self.client.networks.list(names=[self.network])):
+                    raise
         isolate_host_from_bridge(BRIDGE)
         for c in self.client.containers.list(all=True, filters={"label": LABEL}):
             owner = c.labels.get(f"{LABEL}.pid", "")
             if owner.isdigit() and int(owner) != os.getpid() and _alive(int(owner)):
                 continue
             log.info("removing orphan container %s", c.short_id)
-            try:
-                c.remove(force=True)
-            except docker.errors.NotFound:
-                pass
+            # another provider on this engine may be removing it too (409): logged, not fatal
+            remove_container(c)
 
     # -- images -------------------------------------------------------------------------
     async def build(self, folder: Path, tag: str,
