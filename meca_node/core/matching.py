@@ -60,6 +60,9 @@ class Candidate:
     latency_ms: float | None = None  # measured round trip, when we have one
     reputation: float = 0.5  # 0..1, from the client's own history with it
     refused: str = ""  # why the network refuses it (a fork, a bad_output proof), if it does
+    #: jobs of this client there right now (sent or running): its advert may not show them
+    #: yet, so they count in its queue for the ranking
+    pending: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +184,7 @@ def rank(candidates: list[Candidate], need: Need, weights: Weights = Weights()
             "price": 1.0 if hi == lo else (hi - c.advert.price) / (hi - lo),
             "benchmark": bench[c.peer_id] / best_bench if best_bench > 0 else 0.0,
             "cached": 1.0 if need.offer.image_cid in c.advert.cached_images else 0.0,
-            "queue": 1.0 / (1 + c.advert.queue),
+            "queue": 1.0 / (1 + c.advert.queue + max(0, c.pending)),
             "latency": (best_lat / c.latency_ms if best_lat is not None
                         and c.latency_ms is not None and c.latency_ms > 0 else 0.5),
             "reputation": min(1.0, max(0.0, c.reputation)),

@@ -42,6 +42,7 @@ import hashlib
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -139,6 +140,7 @@ OUTCOME_OF = {"deadline": "timeout", "internal": "failure", "bad_output": "cheat
               "minority": "minority"}
 MAX_ROUNDS = 100_000  # choices and waits for an advert change, per job (a bound)
 MAX_WAITING = 1024  # jobs of one client node waiting for a busy network at once
+SAVE_SCORES_S = 2.0  # the reputation table is saved at most this often after successes
 
 
 class JobFailed(Exception):
@@ -760,6 +762,9 @@ class JobClient:
         self._persist = persist
         #: jobs of this node waiting for a provider, in arrival order (bounded)
         self._waiting: dict[object, None] = {}
+        self._saved_at = -math.inf  # when the reputation table was last saved
+        #: our jobs at each provider right now (the ranking spreads them)
+        self._pending: Counter[str] = Counter()
 
     def _queue_of(self, peer_id: str) -> int:
         """The queue length ``peer_id`` last advertised (unknown: last)."""
@@ -767,7 +772,14 @@ class JobClient:
         return ad.advert.queue if ad is not None else 1 << 30
 
     async def _outcome(self, provider: str, outcome: str) -> None:
+        """Record ``outcome`` in the provider's score; the table is saved at most every
+        SAVE_SCORES_S (a busy client finishes many jobs a second), and always for an
+        outcome other than success."""
         self.reputation.record(_public_key(provider), outcome, self.node.clock.now_ms() / 1000)
+        now = trio.current_time()
+        if outcome == "success" and now - self._saved_at < SAVE_SCORES_S:
+            return
+        self._saved_at = now
         if self._persist is not None:
             try:
                 await trio.to_thread.run_sync(self._persist, self.reputation)
@@ -850,6 +862,7 @@ class JobClient:
             candidates.append(Candidate(a.peer_id, a.advert, max(0, now - a.ts),
                                         a.peer_id in connected, refused=refused,
                                         latency_ms=rtt(a.peer_id) if rtt else None,
+                                        pending=self._pending[a.peer_id],
                                         reputation=self.reputation.value(key, now / 1000)))
         return rank(candidates, need, self.weights)
 
@@ -974,6 +987,7 @@ class JobClient:
                        group: "_Replicas | None" = None) -> JobOutcome:
         """One try of the job on ``provider``; its outcome goes into the provider's score
         (a rejection does not: the provider said no before doing anything)."""
+        self._pending[provider] += 1
         try:
             outcome = await self._try(provider, offer, body, max_price, timeout_s,
                                       on_progress, group)
@@ -987,6 +1001,10 @@ class JobClient:
             with trio.CancelScope(shield=True):
                 await self._outcome(provider, "timeout")
             raise
+        finally:
+            self._pending[provider] -= 1
+            if self._pending[provider] <= 0:
+                del self._pending[provider]
         await self._outcome(provider, "success")
         return outcome
 

@@ -33,8 +33,8 @@ def advert(**kw) -> wire.HostAdvert:
 
 
 def host(pid="p1", age_ms=1000, **kw) -> Candidate:
-    extra = {k: kw.pop(k) for k in ("connected", "latency_ms", "reputation", "refused")
-             if k in kw}
+    extra = {k: kw.pop(k) for k in ("connected", "latency_ms", "reputation", "refused",
+                                    "pending") if k in kw}
     return Candidate(pid, advert(**kw), age_ms, **extra)
 
 
@@ -109,6 +109,16 @@ def test_ranking_weighs_price_cache_queue_benchmark_latency_reputation() -> None
                               "reputation"}
     with pytest.raises(ValueError, match="price"):
         Weights(price=-1)
+
+
+def test_our_own_jobs_at_a_provider_count_in_its_queue() -> None:
+    """A client that just sent jobs to a provider spreads the next ones, though the
+    provider's advert does not show them yet (and a better score would keep choosing it)."""
+    busy, idle = host("a", pending=2, reputation=0.9), host("b", reputation=0.8)
+    ranked, _ = rank([busy, idle], NEED)
+    assert [r.peer_id for r in ranked] == ["b", "a"]
+    assert ranked[1].parts["queue"] == pytest.approx(1 / 3)
+    assert [r.peer_id for r in rank([host("a", reputation=0.9), idle], NEED)[0]] == ["a", "b"]
 
 
 def test_ties_go_to_the_lower_price_then_the_peer_id() -> None:
