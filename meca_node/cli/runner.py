@@ -60,6 +60,17 @@ async def _stop_on_signal(signals, scope: trio.CancelScope) -> None:
         return
 
 
+async def _dump_on_usr1() -> None:
+    """``kill -USR1 <pid>``: log what every task waits on (a node that seems stuck)."""
+    import signal
+
+    from meca_node.node.tasks_dump import dump_tasks
+
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        async for _ in signals:
+            log.warning("tasks (SIGUSR1):\n%s", dump_tasks())
+
+
 async def _serve(cfg: Config, identity: Identity, genesis: wire.Genesis) -> None:
     with LedgerDB(cfg.data_dir) as ledger_db:
         await _serve_with(cfg, identity, genesis, ledger_db)
@@ -86,6 +97,7 @@ async def _serve_with(cfg: Config, identity: Identity, genesis: wire.Genesis,
                 host = start_provider(node, ipfs, cfg.data_dir, cfg.values)
                 if host is not None:  # environments, benchmark, sandbox; then jobs
                     nursery.start_soon(provider_up, host)
+            nursery.start_soon(_dump_on_usr1)
             port = await nursery.start(serve_control, cfg.data_dir, routes, cfg["control_port"])
             print(f"meca-node {identity.peer_id} on network {genesis.name!r} "
                   f"({genesis.network_id.hex()[:16]})", flush=True)

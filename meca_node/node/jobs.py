@@ -183,9 +183,10 @@ class Capacity:
             self._changed.set()
             self._changed = trio.Event()
 
-    async def changed(self) -> None:
-        """Return at the next release."""
-        await self._changed.wait()
+    def next_release(self) -> trio.Event:
+        """An event set at the next release: take it *before* looking at the queue, so a
+        release while the looker awaits something else is not missed."""
+        return self._changed
 
     @property
     def free(self) -> wire.Resources:
@@ -393,6 +394,7 @@ class JobHost:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch, nursery.cancel_scope)
             for _ in range(MAX_ROUNDS):  # bounded: each round follows a release
+                released = cap.next_release()
                 place = cap.waiting.index(job_id) + 1
                 short = cap.shortfall(need)
                 if place == 1 and short is None:
@@ -408,7 +410,7 @@ class JobHost:
                     late = True
                     break
                 with trio.move_on_after(left_s):
-                    await cap.changed()
+                    await released.wait()
             nursery.cancel_scope.cancel()
         cap.release(job_id)  # out of the queue: the next in line may go
         if watch.gone:
@@ -898,7 +900,8 @@ class JobClient:
                                        "or --max-price, or receive funds first")
         if provider is not None:
             ranked, unfits = self.match(offer, max_price)
-            if provider not in {r.peer_id for r in ranked}:
+            queue_ok = {u.peer_id for u in unfits if u.busy}  # busy: it queues the job
+            if provider not in {r.peer_id for r in ranked} | queue_ok:
                 why = next((", ".join(x.text for x in u.reasons) for u in unfits
                             if u.peer_id == provider), "has not advertised")
                 raise JobFailed("no_fit", f"provider {provider} cannot run {offer.label} for "
