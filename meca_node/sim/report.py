@@ -244,13 +244,14 @@ def _plots(record: RunRecord) -> dict[str, bytes]:
     fig = Figure(figsize=(9, 3.6))
     ax = fig.add_subplot()
     if n:
-        span = max(1, int(math.ceil(float(ended.max()))) + 1)
-        sec = np.clip(ended, 0, None).astype(np.int64)
-        edges = np.arange(span + 1)
-        ax.stairs(np.bincount(sec[ok], minlength=span)[:span], edges, label="completed",
-                  color="tab:green")
-        ax.stairs(np.bincount(sec[~ok], minlength=span)[:span], edges, label="failed",
-                  color="tab:red")
+        # one-second bins, wider (whole seconds) when the run is longer than 600 s
+        width = max(1, math.ceil(float(ended.max()) / 600))
+        bins = int(float(ended.max()) // width) + 1
+        slot = (np.clip(ended, 0, None) // width).astype(np.int64)
+        edges = np.arange(bins + 1) * width
+        for mask, label, colour in ((ok, "completed", "tab:green"), (~ok, "failed", "tab:red")):
+            ax.stairs(np.bincount(slot[mask], minlength=bins)[:bins] / width, edges,
+                      label=label, color=colour)
     for f in record.faults:
         ax.axvline(f.at_s, color="0.4", linestyle="--", linewidth=0.8)
         ax.annotate(f.kind, (f.at_s, 1.0), xycoords=("data", "axes fraction"), rotation=90,
@@ -311,7 +312,8 @@ def _plots(record: RunRecord) -> dict[str, bytes]:
     bars = ax1.bar(["before", "after"], totals, color=["0.6", "tab:green" if totals[0] ==
                                                         totals[1] else "tab:red"])
     ax1.bar_label(bars, labels=[f"{t:,}" for t in totals], fontsize=8)
-    ax1.set_title("Sum of all balances")
+    ax1.set_title("Sum of all balances: " + ("conserved" if totals[0] == totals[1] else
+                                              f"changed by {totals[1] - totals[0]:+,}"))
     accounts = sorted(set(before) | set(after))
     delta = np.fromiter((after.get(a, 0) - before.get(a, 0) for a in accounts), float,
                         len(accounts))
@@ -389,6 +391,8 @@ def _fmt(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "NO"
     if isinstance(v, float):
+        if v.is_integer():
+            return f"{int(v):,}"
         return f"{v:.3f}" if abs(v) < 1000 else f"{v:,.0f}"
     if isinstance(v, int):
         return f"{v:,}"
