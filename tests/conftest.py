@@ -71,3 +71,24 @@ def wait_for(what: str, predicate, timeout_s: float, interval_s: float = 0.2):
             return value
         assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
         time.sleep(interval_s)
+
+
+# -- fixtures of the in-memory node tests (tests/node; a module's own fixture of the same
+# name takes precedence). Kept here: a tests/node/conftest.py would shadow this module for
+# `from conftest import ...` in other directories.
+@pytest.fixture
+def mock_clock():
+    """Virtual time that jumps to the next deadline whenever every task waits."""
+    import trio.testing
+
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+@pytest.fixture
+def genesis():
+    """A network with no balances."""
+    from nacl.signing import SigningKey
+
+    from meca_node import wire
+
+    return wire.make_genesis("unit", SigningKey(b"\x01" * 32), 0, [])
