@@ -494,6 +494,7 @@ def main() -> None:
 from meca_node.cli import jobs_cmd, key_cmd, publish_cmd  # noqa: E402,F401  (they add commands)
 from meca_node.cli import wallet_cmd  # noqa: E402,F401  (it adds the wallet commands)
 from meca_node.cli import job_cmd  # noqa: E402,F401  (it adds the job commands)
+from meca_node.cli import sim_cmd  # noqa: E402,F401  (it adds the sim commands)
 from meca_node.cli.ipfs_cmd import ipfs_app  # noqa: E402  (it uses the helpers above)
 
 app.add_typer(ipfs_app, name="ipfs")
