@@ -96,6 +96,7 @@ OUTCOME_OF = {"deadline": "timeout", "internal": "failure", "bad_output": "cheat
               "minority": "minority"}
 RECEIVE_AFTER_US = 5 * US
 REGOSSIP_AFTER_US = 2 * US
+REANNOUNCE_US = 10 * US  # ledger_sync.REANNOUNCE_MIN_S: a grown chain's newest entry again
 ADVERT_INTERVAL_US = 30 * US
 ADVERT_TICK_US = 1 * US
 SKEW_MS = 120_000
@@ -133,7 +134,8 @@ MODELLED = [
 ]
 NOT_MODELLED = [
     "image and input pulls (every provider holds every task image), output sizes",
-    "ping latency in the ranking (every provider scores 0.5 for latency)",
+    "ping latency varies by pair only (a fixed share of the jitter per pair); a client "
+    "has measured it for the providers it has used, the others score 0.5 for latency",
     "connections: every node can reach every other (the real client ranks only providers "
     "it is connected to)",
     "gossipsub's redundant paths and IHAVE/IWANT repair (loss is applied per hop)",
@@ -349,6 +351,8 @@ class Simulator:
         self.last_sides: list[int] | None = None
         self.part_window: tuple[int, int] | None = None
         self.flood_faults: list[tuple[FaultRecord, set[bytes]]] = []
+        self.grown: dict[bytes, int] = {}  # accounts whose chain grew: key -> their node
+        self.announced_at = 0
 
     # -- helpers ------------------------------------------------------------------------
     def push(self, at: int, code: int, a: Any = None, b: Any = None) -> None:
@@ -549,6 +553,8 @@ class Simulator:
             n += 1
         self.stats["events"] = n
         self.now = max(self.now, self.load_end)
+        if self.observers:
+            self._reannounce()
         for o in self.observers:
             o.settle(self.chains, self.seq)
 
@@ -678,10 +684,15 @@ class Simulator:
             adv, ts = seen
             if not p.alive:
                 self._noticed_down(p)
-            rep = client.rep.value(p.node.pub, now_s) if p.idx in client.known else 0.5
+            if p.idx in client.known:  # used before: connected, so pinged (node.latency)
+                rep = client.rep.value(p.node.pub, now_s)
+                rtt = net.rtt_ms(me, p.node.idx)
+            else:
+                rep, rtt = 0.5, None
             cands.append(Candidate(p.node.peer_id, adv, max(0, now_ms - ts),
                                    p.alive and net.connected(me, p.node.idx, self.now),
-                                   reputation=rep, pending=client.pending.get(p.idx, 0)))
+                                   latency_ms=rtt, reputation=rep,
+                                   pending=client.pending.get(p.idx, 0)))
         self.stats["ranked_candidates"] += len(cands)
         self.stats["rankings"] += 1
         return rank(cands, task.need, WEIGHTS)
@@ -1020,6 +1031,8 @@ class Simulator:
         """An entry gossiped by ``sender`` at ``at`` reaches the ledger observers."""
         if not self.observers:
             return
+        if env.signer not in self.grown:
+            self.grown[env.signer] = sender
         msg = self.seq()
         net = self.net
         for o in self.observers:
@@ -1438,11 +1451,25 @@ class Simulator:
             self.push(self.now + self.sample_us, E_SAMPLE)
 
     def _sync(self, _a: Any, _b: Any) -> None:
-        """The ledger observers take what reached them and ask for what they lack."""
+        """The ledger observers take what reached them and ask for what they lack; every
+        ``REANNOUNCE_US`` each account whose chain grew gossips its newest entry again
+        (``ledger_sync``), so an entry lost at the tail of a chain shows as a gap."""
+        if self.now - self.announced_at >= REANNOUNCE_US:
+            self._reannounce()
         for o in self.observers:
             o.drain(self.now, self.chains, self.seq)
         if self.now + SYNC_US <= self.load_end + self.timeout_us:
             self.push(self.now + SYNC_US, E_SYNC)
+
+    def _reannounce(self) -> None:
+        self.announced_at = self.now
+        grown, self.grown = self.grown, {}
+        chains = self.chains
+        for key, sender in grown.items():
+            newest = chains.entries_from(key, chains.head(key)[0] - 1, 1)
+            if newest:
+                self._gossip_entry(newest[0], sender, self.now)
+        self.grown = {}
 
     # -- the record ---------------------------------------------------------------------
     def _record(self) -> RunRecord:

@@ -111,6 +111,12 @@ class Net:
         return last is None or last[a] == last[b] or now - self.healed_at >= RECONNECT_US
 
     # -- delays --------------------------------------------------------------------------
+    def rtt_ms(self, a: int, b: int) -> float:
+        """The ping round trip between two nodes as ``node.latency`` would measure it:
+        twice the base latency plus a fixed share of the jitter for the pair."""
+        lo, hi = min(a, b), max(a, b)
+        return 2 * (self.base_us + self.jitter_us * unit(mix64(self.seed, lo, hi, 3))) / 1000
+
     def latency(self, rng: random.Random, now: int) -> int:
         """One direct message's one-way delay (retransmissions included)."""
         us = self.base_us + (rng.randrange(self.jitter_us + 1) if self.jitter_us else 0)
