@@ -68,6 +68,10 @@ OPTIONS: tuple[Option, ...] = (
            "client sees its place); beyond it a job is refused as busy (0: no queue)"),
     Option("ipfs_pull_timeout_s", "float", 600.0,
            "seconds an IPFS pull (image or file) may take, apart from any job timeout"),
+    Option("sim_faults", "bool", False,
+           "simulations only: a fault switch in this node's transport that the control API "
+           "(POST /v1/sim/faults) sets to block peers, delay writes and drop gossip; off: "
+           "the switch cannot be set (`meca-node sim cluster` turns it on for its nodes)"),
     Option("skew_s", "int", 120, "accept message timestamps within this many seconds of ours"),
     Option("gossip_rate_per_s", "float", 5.0, "gossip messages per second allowed per signer"),
     Option("gossip_burst", "int", 20, "gossip burst allowed per signer"),

@@ -12,6 +12,7 @@ from meca_node.cli.config import Config
 from meca_node.cli.ipfs_api import ipfs_routes
 from meca_node.cli.jobs_api import job_routes, provider_up, start_provider
 from meca_node.cli.offers_api import offer_routes
+from meca_node.cli.sim_api import sim_routes
 from meca_node.cli.wallet_api import wallet_routes
 from meca_node.control import serve_control
 from meca_node.core import Identity
@@ -32,7 +33,8 @@ def net_config(cfg: Config) -> NetConfig:
     return NetConfig(listen=tuple(cfg["listen"]), announce=tuple(cfg["announce"]),
                      bootstrap=tuple(cfg["bootstrap"]), mdns=cfg["mdns"],
                      max_rpc=max(4 * caps.gossip_message, 256 * 1024),
-                     max_frame=caps.stream_frame, queue=caps.queue)
+                     max_frame=caps.stream_frame, queue=caps.queue,
+                     sim_faults=cfg["sim_faults"])
 
 
 def node_settings(cfg: Config) -> NodeSettings:
@@ -88,7 +90,7 @@ async def _serve_with(cfg: Config, identity: Identity, genesis: wire.Genesis,
                   "GET /v1/offers": lambda _: node.offers_view(),
                   **ipfs_routes(ipfs), **offer_routes(node, ipfs, cfg.data_dir),
                   **job_routes(node, ipfs, cfg.data_dir, cfg.weights),
-                  **wallet_routes(node)}
+                  **wallet_routes(node), **sim_routes(net)}
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             await nursery.start(ipfs.run)

@@ -36,6 +36,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
+from meca_node.net.faults import FaultSpecError, FaultSwitch
 from meca_node.net.framing import FrameError, FrameReader, write_frame, write_frames
 from meca_node.net.ping import PROTOCOL as PING_PROTOCOL
 from meca_node.net.ping import Pinger
@@ -64,6 +65,8 @@ class NetConfig:
     backoff_min_s: float = 1.0
     backoff_max_s: float = 30.0
     max_wanted_peers: int = 256
+    #: simulations only: a settable fault switch (partition, delay, drop; net/faults.py)
+    sim_faults: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +115,13 @@ class Libp2pNet:
         self._wanted: dict[ID, _Wanted] = {}
         self._discovered_send, self._discovered_recv = trio.open_memory_channel[PeerInfo](64)
         self._blocked: set[ID] = set()
+        #: simulations: the switch, and the peers it blocks now (empty when off: the hooks
+        #: cost one set lookup or one ``None`` test)
+        self.faults = FaultSwitch(enabled=config.sim_faults)
+        self._fault_blocked: set[ID] = set()
+        self._write_faults = self.faults if config.sim_faults else None
         #: answers ``/ipfs/ping/1.0.0`` (in place of py-libp2p's handler) and measures RTTs
-        self.pinger = Pinger(host, lambda pid: pid in self._blocked)
+        self.pinger = Pinger(host, self._refuses)
         host.set_stream_handler(PING_PROTOCOL, self.pinger.serve)
 
     # -- identity and peers -------------------------------------------------
@@ -163,7 +171,7 @@ class Libp2pNet:
             return
         self._blocked.add(pid)
         self._wanted.pop(pid, None)
-        self._pubsub.add_to_blacklist(pid)
+        self._blacklist(pid)
         log.warning("cut off peer %s: %s", peer_id, why)
         with trio.move_on_after(2):
             try:
@@ -171,18 +179,72 @@ class Libp2pNet:
             except Exception as exc:  # already gone is fine
                 log.debug("disconnect %s: %s", peer_id, exc)
 
+    def _blacklist(self, pid: ID) -> None:
+        """No gossip from or through ``pid`` (pubsub checks the forwarder and the origin).
+        Not ``Pubsub.add_to_blacklist``: its teardown task deletes the peer's entry after an
+        await, and when the peer's connection drops meanwhile (we disconnect it next) that
+        ``del`` raises KeyError and stops pubsub and the node. Disconnecting tears it down."""
+        self._pubsub.blacklisted_peers.add(pid)
+
+    def _refuses(self, pid: ID) -> bool:
+        """Cut off for good, or blocked by the simulation's fault switch for now."""
+        return pid in self._blocked or pid in self._fault_blocked
+
+    # -- simulation faults ------------------------------------------------------------
+    def faults_view(self) -> dict:
+        return self.faults.view()
+
+    async def set_faults(self, doc: dict) -> dict:
+        """Set the fault switch (see :mod:`meca_node.net.faults`): blocked peers are cut off
+        now (gossip blacklisted, connection closed) and not redialed until unblocked; the
+        switch's view after. ``FaultsDisabled`` on a node without ``sim_faults``;
+        ``FaultSpecError`` (nothing changed) on a bad setting."""
+        spec = self.faults.parse(doc)
+        try:
+            ids = {ID.from_base58(p) for p in spec.block}
+        except Exception as exc:
+            raise FaultSpecError(f"block: not a peer id ({exc})") from None
+        added, removed = self.faults.apply(spec)
+        self._fault_blocked = ids
+        for peer in removed:
+            pid = ID.from_base58(peer)
+            if pid not in self._blocked:  # a peer cut off for cause stays cut off
+                self._pubsub.remove_from_blacklist(pid)
+        for peer in added:
+            self._blacklist(ID.from_base58(peer))
+        await self._drop_fault_blocked()
+        return self.faults.view()
+
+    async def _drop_fault_blocked(self) -> None:
+        """Close connections to peers the fault switch blocks (also ones they dialed)."""
+        for pid in set(self._host.get_connected_peers()) & self._fault_blocked:
+            self.faults.stats["disconnected"] += 1
+            with trio.move_on_after(2):
+                try:
+                    await self._host.disconnect(pid)
+                except Exception as exc:  # already gone is fine
+                    log.debug("disconnect %s: %s", pid, exc)
+
     # -- gossip ---------------------------------------------------------------
     def set_validator(self, topic: str, fn: Validator) -> None:
+        faults = self._write_faults
+        me = self._host.get_id()
+
         def _validate(_forwarder: ID, msg) -> bool:
             try:
-                origin = ID(msg.from_id).to_base58()
+                origin = ID(msg.from_id)
             except Exception:
                 return False
-            return fn(topic, bytes(msg.data), origin)
+            if faults is not None and origin != me and faults.drop_incoming():
+                return False  # simulated loss: this node never gets this message
+            return fn(topic, bytes(msg.data), origin.to_base58())
 
         self._pubsub.set_topic_validator(topic, _validate, False)
 
     async def publish(self, topic: str, data: bytes) -> None:
+        if self._write_faults is not None and self._write_faults.delay_s:
+            self._write_faults.stats["writes_delayed"] += 1
+            await trio.sleep(self._write_faults.delay_s)
         await self._pubsub.publish(topic, data)
 
     async def subscribe(self, topic: str) -> AsyncIterator[GossipMessage]:
@@ -201,8 +263,10 @@ class Libp2pNet:
         cap = max_frame or self._config.max_frame
 
         async def _handle(stream) -> None:
-            framed = FramedStream(stream, cap)
+            framed = FramedStream(stream, cap, self._write_faults)
             if self.is_blocked(framed.remote_peer):
+                if self.faults.blocks(framed.remote_peer):
+                    self.faults.stats["streams_refused"] += 1
                 await framed.reset()
                 return
             try:
@@ -221,12 +285,17 @@ class Libp2pNet:
         """A new stream to a connected (or dialable) peer, speaking the first of
         ``protocols`` it supports."""
         names = [protocols] if isinstance(protocols, str) else list(protocols)
-        stream = await self._host.new_stream(ID.from_base58(peer_id), names)
-        return FramedStream(stream, max_frame or self._config.max_frame)
+        pid = ID.from_base58(peer_id)
+        if pid in self._fault_blocked:
+            self.faults.stats["opens_refused"] += 1
+            raise ConnectionError(f"peer {peer_id} is blocked by the simulation's fault "
+                                  "switch (a partition)")
+        stream = await self._host.new_stream(pid, names)
+        return FramedStream(stream, max_frame or self._config.max_frame, self._write_faults)
 
     def is_blocked(self, peer_id: str) -> bool:
         try:
-            return ID.from_base58(peer_id) in self._blocked
+            return self._refuses(ID.from_base58(peer_id))
         except Exception:
             return False
 
@@ -235,7 +304,7 @@ class Libp2pNet:
         stream kept for the next ping; ``TimeoutError`` after ``timeout_s``, another
         ``Exception`` when the peer cannot be pinged."""
         pid = ID.from_base58(peer_id)
-        if pid in self._blocked:
+        if self._refuses(pid):
             raise ConnectionError(f"peer {peer_id} is cut off; not pinging it")
         connected = set(self._host.get_connected_peers())
         self.pinger.forget(connected)  # streams of peers gone since the last ping
@@ -246,7 +315,7 @@ class Libp2pNet:
     async def connect(self, addr: str, timeout_s: float | None = None) -> str:
         """Dial ``addr`` (a ``/p2p/`` multiaddr) now and keep it wanted; its peer id."""
         info = parse_peer_addr(addr)
-        if info.peer_id in self._blocked:
+        if self._refuses(info.peer_id):
             raise ConnectionError(f"peer {info.peer_id} is cut off; not dialing it")
         with trio.fail_after(timeout_s or self._config.dial_timeout_s):
             await self._host.connect(info)
@@ -259,7 +328,11 @@ class Libp2pNet:
         while True:
             now = time.monotonic()
             connected = set(self._host.get_connected_peers())
+            if self._fault_blocked:  # partitioned: no redial; drop what they dialed
+                await self._drop_fault_blocked()
             for pid, w in list(self._wanted.items()):
+                if pid in self._fault_blocked:
+                    continue
                 if pid in connected:
                     w.backoff_s, w.failures = self._config.backoff_min_s, 0
                     continue
@@ -317,10 +390,16 @@ async def _iterate(sub, topic: str) -> AsyncIterator[GossipMessage]:
 class FramedStream:
     """A libp2p stream carrying length-prefixed frames under a size cap."""
 
-    def __init__(self, stream, max_frame: int) -> None:
+    def __init__(self, stream, max_frame: int, faults: FaultSwitch | None = None) -> None:
         self._stream = stream
         self.max_frame = max_frame
         self._reader = FrameReader(stream, max_frame)
+        self._faults = faults  # simulations: writes delayed by the switch
+
+    async def _maybe_delay(self) -> None:
+        if self._faults is not None and self._faults.delay_s:
+            self._faults.stats["writes_delayed"] += 1
+            await trio.sleep(self._faults.delay_s)
 
     @property
     def remote_peer(self) -> str:
@@ -330,10 +409,12 @@ class FramedStream:
             return "?"
 
     async def send(self, data: bytes) -> None:
+        await self._maybe_delay()
         await write_frame(self._stream, data, self.max_frame)
 
     async def send_many(self, frames: list[bytes]) -> None:
         """Several frames in one write (one pass through the muxer and the encryption)."""
+        await self._maybe_delay()
         await write_frames(self._stream, frames, self.max_frame)
 
     async def receive(self) -> bytes | None:
