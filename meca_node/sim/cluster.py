@@ -72,9 +72,12 @@ class Cluster:
                  roles: tuple[str, ...] | list[tuple[str, ...]] = ("provider",),
                  extra_args: tuple[str, ...] = (), seed: int = 7,
                  network_name: str = "local-cluster",
-                 startup_benchmark: bool = False) -> None:
+                 startup_benchmark: bool = False,
+                 balances: list[int] | None = None) -> None:
         if not 1 <= n <= 64:
             raise ValueError("a local cluster has 1..64 nodes")
+        if balances is not None and len(balances) != n:
+            raise ValueError(f"balances gives {len(balances)} amounts for {n} nodes")
         self.root = root
         self.n = n
         self.advert_interval_s = advert_interval_s
@@ -88,6 +91,8 @@ class Cluster:
         self.startup_benchmark = startup_benchmark
         self.nodes: list[ClusterNode] = []
         self.genesis_path = root / "genesis.json"
+        #: each node's genesis balance (default: 1,000,000 each)
+        self.balances = list(balances) if balances is not None else [1_000_000] * n
         self.exit_codes: dict[int, int | None] = {}
 
     # -- set-up -------------------------------------------------------------------
@@ -107,7 +112,8 @@ class Cluster:
                                           self.root / f"node{i}.log"))
         g = wire.make_genesis(self.network_name, identities[0].signing_key,
                               time.time_ns() // 1_000_000,
-                              [(ident.public_key, 1_000_000) for ident in identities])
+                              [(ident.public_key, amount)
+                               for ident, amount in zip(identities, self.balances)])
         atomic_write(self.genesis_path, g.to_json().encode())
         for node in self.nodes:
             node.args = self._args(node)

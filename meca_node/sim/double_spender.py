@@ -1,7 +1,9 @@
-"""A double-spending client for tests/integration/test_settlement_cluster.py.
+"""A double-spending client, for tests (tests/integration/test_settlement_cluster.py) and
+simulations (``meca-node sim cluster``, a ``double_spender`` node).
 
-``python double_spender.py --genesis G --key-dir DIR --seq N --prev HEX --offer-id HEX
---developer HEX --fee F --input FILE --target ADDR_A --target ADDR_B --report OUT.json``
+``python -m meca_node.sim.double_spender --genesis G --key-dir DIR --seq N --prev HEX
+--offer-id HEX --developer HEX --fee F --input FILE --target ADDR_A --target ADDR_B
+--report OUT.json``
 
 Signs with the account key in ``DIR/node.key`` (a client's key: the cheat is that
 account's) and runs two paid jobs of the offer at once, one on each target provider, each
