@@ -35,8 +35,10 @@ def sim_run(
                          "process) or 'inline'")] = "worker",
     json_out: m.JsonOut = False,
 ) -> None:
-    """Run the deterministic simulator: the same scenario and seed give the same report.
-    Writes index.html, the plots and report.json; prints the figures."""
+    """Run the deterministic simulator: the same scenario and seed give the same report
+    (all but the measured meta.wall_s, peak_rss_mb, jobs_per_wall_s, cpu_s and
+    verifier_cpu_s; meta.digest hashes the rest). Writes index.html, the plots,
+    report.json and summary.json; prints the figures (--json: summary.json's)."""
     from meca_node.sim.des import SimError, run_scenario
     from meca_node.sim.report import summary, write_report
     from meca_node.sim.scenario import ScenarioError, load_scenario
@@ -85,9 +87,10 @@ def sim_run(
                     + (f"after {healed:.3f} s" if healed is not None else "-")
                     + (f"; {f['detail']}" if f["detail"] else ""), highlight=False)
     m.out.print(f"simulated {result.record.meta['simulated_s']:.1f} s in "
-                f"{result.wall_s:.1f} s wall, {result.jobs_per_wall_s:,.0f} jobs/s, "
-                f"peak RSS {result.peak_rss_mb:.0f} MiB, {result.events:,} events",
-                highlight=False)
+                f"{result.wall_s:.1f} s wall ({result.cpu_s:.1f} s CPU here, "
+                f"{result.verifier_cpu_s:.1f} s verifying signatures), "
+                f"{result.jobs_per_wall_s:,.0f} jobs/s, peak RSS {result.peak_rss_mb:.0f} MiB, "
+                f"{result.events:,} events", highlight=False)
     m.out.print(f"report: {page}", highlight=False)
 
 

@@ -19,13 +19,16 @@ gate. Same scenario and seed: the same record, bit for bit (``meta.digest`` hash
   shared view after the gossip delay; a missed one arrives with the next re-advert.
 - *Views*: every client but a seeded sample shares one view of the adverts (the typical
   node's); each sampled client holds the adverts that reached *it* (its own delays and
-  losses, nothing across a partition). Ranking 3,000 providers for each of 100,000 jobs
+  losses, nothing across a partition). Ranking 3,500 providers for each of 100,000 jobs
   does not fit, so a client ranks a shortlist: from each provider group whose hardware
-  holds the task, the first few that fit (and the first few busy ones) in the order of
-  advertised queue then peer id, plus every provider the client has a score for. Inside a
-  group only queue, score and pending jobs differ, so the shortlist holds the ranking's
-  top choices (and the cheapest fitting prices); with 64 providers or fewer the client
-  ranks them all.
+  holds the task and whose price is within the job's, the first provider that fits in the
+  order of advertised queue then peer id (the first it has no job at yet: its own jobs
+  lower a provider's score), plus every provider it has a score for that fits; only when
+  none fits, the same for busy ones (the shortest queues). Inside a group only queue,
+  score, measured latency and pending jobs differ, so the shortlist holds the ranking's
+  first choice and the cheapest fitting price; with 64 providers or fewer a client ranks
+  them all. A client has measured the ping round trip (a fixed per-pair share of the
+  jitter) of the providers it has used.
 - *Jobs*: Poisson arrivals at the load's rate, a client drawn uniformly, a task by the
   mix. Like ``JobClient._placed``: the best untried fitting provider, else the busy one
   with the shortest advertised queue (its queue takes the job), else the client's waiting
@@ -84,6 +87,8 @@ from meca_node.sim.report import FaultRecord, JobRecord, RunRecord
 from meca_node.sim.scenario import Scenario
 
 US = 1_000_000
+#: the figures of a run that are measured, not simulated (left out of ``digest``)
+MEASURED = ("wall_s", "peak_rss_mb", "jobs_per_wall_s", "cpu_s", "verifier_cpu_s")
 T0_MS = 1_767_225_600_000  # the genesis time and the start of the load (2026-01-01)
 ARCH = "amd64"
 
@@ -319,6 +324,8 @@ class RunResult:
     peak_rss_mb: float
     jobs_per_wall_s: float
     events: int
+    cpu_s: float  # this process's CPU time
+    verifier_cpu_s: float  # the verifying process's (0 when verifying inline)
 
 
 # ------------------------------------------------------------------------- simulator ----
@@ -491,6 +498,9 @@ class Simulator:
     # -- the run ------------------------------------------------------------------------
     def run(self) -> RunResult:
         t0 = time.perf_counter()
+        me, kids = (resource.getrusage(resource.RUSAGE_SELF),
+                    resource.getrusage(resource.RUSAGE_CHILDREN))
+        cpu0, kids0 = me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
         self._setup()
         try:
             self._schedule()
@@ -500,12 +510,16 @@ class Simulator:
             self.sealer.close()
         record = self._record()
         wall = time.perf_counter() - t0
-        rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+        me, kids = (resource.getrusage(resource.RUSAGE_SELF),
+                    resource.getrusage(resource.RUSAGE_CHILDREN))
+        rss = max(me.ru_maxrss, kids.ru_maxrss) / 1024
+        cpu = me.ru_utime + me.ru_stime - cpu0
         jps = len(self.jobs) / wall if wall > 0 else 0.0
         record.meta.update(wall_s=round(wall, 3), peak_rss_mb=round(rss, 1),
-                           jobs_per_wall_s=round(jps, 1))
-        return RunResult(record, wall, rss, jps, self.stats["events"])
+                           jobs_per_wall_s=round(jps, 1), cpu_s=round(cpu, 1),
+                           verifier_cpu_s=round(kids.ru_utime + kids.ru_stime - kids0, 1))
+        return RunResult(record, wall, rss, jps, self.stats["events"], cpu,
+                         record.meta["verifier_cpu_s"])
 
     def _schedule(self) -> None:
         sc = self.sc
@@ -1548,7 +1562,7 @@ def digest(record: RunRecord) -> str:
     """SHA-256 of the record without what is measured (wall time, memory): equal for equal
     scenario and seed."""
     doc = record.to_json()
-    for k in ("wall_s", "peak_rss_mb", "jobs_per_wall_s", "digest", "verify"):
+    for k in MEASURED + ("digest",):
         doc["meta"].pop(k, None)
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":"))
                           .encode()).hexdigest()
@@ -1573,10 +1587,6 @@ def run_scenario(scenario: Scenario, seed: int | None = None, nodes: int | None 
     if nodes is not None:
         scenario = scenario.with_nodes(nodes)
     return Simulator(scenario, seed, **options).run()
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 __all__ = ["MODELLED", "NOT_MODELLED", "RunResult", "SimError", "Simulator", "digest",

@@ -10,14 +10,15 @@ give the same run), and the run fails if the worker found any envelope that does
 What the simulator seals: job ResultCommits, Receipts, Receives, FraudProofs, task offers,
 the junk adverts of a flood and the adverts of the providers sampled for the gossip gate.
 
-**Ledger** (:class:`Ledger`). One real ``Chains`` is the union of what the network holds:
+**Ledger.** The simulator holds one real ``Chains``, the union of what the network holds:
 an entry is added when its signer signs it (``append_own``: our own chain first), a payment
 handed to a provider is added when the provider takes it, so balances come from chains
-alone. A few sampled nodes are **ledger observers** with a ``Chains`` of their own, fed by
-the gossip model (entries arrive late, out of order, or not at all; a missing entry is
-fetched from a peer ``FETCH_US`` after the gap shows, as ``ledger_sync`` does), so the
-report can show when each of them learnt of a fork and that their balances agree with the
-union at the end.
+alone. A few sampled nodes are **ledger observers** (:class:`Observer`) with a ``Chains``
+of their own, fed by the gossip model: entries arrive late, out of order, or not at all;
+every ``SYNC_US`` an observer asks for what its held entries wait for and for chains seen
+too far ahead (``ledger_sync``, ``NodeLedger._behind``), answered ``FETCH_US`` later. So
+the report can show when each of them learnt of a fork, and that their balances agree
+with the union once everything has arrived.
 """
 
 from __future__ import annotations

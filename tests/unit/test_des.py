@@ -115,7 +115,7 @@ def mixed(seed: int = 3, verify: str = "inline") -> Simulator:
 
 def plain(record) -> str:
     doc = record.to_json()
-    for k in ("wall_s", "peak_rss_mb", "jobs_per_wall_s"):
+    for k in des.MEASURED:
         doc["meta"].pop(k)
     return json.dumps(doc, sort_keys=True)
 
