@@ -67,7 +67,7 @@ import math
 import random
 import resource
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,9 +80,10 @@ from meca_node.core.ledger import Accepted, Duplicate, Fork, Invalid, entry_hash
 from meca_node.core.matching import Candidate, Need, Weights, rank
 from meca_node.core.offers import offer_id_of
 from meca_node.core.replicas import Commitment, check_refusal, decide
-from meca_node.core.reputation import Reputation
+from meca_node.wire import Envelope
 from meca_node.sim.des_ledger import MAX_OPEN, SYNC_US, Observer, Sealer
 from meca_node.sim.des_net import DISCONNECT_US, OPEN_STREAM_US, RECONNECT_US, Net, mix64
+from meca_node.sim.des_state import Attempt, Client, Job, Node, Provider, TaskInfo
 from meca_node.sim.report import FaultRecord, JobRecord, RunRecord
 from meca_node.sim.scenario import Scenario
 
@@ -165,156 +166,6 @@ class SimError(RuntimeError):
     """The simulation broke an invariant (a bug of the simulator or of core)."""
 
 
-# ----------------------------------------------------------------------------- state ----
-class Node:
-    __slots__ = ("idx", "name", "group", "role", "behaviour", "key", "pub", "peer_id",
-                 "balance")
-
-    def __init__(self, idx: int, name: str, group: str, role: str, behaviour: str,
-                 key: SigningKey, balance: int) -> None:
-        self.idx = idx
-        self.name = name
-        self.group = group
-        self.role = role
-        self.behaviour = behaviour
-        self.key = key
-        self.pub = bytes(key.verify_key)
-        self.peer_id = ""
-        self.balance = balance
-
-
-class Provider:
-    __slots__ = ("node", "idx", "gi", "rank", "price", "cpu", "mem", "gpus", "free_cpu",
-                 "free_mem", "free_gpu", "running", "waiting", "alive", "epoch", "liar",
-                 "tick_at", "said", "phase", "view_adv", "view_ts", "view_q", "view_free",
-                 "history", "defaulters", "unreceived", "gated", "kill_fault",
-                 "restart_fault", "done", "reset_at", "back_at")
-
-    def __init__(self, node: Node, idx: int, gi: int, price: int, cpu: int, mem: int,
-                 gpus: int, liar: bool, phase: int) -> None:
-        self.node = node
-        self.idx = idx
-        self.gi = gi
-        self.rank = 0
-        self.price = price
-        self.cpu, self.mem, self.gpus = cpu, mem, gpus
-        self.free_cpu, self.free_mem, self.free_gpu = cpu, mem, gpus
-        self.running: dict[Attempt, None] = {}
-        self.waiting: deque[Attempt] = deque()
-        self.alive = True
-        self.epoch = 0
-        self.liar = liar
-        self.tick_at = -1
-        self.said: tuple | None = None
-        self.phase = phase
-        self.view_adv: wire.HostAdvert | None = None
-        self.view_ts = -1  # ms
-        self.view_q = -1
-        self.view_free = (0, 0, 0)
-        self.history: deque[tuple] = deque(maxlen=8)  # (sent_us, ts_ms, advert, msg, side)
-        self.defaulters: set[int] = set()
-        self.unreceived: list[Envelope] = []
-        self.gated = False
-        self.kill_fault: FaultRecord | None = None
-        self.restart_fault: FaultRecord | None = None
-        self.done = 0
-        self.reset_at = 0  # when its peers saw its connections close (killed)
-        self.back_at = 0  # when its first advert after a restart reached the shared view
-
-    @property
-    def load(self) -> int:
-        return len(self.running) + len(self.waiting)
-
-
-class Client:
-    __slots__ = ("node", "rep", "known", "pending", "sample", "cheat", "payments",
-                 "first_receipt", "attacked", "twin_done")
-
-    def __init__(self, node: Node, sample: bool) -> None:
-        self.node = node
-        self.rep = Reputation()
-        self.known: dict[int, None] = {}  # providers with a score here, first scored first
-        self.pending: dict[int, int] = {}
-        self.sample = sample
-        self.cheat = node.behaviour == "double_spender"
-        self.payments = 0
-        self.first_receipt: Envelope | None = None
-        self.attacked = False
-        self.twin_done = False
-
-
-class TaskInfo:
-    __slots__ = ("name", "offer", "offer_id", "developer", "cpu", "mem", "gpus", "run_us",
-                 "fee", "need", "groups", "weight")
-
-    def __init__(self, **kw: Any) -> None:
-        for k, v in kw.items():
-            setattr(self, k, v)
-
-
-class Job:
-    __slots__ = ("idx", "client", "task", "k", "submitted", "deadline", "failed", "full",
-                 "att", "done", "outcome", "paid_to", "price_paid", "best", "finished",
-                 "job_id", "cands", "tried", "slot_tries", "commits", "closed", "verdict",
-                 "atts", "outstanding", "agreed_done", "twin", "waiting", "attempts",
-                 "last_reason")
-
-    def __init__(self, idx: int, client: Client, task: TaskInfo, k: int, now: int,
-                 deadline: int, job_id: bytes) -> None:
-        self.idx = idx
-        self.client = client
-        self.task = task
-        self.k = k
-        self.submitted = now
-        self.deadline = deadline
-        self.failed: list[int] = []
-        self.full: set[int] = set()
-        self.att: Attempt | None = None
-        self.done = False
-        self.outcome = ""
-        self.paid_to: list[str] = []
-        self.price_paid = 0
-        self.best = 0
-        self.finished: int | None = None
-        self.job_id = job_id
-        self.cands: list[Provider] = []
-        self.tried: set[int] = set()
-        self.slot_tries: list[int] = []
-        self.commits: list[Commitment] = []
-        self.closed = 0
-        self.verdict: Any = None
-        self.atts: list[Attempt] = []
-        self.outstanding = 0
-        self.agreed_done = False
-        self.twin = False
-        self.waiting = False
-        self.last_reason = ""
-        self.attempts = 0
-
-
-class Attempt:
-    __slots__ = ("job", "p", "epoch", "job_id", "dead", "ended", "commit", "receipt", "paid",
-                 "slot", "sha", "sent_at", "cross", "refused")
-
-    def __init__(self, job: Job, p: Provider, job_id: bytes, slot: int, now: int,
-                 cross: bool) -> None:
-        self.job = job
-        self.p = p
-        self.epoch = p.epoch
-        self.job_id = job_id
-        self.dead = False  # the client gave up on it (the provider drops it)
-        self.ended = False  # its outcome is known to the client
-        self.commit: Envelope | None = None
-        self.receipt: Envelope | None = None
-        self.paid = 0
-        self.slot = slot
-        self.sha = b""
-        self.sent_at = now
-        self.cross = cross  # placed across the last partition's sides
-        self.refused = False
-
-
-Envelope = wire.Envelope
 
 
 @dataclass
@@ -1005,14 +856,8 @@ class Simulator:
             if d is not None and self.net.reachable(p.node.idx, o.node):
                 o.push(at + d, self.seq(), 1, proof.body)
         cheat = self.cheat_of.get(payer)
-        rec = FaultRecord(at_s=attack.get("second_at", at) / US, kind="double_spend",
-                          target=cheat.node.name if cheat else payer.hex()[:16],
-                          detected_s=at / US, healed_s=(at + spread) / US,
-                          detail=f"fork at seq {fork.seq} detected by {p.node.name}; "
-                                 f"second receipt accepted by "
-                                 f"{attack.get('accepted_by', 'nobody')}")
-        attack["record"] = rec
-        self.faults.append(rec)
+        attack.update(account=cheat.node.name if cheat else payer.hex()[:16], seq=fork.seq,
+                      detected_at=at, known_at=at + spread, detected_by=p.node.name)
 
     def _receive(self, payee: Node, source: Envelope) -> None:
         """The payee's auto-receive: one Receive of what ``source`` pays it."""
@@ -1464,6 +1309,40 @@ class Simulator:
         if self.now + self.sample_us <= self.load_end + self.timeout_us:
             self.push(self.now + self.sample_us, E_SAMPLE)
 
+    def _double_spends(self) -> list[FaultRecord]:
+        """One record per double spend (one for them all when there are more than 3)."""
+        done = [a for a in self.attacks.values() if "detected_at" in a]
+        out = []
+        for a in done:
+            known = "; ".join(f"{o.name} knew at {o.detected[k] / US:.3f} s"
+                              for o in self.observers for k in (self._pub_of(a),)
+                              if k in o.detected)
+            out.append(FaultRecord(
+                at_s=a["second_at"] / US, kind="double_spend", target=a["account"],
+                detected_s=a["detected_at"] / US, healed_s=a["known_at"] / US,
+                detail=f"two receipts at seq {a['seq']} to {a['first_to']} and "
+                       f"{a['second_to']}; the second accepted by "
+                       f"{a.get('accepted_by', 'nobody')}; detected by {a['detected_by']}"
+                       + (f"; {known}" if known else "")))
+        if len(out) <= 3:
+            return out
+        seen = sorted(f.detected_s - f.at_s for f in out)
+        known = sorted(f.healed_s - f.at_s for f in out)
+        accepted = sum(1 for a in done if "accepted_by" in a)
+        first = min(out, key=lambda f: f.at_s)
+        return [FaultRecord(
+            at_s=first.at_s, kind="double_spend", target=f"{len(out)} accounts",
+            detected_s=first.at_s + seen[-1], healed_s=first.at_s + known[-1],
+            detail=f"{len(out)} double spends (from {first.at_s:g} s to "
+                   f"{max(f.at_s for f in out):g} s): detected after {seen[len(seen) // 2]:.3f}"
+                   f" s (median), {seen[-1]:.3f} s (max); refused network-wide after "
+                   f"{known[len(known) // 2]:.3f} s (median), {known[-1]:.3f} s (max); the "
+                   f"second receipt was accepted before the fork was seen {accepted} times, "
+                   f"never received (times shown: the worst)")]
+
+    def _pub_of(self, attack: dict[str, Any]) -> bytes:
+        return next(k for k, a in self.attacks.items() if a is attack)
+
     def _sync(self, _a: Any, _b: Any) -> None:
         """The ledger observers take what reached them and ask for what they lack; every
         ``REANNOUNCE_US`` each account whose chain grew gossips its newest entry again
@@ -1531,12 +1410,10 @@ class Simulator:
             for k, v in o.chains.balances().items():
                 if v != chains.balance(k):
                     mismatches += 1
-            for key, at in o.detected.items():
-                rec = self.attacks.get(key, {}).get("record")
-                if rec is not None:
-                    rec.detail += f"; {o.name} knew at {at / US:.3f} s"
             for name, v in sorted(o.stats.items()):
                 st[f"observer_{name}"] += v
+        self.faults.extend(self._double_spends())
+        self.faults.sort(key=lambda f: f.at_s)
         st["observer_balance_mismatches"] = mismatches
         counters = {k: st[k] for k in sorted(st)}
         meta = {
