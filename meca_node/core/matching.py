@@ -19,7 +19,8 @@ each in 0..1, higher is better: ``price`` (the cheapest fitting one gets 1, the 
 when the image is cached there: no pull), ``queue`` (1 / (1 + queue length)), ``latency``
 (the fastest measured round trip over its own; 0.5 when not measured) and ``reputation``
 (as given, 0..1; 0.5 for a provider we know nothing of). Weights are config. Ties go to
-the lower price, then the peer id, so the order is total and reproducible.
+the lower price, then a per-client order of the peer ids (``rank``'s ``salt``), so the
+order is total and reproducible, and clients do not pile onto one of equal providers.
 
 A provider whose only failing filters are free GPU, CPU or memory, and whose hardware
 holds the job when idle, is ``busy`` (``Unfit.busy``): a client waits for it rather than
@@ -31,6 +32,7 @@ failing.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -155,9 +157,12 @@ def unfit(c: Candidate, need: Need) -> tuple[Reason, ...]:
     return tuple(out)
 
 
-def rank(candidates: list[Candidate], need: Need, weights: Weights = Weights()
-         ) -> tuple[list[Ranked], list[Unfit]]:
-    """The fitting candidates best first, and every other one with its reasons."""
+def rank(candidates: list[Candidate], need: Need, weights: Weights = Weights(),
+         salt: bytes = b"") -> tuple[list[Ranked], list[Unfit]]:
+    """The fitting candidates best first, and every other one with its reasons. Equal
+    scores go to the lower price, then by SHA-256(``salt`` + peer id): a client passes its
+    own key as ``salt``, so clients that see the same idle providers do not all pick the
+    same one (with no salt: by peer id)."""
     fits: list[Candidate] = []
     unfits: list[Unfit] = []
     for c in candidates:
@@ -191,7 +196,9 @@ def rank(candidates: list[Candidate], need: Need, weights: Weights = Weights()
         }
         score = sum(getattr(weights, k) * v for k, v in parts.items())
         ranked.append(Ranked(c.peer_id, round(score, 9), parts, c.advert.price))
-    ranked.sort(key=lambda r: (-r.score, r.price, r.peer_id))
+    ranked.sort(key=lambda r: (-r.score, r.price,
+                               hashlib.sha256(salt + r.peer_id.encode()).digest() if salt
+                               else r.peer_id))
     return ranked, unfits
 
 

@@ -866,7 +866,7 @@ class JobClient:
                                         latency_ms=rtt(a.peer_id) if rtt else None,
                                         pending=self._pending[a.peer_id],
                                         reputation=self.reputation.value(key, now / 1000)))
-        return rank(candidates, need, self.weights)
+        return rank(candidates, need, self.weights, salt=self.node.identity.public_key)
 
     async def run(self, ref: str, body: bytes, max_price: int, timeout_s: float,
                   on_progress=None, provider: str | None = None,

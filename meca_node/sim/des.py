@@ -560,7 +560,7 @@ class Simulator:
                                    pending=client.pending.get(p.idx, 0)))
         self.stats["ranked_candidates"] += len(cands)
         self.stats["rankings"] += 1
-        return rank(cands, task.need, WEIGHTS)
+        return rank(cands, task.need, WEIGHTS, salt=client.node.pub)  # as JobClient.match
 
     # -- a plain job (JobClient._placed) ------------------------------------------------------
     def _place(self, job: Job) -> None:

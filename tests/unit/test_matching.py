@@ -126,6 +126,18 @@ def test_ties_go_to_the_lower_price_then_the_peer_id() -> None:
     assert [r.peer_id for r in rank([a, b], NEED, Weights(price=0))[0]] == ["a", "b"]
 
 
+def test_with_a_salt_equal_providers_are_ordered_per_client() -> None:
+    """Clients that see the same idle providers spread over them instead of all taking
+    the one with the lowest peer id; each client's own order stays the same."""
+    hosts = [host(f"p{i}") for i in range(8)]
+    firsts = {rank(hosts, NEED, salt=bytes([c]) * 32)[0][0].peer_id for c in range(32)}
+    assert len(firsts) >= 4
+    salt = b"\x07" * 32
+    assert rank(hosts, NEED, salt=salt)[0] == rank(list(reversed(hosts)), NEED, salt=salt)[0]
+    cheap = host("p9", price=1)  # the salt only orders equals: a better score still wins
+    assert rank(hosts + [cheap], NEED, salt=salt)[0][0].peer_id == "p9"
+
+
 # -- properties ------------------------------------------------------------------------
 hosts_st = st.builds(
     lambda i, price, cpu, mem, gpu, arch, env, age, conn, queue, cached, rep, lat: Candidate(
