@@ -101,8 +101,9 @@ def sim_cluster(
         "--out", help="report folder (default: simulations/reports/<scenario>-cluster)")
     ] = None,
     time_limit: Annotated[Optional[float], typer.Option(
-        "--time-limit", min=1, help="stop everything after this many seconds, set-up "
-                                    "included (default: the scenario's duration + 120)")
+        "--time-limit", min=1, help="stop everything this many seconds after the load "
+                                    "starts (set-up has bounds of its own; default: the "
+                                    "scenario's duration + 120)")
     ] = None,
     work_dir: Annotated[Optional[Path], typer.Option(
         "--work-dir", help="the nodes' data dirs (default: a temporary folder)")] = None,

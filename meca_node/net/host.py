@@ -206,10 +206,21 @@ class Libp2pNet:
             raise FaultSpecError(f"block: not a peer id ({exc})") from None
         added, removed = self.faults.apply(spec)
         self._fault_blocked = ids
+        connected = set(self._host.get_connected_peers())
         for peer in removed:
             pid = ID.from_base58(peer)
-            if pid not in self._blocked:  # a peer cut off for cause stays cut off
-                self._pubsub.remove_from_blacklist(pid)
+            if pid in self._blocked:  # a peer cut off for cause stays cut off
+                continue
+            self._pubsub.remove_from_blacklist(pid)
+            if pid in connected:
+                # it dialed us while we still blocked it: pubsub refused it on that
+                # connection and would never gossip with it there; make it again
+                self.faults.stats["redialed"] += 1
+                with trio.move_on_after(2):
+                    try:
+                        await self._host.disconnect(pid)
+                    except Exception as exc:
+                        log.debug("disconnect %s: %s", peer, exc)
         for peer in added:
             self._blacklist(ID.from_base58(peer))
         await self._drop_fault_blocked()

@@ -184,6 +184,7 @@ class ClusterRun:
         self.scenario = scenario
         self.work_dir = Path(work_dir)
         self.api = api
+        #: from the start of the load (set-up is bounded by its own waits)
         self.time_limit_s = time_limit_s or scenario.duration_s + 120.0
         self.say = say
         self.rng = random.Random(scenario.seed)
@@ -331,12 +332,15 @@ class ClusterRun:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async with trio.open_nursery() as outer:
                     outer.start_soon(self._stop_on_signal, signals)
-                    with trio.move_on_after(self.time_limit_s) as scope:
+                    limit = None
+                    with trio.CancelScope() as scope:  # a signal cancels it
                         self._scope = scope
-                        await self._setup()
-                        await self._drive()
-                        await self._settle()
-                    self.timed_out = scope.cancelled_caught and not self.interrupted
+                        await self._setup()  # each of its waits is bounded
+                        with trio.move_on_after(self.time_limit_s) as limit:
+                            await self._drive()
+                            await self._settle()
+                    self.timed_out = bool(limit and limit.cancelled_caught
+                                          and not self.interrupted)
                     if self.timed_out:
                         self.say(f"time limit of {self.time_limit_s:g} s reached; stopping")
                     if not self.interrupted and self.started:
@@ -814,9 +818,16 @@ class ClusterRun:
                            f"{STALE_S:g} s")
 
     async def _watch_heal(self, w: _Watch, sides: dict[str, int | None]) -> None:
+        """Detected when every node is connected to every node of the other side(s) and
+        holds an advert of each signed since the heal; the time every client ranks the
+        other side's providers for a job again goes in the detail. Healed (at the end, by
+        :meth:`_jobs_cross`) when a job crosses the former sides again."""
+        self._heal_sides = sides
         by_name = {n.name: n for n in self.nodes}
+        healed_at = self.now()
 
         async def whole() -> bool:
+            since = self.now() - healed_at
             for n in self.working():
                 peers = await self.get(n, "/v1/peers")
                 if peers is None:
@@ -826,14 +837,33 @@ class ClusterRun:
                     if m is n or sides.get(m.name) == sides.get(n.name):
                         continue
                     a = ads.get(by_name[m.name].peer_id)
-                    if a is None or a["age_s"] > STALE_S or not a["connected"]:
+                    if a is None or a["age_s"] > since or not a["connected"]:
+                        return False
+            return True
+
+        async def ranked() -> bool:
+            for c in self.load_clients():
+                others = {m.peer_id for m in self.working("provider")
+                          if sides.get(m.name) != sides.get(c.name)}
+                for t in self.tasks:
+                    try:
+                        m = await trio.to_thread.run_sync(
+                            c.control().post, "/v1/jobs/match",
+                            {"task": t.offer, "max_price": self.scenario.load.max_price})
+                    except ControlError:
+                        return False
+                    if not others <= {r["peer_id"] for r in m.get("ranked", [])}:
                         return False
             return True
 
         await self._until(whole)
         self._mark(w)
-        w.notes.append("every node connected to the other side(s), adverts fresh")
-        self._heal_sides = sides
+        w.notes.append("every node reconnected to the other side(s), with an advert of each "
+                       "signed since the heal")
+        await self._until(ranked)
+        self.counters["heal_ranked_after_s"] = round(self.now() - w.record.at_s, 3)
+        w.notes.append(f"every client ranks the other side's providers again after "
+                       f"{self.counters['heal_ranked_after_s']:g} s")
 
     async def _watch_switch_stat(self, w: _Watch, stat: str) -> None:
         async def acted() -> bool:
@@ -1009,6 +1039,8 @@ class ClusterRun:
                 if cross:
                     r.healed_s = min(cross)
                     w.notes.append(f"{len(cross)} jobs crossed the former sides after it")
+                else:
+                    w.notes.append("no job crossed the former sides after it")
             elif r.kind in ("restart", "kill"):
                 after = [j.finished_s for j in self.jobs
                          if j.outcome == "ok" and j.finished_s is not None

@@ -205,8 +205,10 @@ async def test_a_partition_cuts_peers_off_both_ways_and_a_heal_lets_them_back():
     assert stats["disconnected"] == 3 and stats["streams_refused"] == 1
     assert stats["opens_refused"] == 1
 
+    host.connected.add(B)  # B dialed in just before we heal: pubsub had refused it
     await net.set_faults({"block": []})  # heal
     assert pubsub.blacklist == set() and not net.is_blocked(A.to_base58())
+    assert B not in host.connected and net.faults_view()["stats"]["redialed"] == 1
     await net.open_stream(A.to_base58(), "/meca/job/1.0.0")
     assert host.opened == [A]
 
