@@ -547,6 +547,12 @@ class JobHost:
         data = None
         with trio.move_on_after(PAY_TIMEOUT_S if req.replicas == 1 else REPLICA_PAY_WAIT_S):
             data = await stream.receive()
+        if data is None and req.replicas > 1:
+            # a replicated job's client may drop a replica it no longer needs (the vote was
+            # decided without it, or it timed out): unpaid, but no default; the answer is
+            # kept, and a client that comes back with this job id can still pay for it
+            raise JobFailed("gone", f"the client left replicated job {job_id.hex()} "
+                                    "unpaid (its vote was decided without us)")
         if data is None:
             self._default(client)
             raise JobFailed("gone", "the client did not pay for the result commitment; no "
