@@ -131,14 +131,16 @@ def test_small_scenario_as_a_real_cluster(tmp_path):
     kinds = {f["kind"]: f for f in figures["faults"]}
     for kind in ("kill", "restart", "partition"):
         check(kinds[kind]["detected_after_s"] is not None, f"{kind} not detected")
-    # healed: every node reconnected to the other side, and jobs cross again (or, where no
-    # job needed the other side, every client ranks its providers again) within the bound
+    # healed: every node reconnected to the other side, and every client ranks the other
+    # side's providers again (or a job crossed) within the bound. Whether a job crosses
+    # soon is up to the load: the cut-off provider is the dearest, used only when needed
     heal = kinds["heal"]
     check(heal["detected_after_s"] is not None and heal["detected_after_s"] <= HEAL_BOUND_S,
           f"the nodes did not reconnect across within {HEAL_BOUND_S:g} s: {heal}")
     ranked = figures["counters"].get("heal_ranked_after_s")
-    check(heal["healed_after_s"] <= HEAL_BOUND_S if heal["healed_after_s"] is not None
-          else ranked is not None and ranked <= HEAL_BOUND_S,
+    crossed = heal["healed_after_s"]
+    check((ranked is not None and ranked <= HEAL_BOUND_S)
+          or (crossed is not None and crossed <= HEAL_BOUND_S),
           f"jobs did not cross the former sides again within {HEAL_BOUND_S:g} s of the heal "
           f"(ranked again after {ranked} s): {heal}")
     far = nodes["far[0]"]["faults"]
