@@ -49,6 +49,25 @@ from meca_node.sim.demo import _job  # noqa: E402
 from meca_node.store.taskdir import read_task_folder  # noqa: E402
 
 
+def publish(dev: ClusterNode, user: ClusterNode, folder: Path, paid: bool,
+            providers) -> str:
+    """Publish ``folder`` from ``dev`` (fee 1 when ``paid``, else 0); its offer id, once
+    ``user`` holds the offer and an advert of each provider taking jobs, connected."""
+    r = cli(dev, "task", "publish", str(folder), "--fee", "1" if paid else "0", "--quiet",
+            "--no-test")
+    if r.returncode != 0:
+        raise ClusterError(f"publish failed: {r.stderr[-800:]}")
+    offer_id = r.stdout.split("offer id ")[1].split()[0]
+    wait_for("the offer at the client",
+             lambda: offer_id in cli(user, "offers", "--json").stdout)
+    for prov in providers:
+        wait_for(f"node{prov.index} taking jobs, connected to the client",
+                 lambda prov=prov: any(
+                     a["peer_id"] == prov.peer_id and a.get("environments")
+                     and a["connected"] for a in user.peers()["adverts"]))
+    return offer_id
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
@@ -144,17 +163,7 @@ def main() -> int:
                 f.write(f"warm_pool_s = {pool}\n" + ("price = 1\n" if args.paid else ""))
         with cluster:
             cluster.wait_mesh(timeout_s=30)
-            r = cli(dev, "task", "publish", str(folder), "--fee", "1" if args.paid else "0",
-                    "--quiet", "--no-test")
-            if r.returncode != 0:
-                raise ClusterError(f"publish failed: {r.stderr[-800:]}")
-            offer_id = r.stdout.split("offer id ")[1].split()[0]
-            wait_for("the offer at the client",
-                     lambda: offer_id in cli(user, "offers", "--json").stdout)
-            for prov in (warm, cold):
-                wait_for(f"node{prov.index} taking jobs", lambda prov=prov: any(
-                    a["peer_id"] == prov.peer_id and a.get("environments")
-                    for a in user.peers()["adverts"]))
+            offer_id = publish(dev, user, folder, args.paid, (warm, cold))
             # first jobs: each provider pulls and loads the image once (not measured)
             run_job(user, offer_id, spec, warm.peer_id)
             run_job(user, offer_id, spec, cold.peer_id)

@@ -41,7 +41,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from bench_job import cli, figures, wait_for  # scripts/ is on sys.path (this script's folder)
+from bench_job import figures, publish  # scripts/ is on sys.path (this script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -282,18 +282,7 @@ def main() -> int:
         name = {n.peer_id: f"node{n.index}" for n in cluster.nodes}
         with cluster:
             cluster.wait_mesh(timeout_s=60)
-            r = cli(dev, "task", "publish", str(folder), "--fee", "1" if args.paid else "0",
-                    "--quiet", "--no-test")
-            if r.returncode != 0:
-                raise ClusterError(f"publish failed: {r.stderr[-800:]}")
-            offer_id = r.stdout.split("offer id ")[1].split()[0]
-            wait_for("the offer at the client",
-                     lambda: offer_id in cli(user, "offers", "--json").stdout)
-            for prov in provs:
-                wait_for(f"node{prov.index} taking jobs, connected to the client",
-                         lambda prov=prov: any(
-                             a["peer_id"] == prov.peer_id and a.get("environments")
-                             and a["connected"] for a in user.peers()["adverts"]))
+            offer_id = publish(dev, user, folder, args.paid, provs)
             print(f"{spec.name}: {PROVIDERS} providers x {slots} job(s) at once "
                   f"({args.offer_cpu:g} cores offered, the task takes "
                   f"{spec.resources.cpu:g}); {mode}; warming up", flush=True)

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import docker_engine
+from conftest import docker_engine, wait_for
 from test_run_job import EXAMPLES, cli, wait_offer
 from test_wallet import wait_balances
 from meca_node.sim import Cluster
@@ -120,11 +120,9 @@ def test_a_provider_killed_mid_job_the_job_completes_on_another_paid_once(tmp_pa
         dev, cheap, dear, user = cluster.nodes
         keys = {n.index: n.status()["public_key"] for n in cluster.nodes}
         for p in (cheap, dear):  # both advertise before the run: the cheap one is first
-            deadline = time.monotonic() + 30
-            while not any(a["peer_id"] == p.peer_id and a.get("environments")
-                          for a in user.peers()["adverts"]):
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+            wait_for(f"{p.peer_id}'s advert", lambda p=p: any(
+                a["peer_id"] == p.peer_id and a.get("environments")
+                for a in user.peers()["adverts"]), timeout_s=30)
         run = start_run(user, {"input": "done", "sleep": 3}, "--json")
         try:
             wait_line(run, b"==> running", 120)
