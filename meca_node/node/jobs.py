@@ -866,10 +866,9 @@ class JobClient:
                        if self.node.ledger.is_cheat(key) else
                        "it forked its account chain" if self.node.ledger.is_refused(key)
                        else "")
-            rtt = getattr(self.node, "rtt_ms", None)  # measured by ping (node.latency)
             candidates.append(Candidate(a.peer_id, a.advert, max(0, now - a.ts),
                                         a.peer_id in connected, refused=refused,
-                                        latency_ms=rtt(a.peer_id) if rtt else None,
+                                        latency_ms=self.node.rtt_ms(a.peer_id),  # by ping
                                         pending=self._pending[a.peer_id],
                                         reputation=self.reputation.value(key, now / 1000)))
         return rank(candidates, need, self.weights, salt=self.node.identity.public_key)
