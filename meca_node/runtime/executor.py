@@ -35,7 +35,7 @@ from docker.types import DeviceRequest
 from meca_node.core.task import TaskResources
 from meca_node.runtime import apphttp
 from meca_node.runtime.sandbox import (
-    APP_PORT, LABEL, NETWORK, SandboxLimits, container_options, task_user,
+    APP_PORT, LABEL, NETWORK, SandboxLimits, container_options, image_volumes, task_user,
 )
 
 log = logging.getLogger("meca_node.runtime")
@@ -422,9 +422,11 @@ class DockerExecutor:
         the result (its container and HTTP client) and must :meth:`stop` it. On any error
         or cancellation here the container is removed before this raises."""
         await self.check_gpus(resources)
-        user = task_user(await trio.to_thread.run_sync(self._image_user, image), self.limits)
+        config = await trio.to_thread.run_sync(self._image_config, image)
+        user = task_user(config.get("User") or "", self.limits)
         options = container_options(image, resources, self.limits, self.network,
-                                    labels={f"{LABEL}.pid": str(os.getpid())}, user=user)
+                                    labels={f"{LABEL}.pid": str(os.getpid())}, user=user,
+                                    volumes=image_volumes(config))
         if "device_requests" in options:
             options["device_requests"] = [DeviceRequest(**d)
                                           for d in options["device_requests"]]
@@ -444,9 +446,10 @@ class DockerExecutor:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self._remove, running.container, running.app_log)
 
-    def _image_user(self, image: str) -> str:
+    def _image_config(self, image: str) -> dict:
+        """The image's ``Config`` (its User, its VOLUMEs, ...)."""
         try:
-            return self.client.images.get(image).attrs["Config"].get("User") or ""
+            return self.client.images.get(image).attrs["Config"] or {}
         except docker.errors.ImageNotFound:
             raise TaskRunError("start", f"image {image} is not on this host") from None
 
