@@ -66,6 +66,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("queue_max", "int", 8,
            "providers: most jobs kept waiting for resources (first come, first served; the "
            "client sees its place); beyond it a job is refused as busy (0: no queue)"),
+    Option("drain_grace_s", "float", 30.0,
+           "providers: on SIGTERM/SIGINT, seconds the running jobs may take to finish while "
+           "the node takes no new ones; then their containers are stopped and the node "
+           "exits (0: stop at once; a second signal also stops at once)", zero_ok=True),
     Option("ipfs_pull_timeout_s", "float", 600.0,
            "seconds an IPFS pull (image or file) may take, apart from any job timeout"),
     Option("sim_faults", "bool", False,

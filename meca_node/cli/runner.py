@@ -46,20 +46,51 @@ def node_settings(cfg: Config) -> NodeSettings:
                         caps=cfg.caps)
 
 
+class _Running:
+    """What a stop request must know about the running node: its job host, once any."""
+
+    host = None
+
+
 async def run_node(cfg: Config, identity: Identity, genesis: wire.Genesis) -> None:
-    """Run until SIGINT/SIGTERM (caught from the very start, so an early signal stops it too)."""
+    """Run until SIGINT/SIGTERM (caught from the very start, so an early signal stops it too).
+
+    A provider drains first: it takes no more jobs and lets the running ones finish for
+    up to ``drain_grace_s``; a second signal stops it at once."""
+    running = _Running()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as outer:
-            outer.start_soon(_stop_on_signal, signals, outer.cancel_scope)
-            await _serve(cfg, identity, genesis)
+            outer.start_soon(_stop_on_signal, signals, outer.cancel_scope, running,
+                             cfg["drain_grace_s"])
+            await _serve(cfg, identity, genesis, running)
 
 
-async def _stop_on_signal(signals, scope: trio.CancelScope) -> None:
-    async for signum in signals:
+async def _stop_on_signal(signals, scope: trio.CancelScope, running: _Running,
+                          grace_s: float) -> None:
+    received = signals.__aiter__()
+    signum = await received.__anext__()
+    host = running.host
+    if host is not None and grace_s > 0 and host.active:
+        log.warning("received %s: draining, taking no more jobs; %d running may finish "
+                    "within %g s (signal again to stop now)", signal.Signals(signum).name,
+                    host.active, grace_s)
+        async with trio.open_nursery() as nursery:
+            async def again() -> None:
+                second = await received.__anext__()
+                log.warning("received %s again: stopping now", signal.Signals(second).name)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(again)
+            left = await host.drain(grace_s)
+            if left:
+                log.warning("grace period over: stopping %d unfinished job(s)", left)
+            else:
+                log.info("drained: every running job finished")
+            nursery.cancel_scope.cancel()
+    else:
         log.info("received %s, stopping", signal.Signals(signum).name)
-        arm_exit_deadline("meca-node")
-        scope.cancel()
-        return
+    arm_exit_deadline("meca-node")
+    scope.cancel()
 
 
 async def _dump_on_usr1() -> None:
@@ -73,13 +104,14 @@ async def _dump_on_usr1() -> None:
             log.warning("tasks (SIGUSR1):\n%s", dump_tasks())
 
 
-async def _serve(cfg: Config, identity: Identity, genesis: wire.Genesis) -> None:
+async def _serve(cfg: Config, identity: Identity, genesis: wire.Genesis,
+                 running: _Running) -> None:
     with LedgerDB(cfg.data_dir) as ledger_db:
-        await _serve_with(cfg, identity, genesis, ledger_db)
+        await _serve_with(cfg, identity, genesis, ledger_db, running)
 
 
 async def _serve_with(cfg: Config, identity: Identity, genesis: wire.Genesis,
-                      ledger_db: LedgerDB) -> None:
+                      ledger_db: LedgerDB, running: _Running) -> None:
     async with open_net(identity.seed, net_config(cfg)) as net:
         node = Node(node_settings(cfg), identity, genesis, net, SystemClock(), OsRandom(),
                     detect_hardware(cfg.data_dir), machine_arch(), ledger_store=ledger_db)
@@ -97,6 +129,7 @@ async def _serve_with(cfg: Config, identity: Identity, genesis: wire.Genesis,
             node.restore_offers(load_own_offers(cfg.data_dir))  # published before a restart
             if "provider" in cfg["roles"]:
                 host = start_provider(node, ipfs, cfg.data_dir, cfg.values)
+                running.host = host
                 if host is not None:  # environments, benchmark, sandbox; then jobs
                     nursery.start_soon(provider_up, host)
             nursery.start_soon(_dump_on_usr1)

@@ -168,6 +168,8 @@ class Capacity:
     reserved: dict[bytes, wire.Resources] = field(default_factory=dict)
     queue_max: int = QUEUE_MAX
     waiting: list[bytes] = field(default_factory=list)  # job ids, oldest first
+    #: the node is stopping: nothing is free for new jobs (adverts say so)
+    draining: bool = False
     _changed: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -180,8 +182,16 @@ class Capacity:
         if self.reserved.pop(job_id, None) is not None or job_id in self.waiting:
             if job_id in self.waiting:
                 self.waiting.remove(job_id)
-            self._changed.set()
-            self._changed = trio.Event()
+            self._wake()
+
+    def drain(self) -> None:
+        """Offer nothing from now on; the jobs waiting wake up to leave the queue."""
+        self.draining = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     def next_release(self) -> trio.Event:
         """An event set at the next release: take it *before* looking at the queue, so a
@@ -190,6 +200,8 @@ class Capacity:
 
     @property
     def free(self) -> wire.Resources:
+        if self.draining:
+            return wire.Resources(cpu_milli=0, mem_mib=0, gpu_count=0)
         used = list(self.reserved.values())
         return wire.Resources(
             cpu_milli=max(0, self.offered.cpu_milli - sum(r.cpu_milli for r in used)),
@@ -255,6 +267,28 @@ class JobHost:
         #: (client, job id) -> the answer, for a repeated request (oldest first)
         self._kept: dict[tuple[bytes, bytes], _Kept] = {}
         self._kept_bytes = 0
+        self.draining = False
+        #: jobs admitted and not answered yet (waiting, running, or waiting for payment)
+        self.active = 0
+        self._quiet = trio.Event()  # set when ``active`` falls to 0 (then replaced)
+
+    async def drain(self, grace_s: float) -> int:
+        """Stop taking jobs and let the admitted ones finish, for up to ``grace_s``.
+
+        New requests and the jobs waiting in the queue are refused as ``busy`` (clients
+        go to another provider); the advert, sent at once, offers nothing. Returns how
+        many jobs were still unfinished at the end of the grace period (the caller then
+        cancels them, which stops their containers)."""
+        self.draining = True
+        self.capacity.drain()
+        try:
+            await self.node.publish_advert()
+        except Exception as exc:  # the network may be going too: the drain goes on
+            log.debug("draining advert not sent: %s", exc)
+        with trio.move_on_after(grace_s):
+            while self.active:
+                await self._quiet.wait()
+        return self.active
 
     def install(self) -> None:
         self.node.net.set_stream_handler(PROTOCOL, self.handle)
@@ -329,6 +363,20 @@ class JobHost:
                                                     detail=str(getattr(exc, "detail", exc))
                                                     [:1024]))
             return True
+        self.active += 1
+        try:
+            return await self._admitted(stream, env, req, offer)
+        finally:
+            self.active -= 1
+            if not self.active:
+                self._quiet.set()
+                self._quiet = trio.Event()
+
+    async def _admitted(self, stream: JobStream, env: wire.Envelope, req: wire.JobRequest,
+                        offer: KnownOffer) -> bool:
+        """Queue, run, get paid for and answer one admitted job; whether the stream may
+        carry another."""
+        job_id = req.job_id
         cap = self.capacity
         try:
             if cap.waiting or cap.shortfall(offer.offer.resources):
@@ -395,6 +443,8 @@ class JobHost:
             nursery.start_soon(watch, nursery.cancel_scope)
             for _ in range(MAX_ROUNDS):  # bounded: each round follows a release
                 released = cap.next_release()
+                if self.draining:
+                    break
                 place = cap.waiting.index(job_id) + 1
                 short = cap.shortfall(need)
                 if place == 1 and short is None:
@@ -413,6 +463,8 @@ class JobHost:
                     await released.wait()
             nursery.cancel_scope.cancel()
         cap.release(job_id)  # out of the queue: the next in line may go
+        if self.draining:
+            raise JobFailed("busy", "the provider is shutting down; it takes no more jobs")
         if watch.gone:
             raise JobFailed("gone", "the client went away while its job waited in the queue")
         if late:
@@ -489,6 +541,8 @@ class JobHost:
         return await self._release(stream, job_id, kept, None)
 
     def _admit(self, req: wire.JobRequest, client: bytes) -> KnownOffer:
+        if self.draining:
+            raise JobFailed("busy", "the provider is shutting down; it takes no more jobs")
         now = self.node.clock.now_ms()
         if req.deadline and req.deadline < now:
             raise JobFailed("deadline", "the job's deadline has passed")

@@ -73,7 +73,8 @@ class Cluster:
                  extra_args: tuple[str, ...] = (), seed: int = 7,
                  network_name: str = "local-cluster",
                  startup_benchmark: bool = False,
-                 balances: list[int] | None = None) -> None:
+                 balances: list[int] | None = None,
+                 drain_grace_s: float = 0.0) -> None:
         if not 1 <= n <= 64:
             raise ValueError("a local cluster has 1..64 nodes")
         if balances is not None and len(balances) != n:
@@ -89,6 +90,9 @@ class Cluster:
         #: off by default: n providers benchmarking at once on a small machine only
         #: slow each other down, and tests do not need the scores
         self.startup_benchmark = startup_benchmark
+        #: 0 by default: a stopped provider ends its jobs at once (tests stop clusters
+        #: with jobs still running); a drain test sets it
+        self.drain_grace_s = drain_grace_s
         self.nodes: list[ClusterNode] = []
         self.genesis_path = root / "genesis.json"
         #: each node's genesis balance (default: 1,000,000 each)
@@ -105,8 +109,9 @@ class Cluster:
             identity, _ = load_or_create_key(data_dir)
             identities.append(identity)
             config = data_dir / "config.toml"
-            if not self.startup_benchmark and not config.exists():
-                config.write_text("startup_benchmark = false\n")
+            if not config.exists():
+                config.write_text(f"startup_benchmark = {str(self.startup_benchmark).lower()}\n"
+                                  f"drain_grace_s = {float(self.drain_grace_s)!r}\n")
             host = f"127.0.0.{10 + i}"
             self.nodes.append(ClusterNode(i, data_dir, host, free_port(host), identity.peer_id,
                                           self.root / f"node{i}.log"))
