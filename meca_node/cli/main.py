@@ -19,6 +19,7 @@ from meca_node.cli.logs import setup_logging
 from meca_node.control import ControlClient, ControlError
 from meca_node.core import Identity, public_key_of_peer_id
 from meca_node.store import KeyFileError, atomic_write, load_or_create_key
+from meca_node.store.schema import SchemaError, SchemaTooNew, open_data_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="meca-node: a peer-to-peer edge-compute node.")
@@ -103,6 +104,7 @@ def start(
                   bootstrap=bootstrap, genesis=genesis, mdns=mdns, control_port=control_port,
                   advert_interval_s=advert_interval, log_level=log_level)
     setup_logging(cfg["log_level"], json_logs)
+    _data_dir_schema(cfg.data_dir)  # before anything in the dir is touched
     identity, created = _identity(cfg.data_dir)
     if created:
         err.print(f"created node key {cfg.data_dir / 'node.key'}")
@@ -125,12 +127,28 @@ def start(
             raise _fail(str(exc)) from None
     try:
         trio.run(run_node, cfg, identity, genesis_file)
+    except* SchemaTooNew as group:  # a database of a newer meca-node
+        raise _fail(str(_first(group)), 1) from None
     except* OSError as group:
-        first = group.exceptions[0]
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise _fail(f"the node could not start: {first}", 1) from None
+        raise _fail(f"the node could not start: {_first(group)}", 1) from None
     raise typer.Exit(0)
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
+def _data_dir_schema(data_dir: Path) -> None:
+    """Create or upgrade the data dir's schema; refuse one of a newer meca-node."""
+    try:
+        for version in open_data_dir(data_dir):
+            err.print(f"upgraded the data dir {data_dir} from schema {version} to "
+                      f"{version + 1}")
+    except (SchemaTooNew, SchemaError) as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command("id")

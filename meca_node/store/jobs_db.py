@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from meca_node.store.files import atomic_write
+from meca_node.store.schema import migrate_sqlite
 
 FILE = "jobs.sqlite3"
 DIR = "jobs"
@@ -99,6 +100,10 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (job, n)
 ) WITHOUT ROWID;
 """
+#: schema migrations (``store.schema.migrate_sqlite``): entry i takes version i to i + 1;
+#: version 1 is the baseline (an unversioned database of an older release already has it)
+_MIGRATIONS = (_SCHEMA,)
+
 
 _COLUMNS = ("id", "task", "offer", "input_size", "max_price", "detached", "state", "provider",
             "price", "paid", "receipt", "wire_job", "error", "output_size", "output_kept",
@@ -173,7 +178,7 @@ class JobsDB:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        migrate_sqlite(self._db, self.path, _MIGRATIONS)
 
     def close(self) -> None:
         with self._lock:

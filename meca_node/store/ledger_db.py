@@ -37,6 +37,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from meca_node.store.schema import migrate_sqlite
+
 FILE = "ledger.sqlite3"
 MAX_PER_ACCOUNT = 100_000
 MAX_ROWS = 2_000_000
@@ -52,6 +54,10 @@ CREATE TABLE IF NOT EXISTS entries (
     UNIQUE (account, seq, sha256)
 );
 """
+#: schema migrations (``store.schema.migrate_sqlite``): entry i takes version i to i + 1;
+#: version 1 is the baseline (an unversioned database of an older release already has it)
+_MIGRATIONS = (_SCHEMA,)
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +83,7 @@ class LedgerDB:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        migrate_sqlite(self._db, self.path, _MIGRATIONS)
         self._counts: Counter[bytes] = Counter(dict(self._db.execute(
             "SELECT account, count(*) FROM entries GROUP BY account").fetchall()))
         self._total = sum(self._counts.values())
