@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -352,6 +353,7 @@ class JobHistory:
         self.ipfs = ipfs
         self.db = db
         self.live: dict[str, _Live] = {}
+        self.ended: Counter[str] = Counter()  # jobs ended since the node started, by state
 
     async def submit(self, ref: str, data: bytes, params: dict, detach: bool) -> _Live:
         """Record the job, then run it in the node's nursery."""
@@ -427,6 +429,7 @@ class JobHistory:
 
     async def _finish(self, live: _Live, receive, ended: dict) -> None:
         state, outcome = ended["state"], ended.get("outcome")
+        self.ended[state] += 1
         now = time.time()
         events = _drain(receive)
         paid, receipt = _paid(live.paid)  # what the timeline says, when it ended early
@@ -476,7 +479,8 @@ class JobHistory:
             raise HttpError(400, f"bad job list parameters: {exc}") from None
         total = await trio.to_thread.run_sync(self.db.count)
         return {"jobs": [r.to_json() for r in rows], "total": total,
-                "kept": self.db.max_jobs}
+                "kept": self.db.max_jobs, "live": len(self.live),
+                "ended": dict(self.ended)}
 
     async def describe(self, request: Request) -> dict:
         record = await self.lookup(request)
@@ -624,6 +628,7 @@ def start_provider(node, ipfs: IpfsNode, data_dir: Path, values: dict):
     host.benchmark = bool(values.get("startup_benchmark", True))
     node.capacity = capacity
     node.warm_pool = pool
+    node.job_host = host
     return host  # install() once environments are known and the sandbox is prepared
 
 

@@ -239,8 +239,15 @@ def _get(client: ControlClient, path: str) -> dict:
 
 
 @app.command()
-def status(data_dir: DataDir = None, config: ConfigFile = None, json_out: JsonOut = False):
+def status(data_dir: DataDir = None, config: ConfigFile = None, json_out: JsonOut = False,
+           open_page: Annotated[bool, typer.Option(
+               "--open", help="print a one-time login link to the node's status page "
+                              "(and open it in the desktop's browser, if there is one)")]
+           = False):
     """Show a running node's state: peers, adverts, gossip accepted and dropped by reason."""
+    if open_page:
+        _open_status_page(_client(data_dir, config))
+        return
     s = _get(_client(data_dir, config), "/v1/status")
     if json_out:
         out.print_json(data=s)
@@ -260,6 +267,24 @@ def status(data_dir: DataDir = None, config: ConfigFile = None, json_out: JsonOu
         out.print(table)
     for peer, why in s.get("cut_off", {}).items():
         out.print(f"[red]cut off[/] {peer}: {why}")
+
+
+def _open_status_page(client: ControlClient) -> None:
+    """Print the status page's one-time login link (valid once, for 60 s); open it in a
+    browser when there is a desktop to show one on."""
+    login = _call(client.post, "/v1/login")
+    url = client.url + login["path"]
+    print(url, flush=True)
+    desktop = sys.platform in ("darwin", "win32") or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if sys.stdout.isatty() and desktop:
+        import webbrowser
+
+        if webbrowser.open(url):
+            err.print("opened in your browser (the link works once)")
+            return
+    err.print(f"open this link in a browser on this machine within "
+              f"{login['expires_in_s']:g} s; it works once and logs that browser in")
 
 
 @app.command()

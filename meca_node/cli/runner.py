@@ -11,8 +11,10 @@ from meca_node import wire
 from meca_node.cli.config import Config
 from meca_node.cli.ipfs_api import ipfs_routes
 from meca_node.cli.jobs_api import job_routes, provider_up, start_provider
+from meca_node.cli.metrics_api import metrics_routes
 from meca_node.cli.offers_api import offer_routes
 from meca_node.cli.sim_api import sim_routes
+from meca_node.cli.status_page import status_page_routes
 from meca_node.cli.wallet_api import wallet_routes
 from meca_node.control import serve_control
 from meca_node.core import Identity
@@ -123,6 +125,7 @@ async def _serve_with(cfg: Config, identity: Identity, genesis: wire.Genesis,
                   **ipfs_routes(ipfs), **offer_routes(node, ipfs, cfg.data_dir),
                   **job_routes(node, ipfs, cfg.data_dir, cfg.weights),
                   **wallet_routes(node), **sim_routes(net)}
+        routes |= metrics_routes(node, net, ipfs, routes) | status_page_routes(node, ipfs, routes)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             await nursery.start(ipfs.run)

@@ -97,6 +97,7 @@ class Bitswap:
         self._asked: OrderedDict[bytes, None] = OrderedDict()
         self._junk: dict[str, int] = {}
         self.served_bytes = 0
+        self.fetched_bytes = 0  # block bytes pulled from peers, every pull together
         self.cut_off = 0  # peers cut off (each counted once, however many streams it had)
         self._cut: set[str] = set()
 
@@ -367,6 +368,7 @@ class Bitswap:
             for cid, data in got:
                 stats.blocks += 1
                 stats.bytes += len(data)
+                self.fetched_bytes += len(data)
                 if cid.codec == DAG_PB:
                     if recursive:
                         queue.extend(dagpb.link_cids(data))

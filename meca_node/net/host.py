@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -120,6 +121,8 @@ class Libp2pNet:
         self.faults = FaultSwitch(enabled=config.sim_faults)
         self._fault_blocked: set[ID] = set()
         self._write_faults = self.faults if config.sim_faults else None
+        #: our own gossip publishes, by topic (for metrics)
+        self.published: Counter[str] = Counter()
         #: answers ``/ipfs/ping/1.0.0`` (in place of py-libp2p's handler) and measures RTTs
         self.pinger = Pinger(host, self._refuses)
         host.set_stream_handler(PING_PROTOCOL, self.pinger.serve)
@@ -257,6 +260,7 @@ class Libp2pNet:
             self._write_faults.stats["writes_delayed"] += 1
             await trio.sleep(self._write_faults.delay_s)
         await self._pubsub.publish(topic, data)
+        self.published[topic] += 1
 
     async def subscribe(self, topic: str) -> AsyncIterator[GossipMessage]:
         # py-libp2p reads this module constant when it opens the subscription queue

@@ -262,6 +262,8 @@ class JobHost:
         self.data = data
         self.done = 0
         self.failed = 0
+        self.rejected: Counter[str] = Counter()  # requests refused unadmitted, by reason
+        self.failures: Counter[str] = Counter()  # admitted jobs failed, by reason
         self._held: dict[int, list[bytes]] = {}  # per stream: sealed, not sent yet
         self._defaulters: dict[bytes, None] = {}  # clients that did not pay (oldest first)
         #: (client, job id) -> the answer, for a repeated request (oldest first)
@@ -359,6 +361,7 @@ class JobHost:
             offer = self._admit(req, env.signer)
         except (JobFailed, wire.WireError) as exc:
             reason = exc.reason if isinstance(exc, JobFailed) else "bad_request"
+            self.rejected[reason] += 1
             await self._send(stream, wire.JobReject(job_id=job_id, reason=reason,
                                                     detail=str(getattr(exc, "detail", exc))
                                                     [:1024]))
@@ -404,6 +407,7 @@ class JobHost:
             return reusable
         except JobFailed as exc:
             self.failed += 1
+            self.failures[exc.reason] += 1
             self._held.pop(id(stream), None)  # a reject says it all
             if exc.reason == "gone":
                 log.info("job %s: %s", job_id.hex(), exc.detail)

@@ -71,6 +71,7 @@ class Node:
         self.environments: tuple[wire.Environment, ...] = ()  # a provider's, with scores
         self.cached_images: tuple[str, ...] = ()  # image CIDs a provider runs without a pull
         self.warm_pool = None  # a provider's warm container pool: stats() goes into status
+        self.job_host = None  # a provider's jobs.JobHost: its counters go into metrics
         self.adverts_sent = 0
         self.advert_seen = trio.Event()  # set whenever a new advert arrives (then replaced)
         self._started_mono = time.monotonic()
@@ -94,6 +95,7 @@ class Node:
         if origin == self.net.peer_id:
             return True  # our own publish; we signed it
         if origin in self._cut_off:
+            self.gate.stats.dropped["cut_off"] += 1
             return False
         verdict = self.gate.check(data, topic, self.clock.now_ms())
         if verdict.ok and isinstance(verdict.envelope.body, wire.FraudProof):  # type: ignore
