@@ -29,6 +29,7 @@ class Option:
     default: Any
     doc: str
     zero_ok: bool = False  # float: 0 is allowed (it means "off")
+    signed: bool = False  # int: negative values are allowed
 
 
 _CAPS = wire.Caps()
@@ -77,6 +78,13 @@ OPTIONS: tuple[Option, ...] = (
            "(POST /v1/sim/faults) sets to block peers, delay writes and drop gossip; off: "
            "the switch cannot be set (`meca-node sim cluster` turns it on for its nodes)"),
     Option("skew_s", "int", 120, "accept message timestamps within this many seconds of ours"),
+    Option("clock_follow_peers", "bool", False,
+           "stamp this node's messages with the peers' median time instead of this machine's "
+           "clock (for a box without a real-time clock or NTP); off: a clock off by more "
+           "than half skew_s is only warned about, loudly"),
+    Option("sim_clock_offset_ms", "int", 0,
+           "simulations only: shift this node's clock by this many ms (negative: behind), "
+           "to simulate a machine whose clock is wrong", signed=True),
     Option("gossip_rate_per_s", "float", 5.0, "gossip messages per second allowed per signer"),
     Option("gossip_burst", "int", 20, "gossip burst allowed per signer"),
     Option("gossip_entry_rate_per_s", "float", 20.0,
@@ -159,7 +167,7 @@ def _coerce(opt: Option, value: Any, source: str) -> Any:
             out = int(value)
             if isinstance(value, float) and value != out:
                 raise ValueError("expected an integer")
-            if out < 0:
+            if out < 0 and not opt.signed:
                 raise ValueError("must be >= 0")
             return out
         if opt.kind == "float":

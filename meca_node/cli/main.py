@@ -267,6 +267,16 @@ def status(data_dir: DataDir = None, config: ConfigFile = None, json_out: JsonOu
         out.print(table)
     for peer, why in s.get("cut_off", {}).items():
         out.print(f"[red]cut off[/] {peer}: {why}")
+    clock = s.get("clock") or {}
+    if clock.get("offset_ms") is not None:
+        out.print(f"clock: {clock['offset_ms'] / 1000:+.1f} s from the median of "
+                  f"{clock['peers']} peers" + (" (following the peers)"
+                                               if clock.get("following_peers") else ""))
+    if clock.get("warning"):
+        out.print(f"[bold red]clock warning:[/] {clock['warning']}")
+    for peer, what in (s.get("protocol") or {}).get("peers_on_other_versions", {}).items():
+        out.print(f"[yellow]other protocol version[/] {peer}: {what}; if it is newer, "
+                  "upgrade meca-node")
 
 
 def _open_status_page(client: ControlClient) -> None:

@@ -21,6 +21,7 @@ from meca_node.core import Identity
 from meca_node.net import NetConfig, open_net
 from meca_node.net.ipfs_node import IpfsNode
 from meca_node.node import Node, NodeSettings, OsRandom, SystemClock, arm_exit_deadline
+from meca_node.node.clock import ShiftedClock
 from meca_node.runtime import detect_hardware, machine_arch
 from meca_node.store import BlockStore
 from meca_node.store.ledger_db import LedgerDB
@@ -45,6 +46,7 @@ def node_settings(cfg: Config) -> NodeSettings:
                         rate_per_s=cfg["gossip_rate_per_s"], burst=cfg["gossip_burst"],
                         entry_rate_per_s=cfg["gossip_entry_rate_per_s"],
                         entry_burst=cfg["gossip_entry_burst"],
+                        follow_peer_clock=cfg["clock_follow_peers"],
                         caps=cfg.caps)
 
 
@@ -115,7 +117,10 @@ async def _serve(cfg: Config, identity: Identity, genesis: wire.Genesis,
 async def _serve_with(cfg: Config, identity: Identity, genesis: wire.Genesis,
                       ledger_db: LedgerDB, running: _Running) -> None:
     async with open_net(identity.seed, net_config(cfg)) as net:
-        node = Node(node_settings(cfg), identity, genesis, net, SystemClock(), OsRandom(),
+        clock = SystemClock()
+        if cfg["sim_clock_offset_ms"]:
+            clock = ShiftedClock(clock, cfg["sim_clock_offset_ms"])
+        node = Node(node_settings(cfg), identity, genesis, net, clock, OsRandom(),
                     detect_hardware(cfg.data_dir), machine_arch(), ledger_store=ledger_db)
         store = BlockStore(cfg.data_dir / "blocks", cfg["ipfs_quota_mb"] * 1024 * 1024)
         ipfs = IpfsNode(net, store, pull_timeout_s=cfg["ipfs_pull_timeout_s"])

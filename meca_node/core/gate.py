@@ -8,6 +8,7 @@ neither fill the replay cache nor drain an honest signer's bucket.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meca_node import wire
@@ -60,6 +61,9 @@ class GossipGate:
     def __init__(self, config: GateConfig) -> None:
         self.config = config
         self.stats = GateStats()
+        #: ``(signer, ts)`` of each message signed for our network, before the skew check
+        #: (a clock estimate needs exactly the timestamps that check refuses)
+        self.on_timestamp: Callable[[bytes, int], None] | None = None
         # a nonce must be remembered while its ts can still pass the skew check
         self._replay = ReplayWindow(2 * config.skew_ms, config.replay_capacity)
         # one bucket per (topic, signer): a busy payer's entries never silence its adverts
@@ -88,6 +92,8 @@ class GossipGate:
             return Verdict(None, "wrong_topic", f"{env.kind} does not belong on {topic}")
         if env.net != cfg.network_id:
             return Verdict(None, "wrong_network", f"network {env.net.hex()[:16]}...")
+        if self.on_timestamp is not None:
+            self.on_timestamp(env.signer, env.ts)
         if env.ts < now_ms - cfg.skew_ms:
             return Verdict(None, "stale", f"timestamp {now_ms - env.ts} ms old")
         if env.ts > now_ms + cfg.skew_ms:

@@ -16,6 +16,40 @@ class SystemClock:
         return time.time_ns() // 1_000_000
 
 
+class ShiftedClock:
+    """Another clock plus a fixed offset: a machine whose clock is wrong (simulations)."""
+
+    def __init__(self, base, offset_ms: int) -> None:
+        self.base = base
+        self.offset_ms = offset_ms
+
+    def now_ms(self) -> int:
+        return self.base.now_ms() + self.offset_ms
+
+
+class PeerClock:
+    """``base`` corrected by the peers' median offset (``core.clock_offset``), for a node
+    told to trust its peers' clocks over its own (no RTC, no NTP). Re-estimated at most
+    once a second; the last correction is kept while too few peers are heard."""
+
+    RECHECK_MS = 1000
+
+    def __init__(self, base, offsets) -> None:
+        self.base = base
+        self.offsets = offsets
+        self.applied_ms = 0
+        self._checked = None
+
+    def now_ms(self) -> int:
+        own = self.base.now_ms()
+        if self._checked is None or abs(own - self._checked) >= self.RECHECK_MS:
+            self._checked = own
+            estimate = self.offsets.estimate(own)
+            if estimate is not None:
+                self.applied_ms = estimate.offset_ms
+        return own + self.applied_ms
+
+
 class TrioClock:
     """Milliseconds from trio's clock plus a fixed epoch: follows ``MockClock`` in tests."""
 

@@ -13,16 +13,22 @@ from dataclasses import dataclass, field
 
 import trio
 
-from meca_node import wire
+from meca_node import __version__, wire
+from meca_node.core.clock_offset import ClockOffset
 from meca_node.core import (
     GateConfig, GossipGate, Identity, KnownOffer, OfferBook, PeerBook, offer_id_of, peer_id_of,
 )
+from meca_node.node.clock import PeerClock
 from meca_node.node.latency import Latency
 from meca_node.node.ledger import NodeLedger
 from meca_node.node.ledger_sync import LedgerSync
 from meca_node.node.ports import Clock, LedgerStore, Network, Random
 
 log = logging.getLogger("meca_node.node")
+
+#: how often the clock is checked against the peers', and how often a warning repeats
+CLOCK_CHECK_S = 5.0
+CLOCK_WARN_EVERY_S = 600.0
 
 #: drops that an honest peer never causes; enough of them from one origin cuts it off
 _STRIKE_REASONS = frozenset({"malformed", "bad_signature", "wrong_topic", "stale", "future",
@@ -40,6 +46,8 @@ class NodeSettings:
     entry_rate_per_s: float = 20.0
     entry_burst: int = 100
     strikes_before_cutoff: int = 32
+    #: use the peers' median clock for our own messages (no RTC, no NTP); off: only warn
+    follow_peer_clock: bool = False
     caps: wire.Caps = field(default_factory=wire.Caps)
 
 
@@ -53,7 +61,13 @@ class Node:
         self.identity = identity
         self.genesis = genesis
         self.net = net
-        self.clock = clock
+        #: the machine's own clock; ``clock`` is what the node stamps and checks with
+        self.system_clock = clock
+        #: our clock's offset from the peers', from their signed timestamps
+        self.clock_offset = ClockOffset()
+        self.clock = PeerClock(clock, self.clock_offset) if settings.follow_peer_clock \
+            else clock
+        self._clock_warned_ms: int | None = None
         self.rand = rand
         self.hardware = hardware
         self.arch = arch
@@ -61,6 +75,7 @@ class Node:
             network_id=genesis.network_id, max_message=settings.caps.gossip_message,
             skew_ms=settings.skew_ms, rate_per_s=settings.rate_per_s, burst=settings.burst,
             entry_rate_per_s=settings.entry_rate_per_s, entry_burst=settings.entry_burst))
+        self.gate.on_timestamp = self._observe_clock
         self.peerbook = PeerBook()
         #: offers live while re-announced within 3 intervals (plus the clock-skew allowance)
         self.offers = OfferBook(ttl_ms=3 * int(settings.advert_interval_s * 1000)
@@ -79,6 +94,8 @@ class Node:
         self._logged: set[tuple[str, str]] = set()
         self._strikes: Counter[str] = Counter()
         self._cut_off: dict[str, str] = {}
+        #: peers that sent messages of another protocol version: what they sent
+        self._other_versions: OrderedDict[str, str] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         #: account chains and balances; entries from meca/receipts/1 and our own, kept in
         #: ``ledger_store`` (memory only without one)
@@ -111,7 +128,9 @@ class Node:
                 self._accepted.popitem(last=False)
             return True
         reason = verdict.reason or "?"
-        if (reason, origin) not in self._logged and len(self._logged) < 4096:
+        if reason == "unsupported_version":
+            self._other_version(origin, verdict.detail)
+        elif (reason, origin) not in self._logged and len(self._logged) < 4096:
             self._logged.add((reason, origin))
             log.warning("dropped gossip on %s from %s: %s (%s); further drops of this kind "
                         "from this peer are only counted", topic, origin, reason, verdict.detail)
@@ -226,6 +245,55 @@ class Node:
                 cap.load if cap is not None else 0,
                 self.cached_images, self.environments)
 
+    def _other_version(self, origin: str, detail: str) -> None:
+        """A peer speaks another protocol version: say so once, plainly, and keep it."""
+        if origin not in self._other_versions:
+            log.warning("peer %s speaks another meca protocol version (%s; this node speaks "
+                        "%d, meca-node %s). Its messages are ignored. If its version is "
+                        "newer, upgrade meca-node to exchange messages with it.", origin,
+                        detail, wire.ENVELOPE_VERSION, __version__)
+        self._other_versions[origin] = detail
+        self._other_versions.move_to_end(origin)
+        while len(self._other_versions) > 256:
+            self._other_versions.popitem(last=False)
+
+    # -- clock ----------------------------------------------------------------------
+    def _observe_clock(self, signer: bytes, ts: int) -> None:
+        if signer != self.identity.public_key:
+            self.clock_offset.observe(signer, ts, self.system_clock.now_ms())
+
+    def clock_status(self) -> dict:
+        """Our clock against the peers' median: the offset, how many peers, and a warning
+        when it is off by more than half the skew window."""
+        estimate = self.clock_offset.estimate(self.system_clock.now_ms())
+        following = isinstance(self.clock, PeerClock)
+        out = {"offset_ms": estimate.offset_ms if estimate else None,
+               "peers": estimate.peers if estimate else 0,
+               "following_peers": following,
+               "applied_ms": self.clock.applied_ms if following else 0,  # type: ignore
+               "warning": None}
+        if estimate is not None and abs(estimate.offset_ms) > self.settings.skew_ms // 2:
+            ahead = "behind" if estimate.offset_ms > 0 else "ahead of"
+            out["warning"] = (
+                f"this machine's clock is {abs(estimate.offset_ms) / 1000:.0f} s {ahead} the "
+                f"median of {estimate.peers} peers, more than half the "
+                f"{self.settings.skew_ms / 1000:g} s skew window: "
+                + ("its messages carry the peers' time (clock_follow_peers)." if following else
+                   "peers may refuse its messages as stale or future. Fix the clock (NTP), or "
+                   "set clock_follow_peers = true to use the peers' median time."))
+        return out
+
+    async def _clock_watch(self) -> None:
+        """Warn loudly, at once and then every CLOCK_WARN_EVERY_S, while the clock is off."""
+        while True:
+            warning = self.clock_status()["warning"]
+            now = self.system_clock.now_ms()
+            if warning and (self._clock_warned_ms is None
+                            or now - self._clock_warned_ms >= CLOCK_WARN_EVERY_S * 1000):
+                self._clock_warned_ms = now
+                log.warning("CLOCK: %s", warning)
+            await trio.sleep(CLOCK_CHECK_S)
+
     def seal(self, body) -> bytes:
         return wire.seal(body, key=self.identity.signing_key, net=self.genesis.network_id,
                          ts=self.clock.now_ms(), nonce=self.rand.token_bytes(16))
@@ -277,6 +345,7 @@ class Node:
                 messages = await self.net.subscribe(topic)
                 nursery.start_soon(self._consume, topic, messages)
             nursery.start_soon(self._advert_loop)
+            nursery.start_soon(self._clock_watch)
             await nursery.start(self.latency.run)
             task_status.started()
 
@@ -316,6 +385,9 @@ class Node:
             "warm_pool": self.warm_pool.stats() if self.warm_pool is not None else None,
             "ledger": {**self.ledger.status(), "sync": dict(self.ledger_sync.stats)},
             "latency": {"measured": len(self.latency.view()), **dict(self.latency.stats)},
+            "clock": self.clock_status(),
+            "protocol": {"version": wire.ENVELOPE_VERSION,
+                         "peers_on_other_versions": dict(self._other_versions)},
         }
 
     def peers(self) -> dict:

@@ -50,6 +50,12 @@ def test_rogue_messages_are_dropped_counted_and_not_forwarded(tmp_path):
                                  ("malformed", "malformed")):
                 assert dropped[reason] == report["sent"][kind], (kind, dropped)
             assert report["peer_id"] in s["cut_off"], s["cut_off"]
+            # the envelope of protocol version 2: said plainly, once, and kept in status
+            other = s["protocol"]["peers_on_other_versions"]
+            assert "version 2" in other.get(report["peer_id"], ""), other
+            log = cluster.tail(node, lines=10_000)
+            assert log.count("speaks another meca protocol version") == 1, log[-3000:]
+            assert "upgrade meca-node" in log
 
         # node2 is not connected to the rogue: validators kept all invalid messages from
         # reaching it. Only rate drops can appear there: node0 and node1 each let through
