@@ -6,6 +6,9 @@ records where each effective value came from.
 
 from __future__ import annotations
 
+import json
+import math
+import textwrap
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -104,6 +107,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("caps.wantlist", "int", _CAPS.wantlist, "max wantlist entries per peer"),
     Option("caps.image", "int", _CAPS.image, "max image bytes"),
     Option("caps.queue", "int", _CAPS.queue, "max entries in any queue"),
+    Option("log_file", "path", None,
+           "also write the log as JSON lines to this file, rotated by size (relative: inside "
+           "data_dir); for machines without journald (default: stderr only)"),
+    Option("log_max_mb", "float", 10.0, "log_file: MiB a log file may reach before it is "
+           "rotated (renamed to .1, .2, ...)"),
+    Option("log_backups", "int", 5, "log_file: rotated files kept, at least 1; the oldest "
+           "is deleted"),
 )
 _BY_KEY = {o.key: o for o in OPTIONS}
 _ROLES = ("provider", "client", "developer")
@@ -117,6 +127,7 @@ def env_name(key: str) -> str:
 class Config:
     values: dict[str, Any]
     sources: dict[str, str] = field(default_factory=dict)
+    file: Path | None = None  # the TOML file read, if any
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -180,6 +191,8 @@ def _coerce(opt: Option, value: Any, source: str) -> Any:
                 raise ValueError("must be > 0")
             return out
         if opt.kind == "path":
+            if value is not None and not isinstance(value, (str, Path)):
+                raise ValueError("expected a path (a string)")
             return None if value in (None, "") else Path(str(value)).expanduser()
         if not isinstance(value, str):
             raise ValueError("expected a string")
@@ -227,7 +240,8 @@ def load_config(config_file: Path | None, env: Mapping[str, str],
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
         apply(_flatten(doc), f"file {config_file}")
-    apply(env_layer, "env")
+    for key, value in env_layer.items():
+        apply({key: value}, f"env {env_name(key)}")
     apply({k: v for k, v in flags.items() if v is not None}, "flag")
     if values["data_dir"] is None:
         values["data_dir"] = Path(platformdirs.user_data_dir("meca-node"))
@@ -239,4 +253,60 @@ def load_config(config_file: Path | None, env: Mapping[str, str],
     if values["log_level"].lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"config key log_level (from {sources['log_level']}): use debug, "
                           "info, warning or error")
-    return Config(values, sources)
+    if values["log_backups"] < 1:
+        raise ConfigError(f"config key log_backups (from {sources['log_backups']}): keep at "
+                          "least 1 rotated file (with 0 the log would never be rotated)")
+    return Config(values, sources, Path(config_file) if config_file is not None else None)
+
+
+def toml_value(value: Any) -> str:
+    """``value`` (str, path, bool, int, float or list of str) written as a TOML value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value))  # JSON's escapes are TOML basic-string escapes
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _option_lines(opt: Option, name: str) -> list[str]:
+    lines = [""] + ["# " + line for line in textwrap.wrap(opt.doc, 86)]
+    lines.append(f"# ({opt.kind}; env {env_name(opt.key)})")
+    if opt.default is None:
+        lines.append(f"# {name}: unset by default")
+    else:
+        lines.append(f"#{name} = {toml_value(opt.default)}")
+    return lines
+
+
+def render_config_file(title: str) -> str:
+    """A TOML config file naming every option with its doc, environment variable and default,
+    each setting commented out (``#key = default``) so the file loads to exactly the
+    defaults; dotted keys (``match.*``, ``caps.*``) are grouped under their tables."""
+    lines = [f"# {line}" if line else "#" for line in title.splitlines()]
+    lines += ["#",
+              "# Every option is listed with its default, commented out: remove the '#' in "
+              "front of",
+              "# a setting to change it. An option unset by default shows no value: write "
+              "`key = value`.",
+              "# Precedence: command-line flags > environment (MECA_*) > this file > defaults."]
+    tables: dict[str, list[Option]] = {}
+    for opt in OPTIONS:
+        if "." in opt.key:
+            tables.setdefault(opt.key.split(".", 1)[0], []).append(opt)
+        else:
+            lines += _option_lines(opt, opt.key)
+    for table, opts in tables.items():
+        lines += ["", f"[{table}]"]
+        for opt in opts:
+            lines += _option_lines(opt, opt.key.split(".", 1)[1])
+    return "\n".join(lines) + "\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -14,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from meca_node import wire
-from meca_node.cli.config import OPTIONS, ConfigError, env_name, load_config
+from meca_node.cli.config import Config, ConfigError, env_name, load_config
+from meca_node.cli.config_cmd import config_app, keys, with_config
 from meca_node.cli.logs import setup_logging
 from meca_node.control import ControlClient, ControlError
 from meca_node.core import Identity, public_key_of_peer_id
@@ -74,36 +74,25 @@ def _load_genesis(path: Path) -> wire.Genesis:
 
 
 @app.command()
+@with_config  # the config flags (--role, --data-dir, --listen, ...), shared with `config show`
 def start(
-    role: Annotated[Optional[list[str]], typer.Option(
-        "--role", help="provider, client or developer (repeatable)")] = None,
-    data_dir: DataDir = None,
-    listen: Annotated[Optional[list[str]], typer.Option(
-        help="multiaddr to listen on (repeatable), e.g. /ip4/127.0.0.1/tcp/0")] = None,
-    announce: Annotated[Optional[list[str]], typer.Option(help="multiaddr to announce")] = None,
-    bootstrap: Annotated[Optional[list[str]], typer.Option(
-        help="peer to join, /ip4/../tcp/../p2p/<peer id> (repeatable)")] = None,
-    genesis: Annotated[Optional[Path], typer.Option(help="network genesis file")] = None,
-    config: ConfigFile = None,
-    mdns: Annotated[Optional[bool], typer.Option("--mdns/--no-mdns",
-                                                 help="mDNS discovery on the LAN")] = None,
-    control_port: Annotated[Optional[int], typer.Option(help="control API port")] = None,
-    advert_interval: Annotated[Optional[float], typer.Option(
-        help="seconds between adverts")] = None,
-    log_level: Annotated[Optional[str], typer.Option(help="debug|info|warning|error")] = None,
+    cfg: Config,
     json_logs: Annotated[Optional[bool], typer.Option(
-        "--json-logs/--pretty-logs", help="log format (default: JSON unless on a terminal)")]
-        = None,
+        "--log-json/--log-pretty", "--json-logs/--pretty-logs",
+        help="log format (default: JSON unless on a terminal)")] = None,
 ) -> None:
     """Start a node: join the network, gossip signed adverts, serve the control API."""
     import trio
 
     from meca_node.cli.runner import run_node
 
-    cfg = _config(config, roles=role, data_dir=data_dir, listen=listen, announce=announce,
-                  bootstrap=bootstrap, genesis=genesis, mdns=mdns, control_port=control_port,
-                  advert_interval_s=advert_interval, log_level=log_level)
-    setup_logging(cfg["log_level"], json_logs)
+    log_file = cfg.data_dir / cfg["log_file"] if cfg["log_file"] else None
+    try:
+        setup_logging(cfg["log_level"], json_logs, log_file,
+                      int(cfg["log_max_mb"] * 1024 * 1024), cfg["log_backups"])
+    except OSError as exc:
+        raise _fail(f"config key log_file (from {cfg.sources['log_file']}): cannot open "
+                    f"{log_file}: {exc}; choose a writable path") from None
     _data_dir_schema(cfg.data_dir)  # before anything in the dir is touched
     identity, created = _identity(cfg.data_dir)
     if created:
@@ -530,11 +519,8 @@ def task_test(folder: Annotated[Path, typer.Argument(help="task folder")],
     print(f"PASS: the reply equals example_output.bin ({len(report.reply)} bytes)")
 
 
-@app.command("config-keys")
-def config_keys():
-    """List every config key, its default, and its environment variable."""
-    for o in OPTIONS:
-        print(f"{o.key:24} {env_name(o.key):30} default {json.dumps(o.default)!s:28} {o.doc}")
+app.add_typer(config_app, name="config")
+app.command("config-keys", hidden=True)(keys)  # the older name of `config keys`
 
 
 def main() -> None:
@@ -549,5 +535,7 @@ from meca_node.cli import wallet_cmd  # noqa: E402,F401  (it adds the wallet com
 from meca_node.cli import job_cmd  # noqa: E402,F401  (it adds the job commands)
 from meca_node.cli import sim_cmd  # noqa: E402,F401  (it adds the sim commands)
 from meca_node.cli.ipfs_cmd import ipfs_app  # noqa: E402  (it uses the helpers above)
+from meca_node.cli.service import service_app  # noqa: E402  (it uses the helpers above)
 
 app.add_typer(ipfs_app, name="ipfs")
+app.add_typer(service_app, name="service")
