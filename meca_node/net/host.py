@@ -8,6 +8,14 @@ per-peer publish limit raised (ours is per signer, in ``core``), subscription
 queues sized to our queue cap (default 32), services entered before ``host.run``
 so the host stops first, and ``/ipfs/ping/1.0.0`` answered and measured by our own
 :mod:`meca_node.net.ping` (theirs measures whole milliseconds, a stream per ping).
+
+Reachability: the addresses a node announces (identify, and the node's adverts through
+:meth:`Libp2pNet.listen_addrs`) are config ``announce`` when set, else the listen
+addresses with a wildcard (``0.0.0.0``) replaced by this machine's interface addresses;
+plus ``<relay>/p2p-circuit`` for each relay reservation held (:mod:`meca_node.net.relay`).
+A peer with no direct connection is dialed at its known addresses, then through the
+relays we are connected to. :mod:`meca_node.net.reachability` says whether others can
+dial us.
 """
 
 from __future__ import annotations
@@ -41,6 +49,12 @@ from meca_node.net.faults import FaultSpecError, FaultSwitch
 from meca_node.net.framing import FrameError, FrameReader, write_frame, write_frames
 from meca_node.net.ping import PROTOCOL as PING_PROTOCOL
 from meca_node.net.ping import Pinger
+from meca_node.net.reachability import (
+    DIAL_TIMEOUT_S as _DIALBACK_TIMEOUT_S, MAX_FRAME as DIALBACK_FRAME, PROTOCOL as DIALBACK,
+    Answer, DialbackLimiter, Prober,
+    Reachability, decode_request, dialable, encode_request,
+)
+from meca_node.net.relay import HOP, STOP, RelayClient, RelayLimits, RelayService, relay_of
 
 log = logging.getLogger("meca_node.net")
 
@@ -68,6 +82,13 @@ class NetConfig:
     max_wanted_peers: int = 256
     #: simulations only: a settable fault switch (partition, delay, drop; net/faults.py)
     sim_faults: bool = False
+    #: serve as a circuit relay v2 hop for others, within ``relay_limits``
+    relay_service: bool = False
+    relay_limits: RelayLimits = RelayLimits()
+    #: relays (``/p2p/`` multiaddrs) to keep a reservation on, to be reachable through them
+    relays: tuple[str, ...] = ()
+    #: ask peers to dial us back, to say whether we are reachable (``reachability()``)
+    dialback: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +147,24 @@ class Libp2pNet:
         #: answers ``/ipfs/ping/1.0.0`` (in place of py-libp2p's handler) and measures RTTs
         self.pinger = Pinger(host, self._refuses)
         host.set_stream_handler(PING_PROTOCOL, self.pinger.serve)
+        #: relays: reservations we hold (config ``relays``), the stop side, dialing via one
+        self.relay_client = RelayClient(host, [parse_peer_addr(a) for a in config.relays],
+                                        self._refuses, backoff_max_s=config.backoff_max_s)
+        host.set_stream_handler(STOP, self.relay_client.handle_stop)
+        for addr in config.relays:
+            self.want(addr, "relay")
+        #: the hop we serve for others (config ``relay_service``), or None
+        self.relay_service = (RelayService(host, config.relay_limits, self._refuses)
+                              if config.relay_service else None)
+        if self.relay_service is not None:
+            host.set_stream_handler(HOP, self.relay_service.handle)
+        #: dial-backs: served (bounded), and asked for to learn our reachability
+        self.dialback_limiter = DialbackLimiter()
+        self.reach = Reachability()
+        self.prober = Prober(self._ask_dialback, self._dialback_peers, self._direct_addrs,
+                             self.reach)
+        self.set_stream_handler(DIALBACK, self._serve_dialback, max_frame=DIALBACK_FRAME)
+        self.dialback_stats: Counter[str] = Counter()
 
     # -- identity and peers -------------------------------------------------
     @property
@@ -133,7 +172,107 @@ class Libp2pNet:
         return self._host.get_id().to_base58()
 
     def listen_addrs(self) -> list[str]:
+        """The addresses we announce (``/p2p/<id>`` included): see the module's doc."""
         return [str(a) for a in self._host.get_addrs()]
+
+    def _direct_addrs(self) -> list[str]:
+        return [a for a in self.listen_addrs() if "/p2p-circuit" not in a]
+
+    # -- reachability ---------------------------------------------------------------------
+    def reachability(self) -> dict:
+        """``status`` (public / relayed via <peer> / private / unknown) and what it rests
+        on: the dial-back answers, our reservations, and the relay we serve (if any)."""
+        relays = [h.relay.peer_id.to_base58() for h in self.relay_client.held()]
+        view = self.reach.view(relays)
+        view["reservations"] = self.relay_client.view()
+        view["dialbacks_served"] = dict(self.dialback_stats)
+        if self.relay_service is not None:
+            view["relay_service"] = self.relay_service.view()
+        return view
+
+    def _dialback_peers(self) -> list[str]:
+        """Peers we may ask: connected over a direct (not relayed) connection."""
+        out = []
+        for pid in self._host.get_connected_peers():
+            if self._refuses(pid) or self._relayed_only(pid):
+                continue
+            out.append(pid.to_base58())
+        return out
+
+    def _relayed_only(self, pid: ID) -> bool:
+        try:
+            conns = self._host.get_network().get_connections(pid)
+        except Exception:
+            return False
+        return bool(conns) and all(
+            "/p2p-circuit" in " ".join(str(a) for a in (c.get_transport_addresses() or []))
+            for c in conns)
+
+    async def _ask_dialback(self, peer_id: str, addrs: list[str]) -> Answer:
+        stream = await self.open_stream(peer_id, DIALBACK, max_frame=DIALBACK_FRAME)
+        try:
+            await stream.send(encode_request(addrs))
+            return Answer.parse(peer_id, await stream.receive())
+        finally:
+            await stream.close()
+
+    async def _serve_dialback(self, stream: FramedStream) -> None:
+        peer = stream.remote_peer
+        request = await stream.receive()
+        if request is None:
+            return
+        if self._relayed_only(ID.from_base58(peer)):
+            self.dialback_stats["refused"] += 1
+            await stream.send(b"refused dial-backs are not served over relayed connections")
+            return
+        addrs = dialable(decode_request(request), stream.remote_ip())
+        if not addrs:
+            self.dialback_stats["refused"] += 1
+            await stream.send(b"refused no address with the IP your request came from "
+                              + (stream.remote_ip() or "?").encode())
+            return
+        why = self.dialback_limiter.admit(peer)
+        if why is not None:
+            self.dialback_stats["refused"] += 1
+            await stream.send(b"refused " + why.encode())
+            return
+        try:
+            errors = []
+            for addr in addrs:
+                try:
+                    with trio.fail_after(_DIALBACK_TIMEOUT_S):
+                        await self._dial_back(ID.from_base58(peer), addr)
+                    self.dialback_stats["ok"] += 1
+                    await stream.send(b"ok " + addr.encode())
+                    return
+                except Exception as exc:  # unreachable: many error types, all one answer
+                    errors.append(f"{addr}: {type(exc).__name__} {exc}"[:150])
+            self.dialback_stats["failed"] += 1
+            await stream.send(("failed " + "; ".join(errors)).encode()[:DIALBACK_FRAME])
+        finally:
+            self.dialback_limiter.release()
+
+    async def _dial_back(self, pid: ID, addr: str) -> None:
+        """A new TCP connection to ``addr`` and a Noise handshake proving it is ``pid``;
+        then closed (never handed to the swarm: the existing connection stays the one)."""
+        swarm = self._host.get_network()
+        ma = multiaddr.Multiaddr(addr)
+        p2p = _value_for(ma, "p2p")
+        if p2p:
+            ma = ma.decapsulate(multiaddr.Multiaddr(f"/p2p/{p2p}"))
+        transport = swarm.transport_manager.transport_for_dialing(ma)
+        if transport is None:
+            raise ConnectionError(f"no transport for {ma}")
+        raw = await transport.dial(ma)
+        try:
+            secured = await swarm.upgrader.upgrade_security(raw, True, pid)
+            await secured.close()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                try:
+                    await raw.close()
+                except Exception:
+                    pass
 
     def connected_peers(self) -> list[PeerView]:
         store = self._host.get_peerstore()
@@ -305,8 +444,74 @@ class Libp2pNet:
             self.faults.stats["opens_refused"] += 1
             raise ConnectionError(f"peer {peer_id} is blocked by the simulation's fault "
                                   "switch (a partition)")
+        if pid not in self._host.get_connected_peers():
+            await self._reach_peer(pid)
         stream = await self._host.new_stream(pid, names)
         return FramedStream(stream, max_frame or self._config.max_frame, self._write_faults)
+
+    def learn_addrs(self, peer_id: str, addrs: Sequence[str]) -> None:
+        """Addresses a peer announced (its signed advert): where to dial it when no
+        connection is open; circuit addresses name the relays it is reachable through."""
+        try:
+            pid = ID.from_base58(peer_id)
+        except Exception:
+            return
+        if pid == self._host.get_id():
+            return
+        good = []
+        for a in list(addrs)[:16]:
+            try:
+                ma = multiaddr.Multiaddr(a)
+            except Exception:
+                continue
+            p2p = _value_for(ma, "p2p") if "/p2p-circuit" not in a else None
+            if p2p and p2p != peer_id:
+                continue
+            good.append(ma)
+        if good:
+            self._host.get_peerstore().add_addrs(pid, good, _LEARNT_TTL_S)
+
+    async def _reach_peer(self, pid: ID) -> None:
+        """Open a connection to ``pid``: at its direct addresses, else through a relay
+        (those its circuit addresses name, then the relays we are connected to; at most
+        :data:`_MAX_RELAY_TRIES`). Raises ``ConnectionError`` saying what was tried."""
+        store = self._host.get_peerstore()
+        try:
+            known = [str(a) for a in store.addrs(pid)]
+        except Exception:
+            known = []
+        errors = []
+        direct = [a for a in known if "/p2p-circuit" not in a]
+        if direct:
+            try:
+                with trio.fail_after(self._config.dial_timeout_s):
+                    await self._host.connect(PeerInfo(pid, []))
+                return
+            except Exception as exc:
+                errors.append(f"direct ({', '.join(direct[:3])}): {type(exc).__name__} {exc}")
+        relays: list[ID] = []
+        for a in known:
+            pair = relay_of(a)
+            if pair is not None and pair[1] == pid and pair[0] not in relays:
+                relays.append(pair[0])
+        connected = self._host.get_connected_peers()
+        relays = [r for r in relays if r in connected]
+        for peer in connected:
+            if peer not in relays and peer != pid and _speaks(store, peer, HOP):
+                relays.append(peer)
+        for relay in relays[:_MAX_RELAY_TRIES]:
+            if self._refuses(relay):
+                continue
+            try:
+                await self.relay_client.dial_via(relay, pid)
+                return
+            except Exception as exc:
+                errors.append(f"via relay {relay.to_base58()}: {exc}")
+        raise ConnectionError(
+            f"cannot reach peer {pid.to_base58()}: "
+            + ("; ".join(errors) if errors else "no address known and no relay connected")
+            + ". A peer behind NAT is reachable through a relay it keeps a reservation on "
+              "(its config `relays`) when this node is connected to that relay too")
 
     def is_blocked(self, peer_id: str) -> bool:
         try:
@@ -423,6 +628,14 @@ class FramedStream:
         except Exception:
             return "?"
 
+    def remote_ip(self) -> str | None:
+        """The IP address the peer's connection comes from (None when relayed/unknown)."""
+        try:
+            address = self._stream.get_remote_address()
+        except Exception:
+            return None
+        return address[0] if address else None
+
     async def send(self, data: bytes) -> None:
         await self._maybe_delay()
         await write_frame(self._stream, data, self.max_frame)
@@ -446,6 +659,92 @@ class FramedStream:
             await self._stream.reset()
         except Exception:
             pass
+
+
+#: seconds the addresses learnt from adverts stay in the peerstore
+_LEARNT_TTL_S = 600
+#: relays tried for one peer before giving up
+_MAX_RELAY_TRIES = 4
+
+
+def _value_for(ma, proto: str) -> str | None:
+    try:
+        return ma.value_for_protocol(proto)
+    except Exception:
+        return None
+
+
+def _speaks(store, pid: ID, protocol: str) -> bool:
+    """Did identify tell us ``pid`` serves ``protocol``?"""
+    try:
+        return protocol in (store.get_protocols(pid) or [])
+    except Exception:
+        return False
+
+
+def _interface_ips(version: int) -> list[str]:
+    """This machine's addresses of interfaces that are up, loopback last."""
+    import ipaddress
+    import socket
+
+    import psutil
+
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    try:
+        stats = psutil.net_if_stats()
+        found = []
+        for name, addrs in psutil.net_if_addrs().items():
+            if name in stats and not stats[name].isup:
+                continue
+            for a in addrs:
+                if a.family == family and "%" not in a.address:
+                    found.append(a.address)
+    except Exception:
+        return []
+    return sorted(set(found), key=lambda ip: (ipaddress.ip_address(ip).is_loopback, ip))
+
+
+def announced(config: NetConfig, candidates: Sequence[multiaddr.Multiaddr]
+              ) -> list[multiaddr.Multiaddr]:
+    """The direct addresses the host announces: ``announce`` when set, else
+    ``candidates`` (listen and observed addresses) with wildcards replaced by interface
+    addresses; at most 16."""
+    if config.announce:
+        direct = [multiaddr.Multiaddr(a) for a in config.announce]
+    else:
+        direct = []
+        for ma in candidates:
+            text = str(ma)
+            for wildcard, version in (("/ip4/0.0.0.0/", 4), ("/ip6/::/", 6)):
+                if text.startswith(wildcard):
+                    rest = text[len(wildcard) - 1:]
+                    direct.extend(multiaddr.Multiaddr(f"/ip{version}/{ip}{rest}")
+                                  for ip in _interface_ips(version))
+                    break
+            else:
+                direct.append(ma)
+    seen, out = set(), []
+    for ma in direct:
+        if str(ma) not in seen:
+            seen.add(str(ma))
+            out.append(ma)
+    return out[:16]
+
+
+def _announce_circuits(host, relays: RelayClient) -> None:
+    """Make ``host.get_addrs()`` (identify, our adverts) end with a
+    ``<relay addr>/p2p-circuit/p2p/<us>`` address per reservation held. Not through its
+    ``addrs_factory``: ``BasicHost.get_addrs`` cuts every address at its first ``/p2p/``
+    to append ours, which turns ``<relay>/p2p/<relay id>/p2p-circuit`` into the relay's
+    own address under our id."""
+    base = host.get_addrs
+    me = host.get_id().to_base58()
+
+    def get_addrs() -> list[multiaddr.Multiaddr]:
+        return list(base()) + [multiaddr.Multiaddr(f"{c}/p2p/{me}")
+                               for c in relays.circuit_addrs()]
+
+    host.get_addrs = get_addrs
 
 
 def _gossipsub(config: NetConfig) -> GossipSub:
@@ -475,14 +774,20 @@ async def open_net(seed: bytes, config: NetConfig) -> AsyncIterator[Libp2pNet]:
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     key_pair = create_new_key_pair(seed)
     listen = [multiaddr.Multiaddr(a) for a in config.listen]
-    announce = [multiaddr.Multiaddr(a) for a in config.announce] or None
+    parse_addrs(config.announce)
+    for addr in config.relays:
+        parse_peer_addr(addr)  # ValueError naming a bad one before anything starts
+
+    def addrs_factory(candidates):
+        return announced(config, candidates)
+
     host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(
             key_pair, noise_privkey=create_x25519_key_pair().private_key)},
         muxer_preference="YAMUX",
         listen_addrs=listen,
-        announce_addrs=announce,
+        addrs_factory=addrs_factory,
         enable_mDNS=config.mdns,
         connection_config=ConnectionConfig(max_connections_per_peer=1),
     )
@@ -490,6 +795,7 @@ async def open_net(seed: bytes, config: NetConfig) -> AsyncIterator[Libp2pNet]:
     pubsub = Pubsub(host, router, max_inbound_rpc_size=config.max_rpc)
     token = trio.lowlevel.current_trio_token()
     net = Libp2pNet(host, pubsub, config)
+    _announce_circuits(host, net.relay_client)
     for addr in config.bootstrap:
         net.want(addr)
 
@@ -515,6 +821,10 @@ async def open_net(seed: bytes, config: NetConfig) -> AsyncIterator[Libp2pNet]:
                     try:
                         nursery.start_soon(net._dial_loop)
                         nursery.start_soon(net._discovery_loop)
+                        if config.relays:
+                            await nursery.start(net.relay_client.run)
+                        if config.dialback:
+                            await nursery.start(net.prober.run)
                         yield net
                     finally:
                         nursery.cancel_scope.cancel()
