@@ -59,6 +59,9 @@ OPTIONS: tuple[Option, ...] = (
            "keys) whose task offers this provider runs (empty: any signed offer)"),
     Option("log_level", "str", "info", "debug, info, warning or error"),
     Option("ipfs_quota_mb", "int", 20480, "most MiB the IPFS block store may hold"),
+    Option("ipfs_evict", "bool", True,
+           "at the block store quota, remove the least recently used unpinned blocks (cached "
+           "images and files) to make room; off: new blocks are refused until `ipfs gc`"),
     Option("startup_benchmark", "bool", True,
            "providers: measure each environment at start (cached per hardware); off: score 0"),
     Option("warm_pool_s", "float", 300.0,

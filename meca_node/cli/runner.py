@@ -37,7 +37,8 @@ def net_config(cfg: Config) -> NetConfig:
                      bootstrap=tuple(cfg["bootstrap"]), mdns=cfg["mdns"],
                      max_rpc=max(4 * caps.gossip_message, 256 * 1024),
                      max_frame=caps.stream_frame, queue=caps.queue,
-                     sim_faults=cfg["sim_faults"])
+                     sim_faults=cfg["sim_faults"], relay_service=cfg["relay_service"],
+                     relays=tuple(cfg["relays"]))
 
 
 def node_settings(cfg: Config) -> NodeSettings:
@@ -122,7 +123,8 @@ async def _serve_with(cfg: Config, identity: Identity, genesis: wire.Genesis,
             clock = ShiftedClock(clock, cfg["sim_clock_offset_ms"])
         node = Node(node_settings(cfg), identity, genesis, net, clock, OsRandom(),
                     detect_hardware(cfg.data_dir), machine_arch(), ledger_store=ledger_db)
-        store = BlockStore(cfg.data_dir / "blocks", cfg["ipfs_quota_mb"] * 1024 * 1024)
+        store = BlockStore(cfg.data_dir / "blocks", cfg["ipfs_quota_mb"] * 1024 * 1024,
+                           evict=cfg["ipfs_evict"])
         ipfs = IpfsNode(net, store, pull_timeout_s=cfg["ipfs_pull_timeout_s"])
         routes = {"GET /v1/status": lambda _: node.status(),
                   "GET /v1/peers": lambda _: {**node.peers(), "dialing": net.dial_state()},

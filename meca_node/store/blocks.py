@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import errno
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -34,6 +35,8 @@ from pathlib import Path
 
 from meca_node.ipfs import dagpb
 from meca_node.ipfs.cid import CID, RAW, CidError
+
+log = logging.getLogger("meca_node.store")
 
 SHARDING = "/repo/flatfs/shard/v1/next-to-last/2"
 PINS_FILE = "pins.json"
@@ -197,12 +200,17 @@ class BlockStore:
     (``None``: no quota)."""
 
     def __init__(self, root: Path, quota_bytes: int | None = None,
-                 max_block: int = MAX_BLOCK):
+                 max_block: int = MAX_BLOCK, evict: bool = False):
         if quota_bytes is not None and quota_bytes < 0:
             raise ValueError(f"quota_bytes must be >= 0 or None, not {quota_bytes}")
         self.root = Path(root)
         self.quota_bytes = quota_bytes
         self.max_block = max_block
+        #: at the quota, remove the least recently used unpinned, unprotected blocks to
+        #: make room (a cache of pulled images); off: a put over the quota is refused
+        self.evict = evict
+        self.evicted_blocks = 0
+        self.evicted_bytes = 0
         self._lock = threading.RLock()
         self._used = 0          # bytes of the block files on disk
         self._reserved = 0      # bytes of puts being written now
@@ -318,6 +326,9 @@ class BlockStore:
                 if waiting is None:
                     if path.is_file():
                         return None
+                    if self.quota_bytes is not None and self.evict and \
+                            self._used + self._reserved + size > self.quota_bytes:
+                        self._evict(self._used + self._reserved + size - self.quota_bytes)
                     if self.quota_bytes is not None and \
                             self._used + self._reserved + size > self.quota_bytes:
                         raise QuotaExceeded(
@@ -350,6 +361,11 @@ class BlockStore:
         except FileNotFoundError:
             raise BlockNotFound(f"block {cid} is not in the store; fetch it first") from None
         if len(data) <= self.max_block and cid.verify(data):
+            if self.evict:  # a use: the block is younger for eviction
+                try:
+                    os.utime(path)
+                except OSError:
+                    pass
             return data
         with self._lock:
             try:
@@ -493,6 +509,42 @@ class BlockStore:
                 continue
             stack.extend((link, depth + 1) for link in links)
         return live, missing
+
+    # -- eviction -------------------------------------------------------------------------
+    def _evict(self, need: int) -> int:
+        """Remove unpinned, unprotected blocks, least recently used first (file mtime: set
+        when written and on every read), until ``need`` bytes are free or none is left to
+        remove; the bytes freed. Caller holds the lock."""
+        pinned, _ = self._walk(self._pins, strict=False)
+        kept, _ = self._walk(list(self._protected), strict=False)
+        kept.update(pinned)
+        candidates = []
+        for shard in self._shards():
+            for name in os.listdir(shard):
+                key = name[:-len(SUFFIX)]
+                if not name.endswith(SUFFIX) or key in kept or key in self._inflight:
+                    continue
+                try:
+                    st = (shard / name).stat()
+                except FileNotFoundError:
+                    continue
+                candidates.append((st.st_mtime_ns, st.st_size, shard / name))
+        candidates.sort()
+        freed = 0
+        for _, size, path in candidates:
+            if freed >= need:
+                break
+            try:
+                self._remove(path, size)
+            except FileNotFoundError:
+                continue
+            freed += size
+            self.evicted_blocks += 1
+            self.evicted_bytes += size
+        if freed:
+            log.info("block store at its quota: evicted %d bytes of unpinned blocks "
+                     "(least recently used first)", freed)
+        return freed
 
     # -- gc -------------------------------------------------------------------------------
     def gc(self) -> tuple[int, int]:

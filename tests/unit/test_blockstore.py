@@ -255,3 +255,46 @@ def test_many_threads_put_overlapping_blocks_under_a_quota(tmp_path):
     assert files(tmp_path, TMP_PREFIX) == []
     again = BlockStore(tmp_path, None)
     assert (again.count, again.used_bytes) == (30, 3000)
+
+
+# -- eviction at the quota (a cache of pulled images) ---------------------------------------
+def _aged(s: BlockStore, cid: CID, seconds_ago: int) -> None:
+    path = s.path_of(cid)
+    t = path.stat().st_mtime - seconds_ago
+    os.utime(path, (t, t))
+
+
+def test_eviction_removes_the_least_recently_used_unpinned_blocks_first(tmp_path):
+    s = BlockStore(tmp_path, quota_bytes=30, evict=True)
+    old, used, pinned = raw(b"o" * 10), raw(b"u" * 10), raw(b"p" * 10)
+    s.put(old, b"o" * 10)
+    s.put(used, b"u" * 10)
+    s.put(pinned, b"p" * 10)
+    s.pin(pinned)
+    for cid, age in ((old, 300), (used, 200), (pinned, 400)):
+        _aged(s, cid, age)
+    s.get(used)  # a read makes it the most recently used
+    s.put(raw(b"n" * 10), b"n" * 10)  # 10 bytes over: the oldest unpinned goes
+    assert not s.has(old) and s.has(used) and s.has(pinned)
+    assert (s.evicted_blocks, s.evicted_bytes) == (1, 10) and s.used_bytes == 30
+
+
+def test_eviction_never_takes_pinned_or_protected_blocks_and_then_refuses(tmp_path):
+    s = BlockStore(tmp_path, quota_bytes=20, evict=True)
+    pinned, pulling = raw(b"p" * 10), raw(b"q" * 10)
+    s.put(pinned, b"p" * 10)
+    s.pin(pinned)
+    s.put(pulling, b"q" * 10)
+    with s.protect([pulling]):
+        with pytest.raises(QuotaExceeded):
+            s.put(raw(b"n" * 10), b"n" * 10)
+        assert s.has(pinned) and s.has(pulling)
+    s.put(raw(b"n" * 10), b"n" * 10)  # the pull ended: its block may go now
+    assert not s.has(pulling) and s.has(pinned)
+
+
+def test_without_eviction_the_quota_refuses(tmp_path):
+    s = BlockStore(tmp_path, quota_bytes=10)
+    s.put(raw(b"a" * 10), b"a" * 10)
+    with pytest.raises(QuotaExceeded):
+        s.put(raw(b"b" * 10), b"b" * 10)
