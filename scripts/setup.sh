@@ -211,6 +211,16 @@ else
     apt_install iproute2
 fi
 
+# --------------------------------------------------------- systemd-analyze ----
+# tests/integration/test_service.py checks the unit of `meca-node service install` with
+# `systemd-analyze verify`, which works without systemd running as PID 1
+step "systemd-analyze (Debian package systemd), used by the service unit test"
+if command -v systemd-analyze >/dev/null 2>&1; then
+    info "already installed"
+else
+    apt_install systemd
+fi
+
 # -------------------------------------------------------------- chromium ----
 # headless Chromium loads the node's status page in tests/integration/test_status_page.py
 step "Chromium (headless), used by the status page test"
@@ -228,4 +238,4 @@ bash "$REPO_ROOT/scripts/interop-setup.sh" \
 interop_summary="interop peers $([ "${MECA_SKIP_INTEROP:-0}" = "1" ] && echo skipped || echo ready)"
 
 # --------------------------------------------------------------- summary ----
-step "Ready: $("$VENV/bin/python" --version) in .venv, meca-node installed (editable, [test]), $docker_summary, iproute2 present, chromium present, $interop_summary"
+step "Ready: $("$VENV/bin/python" --version) in .venv, meca-node installed (editable, [test]), $docker_summary, iproute2 present, systemd-analyze present, chromium present, $interop_summary"
