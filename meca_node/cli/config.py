@@ -44,6 +44,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("listen", "list", ["/ip4/0.0.0.0/tcp/4601"], "multiaddrs to listen on"),
     Option("announce", "list", [], "multiaddrs to announce instead of the listen addresses"),
     Option("bootstrap", "list", [], "peers to connect to at start, /p2p/<peer id> multiaddrs"),
+    Option("relay_service", "bool", False,
+           "serve as a circuit relay (libp2p circuit relay v2 hop) for peers behind NAT: "
+           "at most 128 reservations (1 h each), 64 circuits (8 per peer), 1 h and 1 GiB "
+           "per circuit; run it on a node others can dial"),
+    Option("relays", "list", [],
+           "relays (/p2p/<peer id> multiaddrs of nodes with relay_service) to keep a "
+           "reservation on, renewed before it expires; the node then announces "
+           "<relay>/p2p-circuit addresses and is reachable through them from behind NAT"),
     Option("genesis", "path", None, "network genesis file (default: genesis.json in data_dir)"),
     Option("mdns", "bool", False, "find peers on the local network with mDNS"),
     Option("control_port", "int", 0, "port of the control API on 127.0.0.1 (0: any free one)"),

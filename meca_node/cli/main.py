@@ -102,7 +102,7 @@ def start(
 
     try:
         parse_addrs(cfg["listen"] + cfg["announce"])
-        for b in cfg["bootstrap"]:
+        for b in cfg["bootstrap"] + cfg["relays"]:
             parse_peer_addr(b)
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -247,6 +247,19 @@ def status(data_dir: DataDir = None, config: ConfigFile = None, json_out: JsonOu
         out.print(f"  {a}", highlight=False)
     out.print(f"peers connected {s['peers_connected']}, adverts known {s['adverts_known']}, "
               f"adverts sent {s['adverts_sent']}")
+    reach = s.get("reachability") or {}
+    if reach:
+        out.print(f"reachability: {reach['status']}" + (
+            f" (peer {reach['confirmed_by']} dialed {reach['confirmed_addr']})"
+            if reach.get("confirmed_by") else ""), highlight=False)
+        for r in reach.get("reservations", []):
+            if not r["reserved"]:
+                out.print(f"[yellow]no reservation on relay[/] {r['relay']}: "
+                          f"{r['last_error'] or 'not connected'}", highlight=False)
+        if reach.get("relay_service"):
+            rs = reach["relay_service"]
+            out.print(f"relay service: {rs['reservations']} reservations, {rs['circuits']} "
+                      "circuits open")
     table = Table("gossip", "count", title=None)
     for kind, n in sorted(s["gossip"]["accepted"].items()):
         table.add_row(f"accepted {kind}", str(n))

@@ -164,6 +164,7 @@ class Node:
     def _handle(self, env: wire.Envelope) -> None:
         if isinstance(env.body, wire.HostAdvert):
             if self.peerbook.observe(env, self.clock.now_ms()):
+                self.net.learn_addrs(peer_id_of(env.signer), env.body.addrs)
                 self.advert_seen.set()
                 self.advert_seen = trio.Event()
         elif isinstance(env.body, (wire.TaskOffer, wire.TaskWithdraw)):
@@ -385,6 +386,7 @@ class Node:
             "warm_pool": self.warm_pool.stats() if self.warm_pool is not None else None,
             "ledger": {**self.ledger.status(), "sync": dict(self.ledger_sync.stats)},
             "latency": {"measured": len(self.latency.view()), **dict(self.latency.stats)},
+            "reachability": self.net.reachability(),
             "clock": self.clock_status(),
             "protocol": {"version": wire.ENVELOPE_VERSION,
                          "peers_on_other_versions": dict(self._other_versions)},

@@ -81,6 +81,12 @@ class FakeNet:
         return [_Peer(n.peer_id) for n in self.hub.nets
                 if n is not self and n.peer_id not in self.blocked]
 
+    def learn_addrs(self, peer_id: str, addrs) -> None:
+        """Every net on the hub reaches every other: nothing to learn."""
+
+    def reachability(self) -> dict:
+        return {"status": "unknown"}
+
     def set_validator(self, topic, fn) -> None:
         self.validators[topic] = fn
 
