@@ -478,7 +478,12 @@ class JobHistory:
         except ValueError as exc:
             raise HttpError(400, f"bad job list parameters: {exc}") from None
         total = await trio.to_thread.run_sync(self.db.count)
-        return {"jobs": [r.to_json() for r in rows], "total": total,
+        jobs = [r.to_json() for r in rows]
+        for j in jobs:  # a running job's provider, before its history row has it
+            live = self.live.get(j["id"])
+            if live is not None and not j["provider"]:
+                j["provider"] = live.provider
+        return {"jobs": jobs, "total": total,
                 "kept": self.db.max_jobs, "live": len(self.live),
                 "ended": dict(self.ended)}
 
