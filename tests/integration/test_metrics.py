@@ -112,3 +112,37 @@ def test_metrics_are_prometheus_text_with_the_token_and_refused_without(tmp_path
             assert r.status_code == 401, (bad, r.status_code, r.text)
             assert "control.token" in r.json()["error"]
             assert "meca_" not in r.text
+
+
+@pytest.mark.docker
+def test_a_job_moves_the_job_container_pull_and_balance_metrics(tmp_path):
+    from test_run_job import cli, published_echo
+
+    with published_echo(tmp_path, 1, "price = 1\n") as (cluster, _folder):
+        dev, provider, user = cluster.nodes
+        before = parse(scrape(user, user.client().token).text)
+        r = cli(user, "run", "echo", "--input", '{"input": "hi"}', "--max-price", "2")
+        assert r.returncode == 0 and r.stdout == b"hi", r.stderr.decode()
+        r = cli(user, "run", "nope", "--input", "{}")
+        assert r.returncode == 1  # no such offer: a failed client job
+
+        def jobs(families, role, outcome):
+            return value(families, "meca_jobs", "meca_jobs_total", role=role, outcome=outcome)
+
+        mine = parse(scrape(user, user.client().token).text)
+        assert jobs(mine, "client", "done") == 1 and jobs(mine, "client", "failed") == 1
+        assert value(mine, "meca_balance") == value(before, "meca_balance") - 2  # price + fee
+        assert value(mine, "meca_client_jobs_live") == 0
+        theirs = parse(scrape(provider, provider.client().token).text)
+        assert jobs(theirs, "provider", "done") == 1
+        assert jobs(theirs, "provider", "failed") == 0
+        assert value(theirs, "meca_container_starts", "meca_container_starts_total",
+                     start="cold") == 1
+        # the provider asked the developer for the image over bitswap (only its root and
+        # manifest when the engine, shared by the processes here, has the image already)
+        pulled = value(theirs, "meca_ipfs_pulled_bytes", "meca_ipfs_pulled_bytes_total")
+        served = value(parse(scrape(dev, dev.client().token).text), "meca_ipfs_served_bytes",
+                       "meca_ipfs_served_bytes_total")
+        assert 0 < pulled <= served, (pulled, served)
+        assert value(theirs, "meca_provider_jobs_running") == 0
+        assert value(theirs, "meca_provider_queue_length") == 0
