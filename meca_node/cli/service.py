@@ -155,6 +155,44 @@ def meca_executable() -> list[str]:
     return [str(Path(sys.executable).absolute()), "-m", "meca_node"]
 
 
+def closed_dir(path: Path, uid: int, gids: set[int]) -> Path | None:
+    """The first directory on the way to ``path`` that user ``uid`` (in groups ``gids``)
+    may not pass through (no search permission), or None."""
+    for folder in [*reversed(path.parents)]:
+        try:
+            st = folder.stat()
+        except OSError:
+            return folder
+        if uid == 0:
+            continue
+        bit = 0o100 if st.st_uid == uid else 0o010 if st.st_gid in gids else 0o001
+        if not st.st_mode & bit:
+            return folder
+    return None
+
+
+def install_problems(account: pwd.struct_passwd | None) -> list[str]:
+    """Why the service could not run this meca-node: its script, its Python or its package
+    under a folder that ProtectHome= hides, or closed to the service's user."""
+    import meca_node
+
+    parts = {"the meca-node command": Path(meca_executable()[0]),
+             "the Python it runs on": Path(sys.executable).resolve(),
+             "the meca_node package": Path(meca_node.__file__).resolve().parent}
+    problems = []
+    for what, path in parts.items():
+        if str(path).startswith(_HOME_DIRS):
+            problems.append(f"{what} is at {path}, under /home, /root or /run/user, which the "
+                            "unit's ProtectHome= hides")
+        elif account is not None:
+            gids = set(os.getgrouplist(account.pw_name, account.pw_gid))
+            closed = closed_dir(path, account.pw_uid, gids)
+            if closed is not None:
+                problems.append(f"{what} is at {path}, but user {account.pw_name} may not "
+                                f"enter {closed}")
+    return problems
+
+
 def _user(name: str) -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(name)
@@ -199,7 +237,6 @@ def install(
         "--print", help="write the unit to stdout only; change nothing")] = False,
 ):
     """Write the systemd unit meca-node.service running this meca-node as USER."""
-    from meca_node.cli.config_cmd import write_default_config
     from meca_node.cli.main import _fail, err
 
     if not _USER_RE.fullmatch(user):
@@ -221,67 +258,42 @@ def install(
         log_dir = (data_dir / cfg["log_file"]).parent.absolute()
         if not log_dir.is_relative_to(data_dir):
             extra.append(log_dir)
-    account = _user(user)
     if docker_host and not re.fullmatch(r"(unix|tcp|ssh)://\S+", docker_host):
         raise _fail(f"--docker-host {docker_host!r}: expected unix:///run/user/UID/docker.sock "
                     "(a rootless engine) or tcp://HOST:PORT")
     exe = meca_executable()
-    spec = UnitSpec(
-        exec_start=(*exe, "start", "--data-dir", str(data_dir), "--config", str(config_file),
-                    *[a for r in cfg["roles"] for a in ("--role", r)]),
-        user=user, group=user, data_dir=data_dir, config_file=config_file,
-        roles=tuple(cfg["roles"]), memory_max=memory_max, drain_grace_s=cfg["drain_grace_s"],
-        docker_host=docker_host, docker_uid=account.pw_uid if account else None,
-        extra_write_paths=tuple(extra))
-    try:
-        unit = render_unit(spec)
-    except UnitError as exc:
-        raise _fail(str(exc)) from None
-    if exe[0].startswith(_HOME_DIRS):
-        err.print(f"warning: {exe[0]} is under /home, /root or /run/user, which the unit's "
-                  "ProtectHome= hides from the service: it would not start. Install meca-node "
-                  "elsewhere (e.g. python3 -m venv /opt/meca-node && /opt/meca-node/bin/pip "
-                  "install meca-node) and run that one's `service install`.", highlight=False)
+
+    def unit_for(account: pwd.struct_passwd | None) -> str:
+        try:
+            return render_unit(UnitSpec(
+                exec_start=(*exe, "start", "--data-dir", str(data_dir), "--config",
+                            str(config_file), *[a for r in cfg["roles"] for a in ("--role", r)]),
+                user=user, group=user, data_dir=data_dir, config_file=config_file,
+                roles=tuple(cfg["roles"]), memory_max=memory_max,
+                drain_grace_s=cfg["drain_grace_s"], docker_host=docker_host,
+                docker_uid=account.pw_uid if account else None, extra_write_paths=tuple(extra)))
+        except UnitError as exc:
+            raise _fail(str(exc)) from None
+
+    account = _user(user)
+    unit = unit_for(account)  # refuses what cannot go into a unit before anything changes
+    for problem in install_problems(account):
+        err.print(f"warning: {problem}. The service would not start: install meca-node where "
+                  "its user can reach it (e.g. python3 -m venv /opt/meca-node && "
+                  "/opt/meca-node/bin/pip install meca-node) and run that one's `service "
+                  "install`.", highlight=False)
     if print_only:
         sys.stdout.write(unit)
         return
-
-    is_root = os.geteuid() == 0
-    todo: list[str] = []
-    if account is None and create_user:
-        if not is_root:
-            raise _fail(f"--create-user: creating user {user!r} needs root; run this as root "
-                        f"or create it yourself: {' '.join(_useradd(user, data_dir))}")
-        made = subprocess.run(_useradd(user, data_dir), capture_output=True, text=True,
-                              timeout=60)
-        if made.returncode != 0:
-            raise _fail(f"useradd {user} failed: {made.stderr.strip()}", 1)
-        account = _user(user)
-        print(f"created system user {user} (uid {account.pw_uid if account else '?'})")
-    if account is None:
-        todo.append(" ".join(_useradd(user, data_dir)) + "   # the user does not exist yet")
     if not docker_host and not _group_exists("docker"):
         err.print("warning: there is no docker group here, so SupplementaryGroups=docker would "
                   "stop the service from starting: install the Docker engine, or use a "
                   "rootless one with --docker-host (docs/edge.md)", highlight=False)
-
-    def own(path: Path) -> None:  # what we create belongs to the service's user
-        if is_root and account is not None:
-            os.chown(path, account.pw_uid, account.pw_gid)
-
-    try:
-        if not data_dir.exists():
-            data_dir.mkdir(parents=True, mode=0o750)
-            own(data_dir)
-            print(f"created data dir {data_dir}")
-        if write_default_config(config_file):
-            own(config_file)
-            print(f"wrote {config_file} (every option at its default; edit it to set them)")
-    except OSError as exc:
-        todo.insert(0, f"install -d -m 0750 {data_dir} && {exe[0]} config init --config "
-                       f"{config_file}   # (here: {exc})")
-    if data_dir.exists() and (account is None or data_dir.stat().st_uid != account.pw_uid):
-        todo.append(f"chown -R {user}:{user} {data_dir}   # the service writes there")
+    if account is None and create_user:
+        account = _create_user(user, data_dir)
+        unit = unit_for(account)  # its uid in the rootless example
+    todo = [] if account else [" ".join(_useradd(user, data_dir)) + "   # no such user yet"]
+    todo += _prepare_data_dir(data_dir, config_file, user, account, exe[0])
     if not cfg.genesis_path.exists():
         todo.append(f"cp GENESIS.json {cfg.genesis_path}   # the network's genesis file "
                     "(`meca-node network init` makes a new network's)")
@@ -299,3 +311,46 @@ def install(
     for step in [*todo, "systemctl daemon-reload", f"systemctl enable --now {UNIT_NAME}",
                  f"systemctl status {UNIT_NAME}", f"journalctl -u {UNIT_NAME} -f"]:
         print(f"  {step}")
+
+
+def _create_user(user: str, data_dir: Path) -> pwd.struct_passwd:
+    """``useradd --system`` the service's user (root only); exit 2 or 1 saying why not."""
+    from meca_node.cli.main import _fail
+
+    if os.geteuid() != 0:
+        raise _fail(f"--create-user: creating user {user!r} needs root; run this as root or "
+                    f"create it yourself: {' '.join(_useradd(user, data_dir))}")
+    made = subprocess.run(_useradd(user, data_dir), capture_output=True, text=True, timeout=60)
+    account = _user(user)
+    if made.returncode != 0 or account is None:
+        raise _fail(f"useradd {user} failed: {made.stderr.strip() or 'no such user after it'}",
+                    1)
+    print(f"created system user {user} (uid {account.pw_uid})")
+    return account
+
+
+def _prepare_data_dir(data_dir: Path, config_file: Path, user: str,
+                      account: pwd.struct_passwd | None, exe: str) -> list[str]:
+    """Create the data dir (0750) and a default config file where absent, owned by the
+    service's user when we are root; the commands still to run by hand."""
+    def own(path: Path) -> None:
+        if os.geteuid() == 0 and account is not None:
+            os.chown(path, account.pw_uid, account.pw_gid)
+
+    todo = []
+    try:
+        if not data_dir.exists():
+            data_dir.mkdir(parents=True, mode=0o750)
+            own(data_dir)
+            print(f"created data dir {data_dir}")
+        from meca_node.cli.config_cmd import write_default_config
+
+        if write_default_config(config_file):
+            own(config_file)
+            print(f"wrote {config_file} (every option at its default; edit it to set them)")
+    except OSError as exc:
+        todo.append(f"install -d -m 0750 {data_dir} && {exe} config init --config "
+                    f"{config_file}   # (here: {exc})")
+    if data_dir.exists() and (account is None or data_dir.stat().st_uid != account.pw_uid):
+        todo.append(f"chown -R {user}:{user} {data_dir}   # the service writes there")
+    return todo

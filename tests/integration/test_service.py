@@ -184,3 +184,30 @@ def test_install_refuses_an_invalid_config_naming_the_key(tmp_path):
     (tmp_path / "config.toml").write_text("drain_grace_s = -1\n")
     r = run_cli("service", "install", "--print", "--user", ME, "--data-dir", str(tmp_path))
     assert r.returncode == 2 and "drain_grace_s" in r.stderr and "config.toml" in r.stderr
+
+
+def test_closed_dir_finds_a_folder_the_service_user_cannot_enter():
+    import tempfile
+
+    from meca_node.cli.service import closed_dir
+
+    base = Path(tempfile.mkdtemp(prefix="meca-closed-", dir="/tmp"))  # /tmp: anyone enters
+    try:
+        inner = base / "a" / "b"
+        inner.mkdir(parents=True)
+        exe = inner / "meca-node"
+        exe.write_text("")
+        for folder in (base, base / "a", inner):
+            folder.chmod(0o755)
+        st = (base / "a").stat()
+        other_uid, other_gid = st.st_uid + 4242, st.st_gid + 4242
+        assert closed_dir(exe, other_uid, {other_gid}) is None
+        (base / "a").chmod(0o750)
+        assert closed_dir(exe, other_uid, {other_gid}) == base / "a"
+        assert closed_dir(exe, other_uid, {st.st_gid}) is None  # its group may enter
+        (base / "a").chmod(0o700)
+        assert closed_dir(exe, other_uid, {st.st_gid}) == base / "a"
+        assert closed_dir(exe, st.st_uid, set()) is None  # its owner may
+        assert closed_dir(exe, 0, set()) is None  # root may
+    finally:
+        shutil.rmtree(base)
