@@ -35,7 +35,7 @@ from test_executor import (
     ECHO, FLASK_HEAD, OUTSIDE_LISTENER, OUTSIDE_PORT, connect_from_docker_bridge, make_task,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.docker]
+pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.netns]
 
 LIMITS = SandboxLimits()
 MIB = 1 << 20
