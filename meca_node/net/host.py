@@ -165,6 +165,8 @@ class Libp2pNet:
                              self.reach)
         self.set_stream_handler(DIALBACK, self._serve_dialback, max_frame=DIALBACK_FRAME)
         self.dialback_stats: Counter[str] = Counter()
+        #: addresses peers advertised (learn_addrs), most recent last
+        self._learnt: dict[ID, list[str]] = {}
 
     # -- identity and peers -------------------------------------------------
     @property
@@ -469,7 +471,12 @@ class Libp2pNet:
                 continue
             good.append(ma)
         if good:
-            self._host.get_peerstore().add_addrs(pid, good, _LEARNT_TTL_S)
+            # kept apart from the peerstore: py-libp2p's auto-connector dials every peer
+            # the peerstore knows (up to 200), which would connect us to every advertiser
+            self._learnt.pop(pid, None)
+            self._learnt[pid] = [str(a) for a in good]
+            while len(self._learnt) > _MAX_LEARNT:
+                self._learnt.pop(next(iter(self._learnt)))
 
     async def _reach_peer(self, pid: ID) -> None:
         """Open a connection to ``pid``: at its direct addresses, else through a relay
@@ -480,33 +487,35 @@ class Libp2pNet:
             known = [str(a) for a in store.addrs(pid)]
         except Exception:
             known = []
+        known += [a for a in self._learnt.get(pid, []) if a not in known]
         errors = []
         direct = [a for a in known if "/p2p-circuit" not in a]
         if direct:
             try:
                 with trio.fail_after(self._config.dial_timeout_s):
-                    await self._host.connect(PeerInfo(pid, []))
+                    await self._host.connect(PeerInfo(pid, [_strip_p2p(a) for a in direct]))
                 return
             except Exception as exc:
                 errors.append(f"direct ({', '.join(direct[:3])}): {type(exc).__name__} {exc}")
-        relays: list[ID] = []
+        relays: dict[ID, str | None] = {}  # relay -> its address, when a circuit names it
         for a in known:
             pair = relay_of(a)
             if pair is not None and pair[1] == pid and pair[0] not in relays:
-                relays.append(pair[0])
-        connected = self._host.get_connected_peers()
-        relays = [r for r in relays if r in connected]
-        for peer in connected:
+                relays[pair[0]] = a.split("/p2p-circuit")[0]
+        for peer in self._host.get_connected_peers():
             if peer not in relays and peer != pid and _speaks(store, peer, HOP):
-                relays.append(peer)
-        for relay in relays[:_MAX_RELAY_TRIES]:
+                relays[peer] = None
+        for relay, addr in list(relays.items())[:_MAX_RELAY_TRIES]:
             if self._refuses(relay):
                 continue
             try:
+                if relay not in self._host.get_connected_peers() and addr is not None:
+                    with trio.fail_after(self._config.dial_timeout_s):
+                        await self._host.connect(parse_peer_addr(addr))
                 await self.relay_client.dial_via(relay, pid)
                 return
             except Exception as exc:
-                errors.append(f"via relay {relay.to_base58()}: {exc}")
+                errors.append(f"via relay {relay.to_base58()}: {type(exc).__name__} {exc}")
         raise ConnectionError(
             f"cannot reach peer {pid.to_base58()}: "
             + ("; ".join(errors) if errors else "no address known and no relay connected")
@@ -661,8 +670,8 @@ class FramedStream:
             pass
 
 
-#: seconds the addresses learnt from adverts stay in the peerstore
-_LEARNT_TTL_S = 600
+#: peers whose advertised addresses we keep (the most recently advertised)
+_MAX_LEARNT = 4096
 #: relays tried for one peer before giving up
 _MAX_RELAY_TRIES = 4
 
@@ -672,6 +681,13 @@ def _value_for(ma, proto: str) -> str | None:
         return ma.value_for_protocol(proto)
     except Exception:
         return None
+
+
+def _strip_p2p(addr: str) -> multiaddr.Multiaddr:
+    """``addr`` without its trailing ``/p2p/<id>`` (the peerstore keeps transport addrs)."""
+    ma = multiaddr.Multiaddr(addr)
+    p2p = _value_for(ma, "p2p")
+    return ma.decapsulate(multiaddr.Multiaddr(f"/p2p/{p2p}")) if p2p else ma
 
 
 def _speaks(store, pid: ID, protocol: str) -> bool:
