@@ -18,6 +18,8 @@ from meca_node.control.server import Page, Request, Routes
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MIB = 1024 * 1024
+#: the reachability statuses (the first word of ``status``'s: "relayed via <peer>")
+REACHABILITY = ("public", "relayed", "private", "unknown")
 
 Sample = tuple[dict[str, str], float]
 
@@ -100,6 +102,10 @@ async def collect(node, net, ipfs, routes: Routes) -> bytes:
     out.add("meca_hosts_known", "gauge", "fresh signed host adverts held", s["adverts_known"])
     out.add("meca_peers_cut_off", "gauge", "peers cut off for invalid or oversized gossip",
             len(s["cut_off"]))
+    reach = str((s.get("reachability") or {}).get("status") or "unknown").split()[0]
+    out.add("meca_reachability", "gauge", "whether other peers can dial this node (1 for "
+            "the current status: public, relayed (through a relay reservation), private, "
+            "unknown)", [({"status": k}, int(k == reach)) for k in REACHABILITY])
 
     # gossip: in (validated from others), dropped (by reason), out (our publishes)
     out.add("meca_gossip_received", "counter",

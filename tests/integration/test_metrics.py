@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 #: every family the node exposes, with its type
 FAMILIES = {
     "meca_info": "gauge", "meca_uptime_seconds": "gauge", "meca_peers_connected": "gauge",
-    "meca_hosts_known": "gauge", "meca_peers_cut_off": "gauge",
+    "meca_hosts_known": "gauge", "meca_peers_cut_off": "gauge", "meca_reachability": "gauge",
     "meca_gossip_received": "counter", "meca_gossip_dropped": "counter",
     "meca_gossip_published": "counter", "meca_adverts_sent": "counter",
     "meca_jobs": "counter", "meca_provider_jobs_rejected": "counter",
@@ -79,6 +79,10 @@ def test_metrics_are_prometheus_text_with_the_token_and_refused_without(tmp_path
         assert value(families, "meca_peers_connected") == status["peers_connected"] == 1
         assert value(families, "meca_hosts_known") == 1
         assert value(families, "meca_uptime_seconds") > 0
+        reach = {s.labels["status"]: s.value for s in families["meca_reachability"].samples}
+        assert sum(reach.values()) == 1 and set(reach) == {"public", "relayed", "private",
+                                                           "unknown"}, reach
+        assert reach[status["reachability"]["status"].split()[0]] == 1, status["reachability"]
         assert value(families, "meca_balance") == status["ledger"]["balance"] == 1_000_000
         # the peer's adverts came in; our own went out (on the adverts topic)
         assert value(families, "meca_gossip_received", "meca_gossip_received_total",

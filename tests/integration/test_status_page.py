@@ -76,6 +76,9 @@ def test_the_status_page_shows_a_running_job_after_a_one_time_login(tmp_path):
         dom = browse(browser, url, tmp_path / "profile-user")
         assert 'data-updates="' in dom, dom[-3000:]  # the script ran and polled
         assert user.peer_id in dom
+        node = text_of(dom, "node")
+        reach = user.status()["reachability"]["status"]
+        assert "local-cluster" in node and f"reachability  {reach}" in node, node
         client_jobs = text_of(dom, "client-jobs")
         assert job in client_jobs and "sleepy" in client_jobs and "running" in client_jobs, \
             client_jobs
