@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require, run_cli
+from conftest import docker_engine, require, run_cli
 from meca_node.sim.cluster import child_env
 
 pytestmark = pytest.mark.integration
@@ -104,21 +104,24 @@ def test_the_verify_check_catches_a_broken_unit(tmp_path, change):
     assert verify(unit) != ""
 
 
-def _read_lines(stream, lines: list[str], ready: threading.Event) -> None:
+def _read_lines(stream, lines: list[str], seen: threading.Event, text: str) -> None:
     for line in stream:
         lines.append(line)
-        if "ready" in line:
-            ready.set()
+        if text in line:
+            seen.set()
 
 
-def test_exec_start_runs_by_hand_and_stops_on_sigterm(tmp_path):
+@pytest.mark.parametrize("role", ["client", pytest.param("provider", marks=pytest.mark.docker)])
+def test_exec_start_runs_by_hand_and_stops_on_sigterm(tmp_path, role):
+    if role == "provider":
+        docker_engine()  # skipped here, failed in CI, without an engine
     data = tmp_path / "data"
     r = run_cli("network", "init", "--name", "svc", "--data-dir", str(data))
     assert r.returncode == 0, r.stderr
     (data / "config.toml").write_text(
         'listen = ["/ip4/127.0.0.1/tcp/0"]\ndrain_grace_s = 50\nlog_file = "logs/node.log"\n'
-        "log_max_mb = 1\n")
-    r, unit = install(tmp_path, "--data-dir", str(data), "--role", "client")
+        "log_max_mb = 1\nstartup_benchmark = false\n")
+    r, unit = install(tmp_path, "--data-dir", str(data), "--role", role)
     assert f"wrote {data / 'config.toml'}" not in r.stdout  # the config is kept
     assert verify(unit) == ""
     d = directives(unit.read_text())
@@ -129,14 +132,17 @@ def test_exec_start_runs_by_hand_and_stops_on_sigterm(tmp_path):
                             env=child_env())
     out: list[str] = []
     errs: list[str] = []
-    ready = threading.Event()
-    readers = [threading.Thread(target=_read_lines, args=(proc.stdout, out, ready)),
-               threading.Thread(target=_read_lines, args=(proc.stderr, errs, threading.Event()))]
+    ready, taking_jobs = threading.Event(), threading.Event()
+    readers = [threading.Thread(target=_read_lines, args=(proc.stdout, out, ready, "ready")),
+               threading.Thread(target=_read_lines,
+                                args=(proc.stderr, errs, taking_jobs, "taking jobs"))]
     for t in readers:
         t.start()
     try:
         assert ready.wait(60), f"no 'ready' within 60 s: {''.join(out)}{''.join(errs)}"
         assert any("listening on /ip4/127.0.0.1/tcp/" in line for line in out)
+        if role == "provider":  # its environments are up: it would run jobs now
+            assert taking_jobs.wait(60), "".join(errs)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, "".join(errs)
     finally:
