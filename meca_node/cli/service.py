@@ -294,6 +294,8 @@ def install(
         unit = unit_for(account)  # its uid in the rootless example
     todo = [] if account else [" ".join(_useradd(user, data_dir)) + "   # no such user yet"]
     todo += _prepare_data_dir(data_dir, config_file, user, account, exe[0])
+    todo += [f"install -d -o {user} -g {user} -m 0750 {d}   # log_file's folder (it must "
+             "exist: ReadWritePaths=)" for d in extra if not d.exists()]
     if not cfg.genesis_path.exists():
         todo.append(f"cp GENESIS.json {cfg.genesis_path}   # the network's genesis file "
                     "(`meca-node network init` makes a new network's)")

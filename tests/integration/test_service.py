@@ -217,3 +217,16 @@ def test_closed_dir_finds_a_folder_the_service_user_cannot_enter():
         assert closed_dir(exe, 0, set()) is None  # root may
     finally:
         shutil.rmtree(base)
+
+
+def test_a_log_file_outside_the_data_dir_is_writable_too(tmp_path):
+    data, logs = tmp_path / "data", tmp_path / "logs"
+    data.mkdir()
+    (data / "config.toml").write_text(f'log_file = "{logs}/node.log"\n')
+    r, unit = install(tmp_path, "--data-dir", str(data))
+    assert directives(unit.read_text())["ReadWritePaths"] == f"{data} {logs}"
+    assert f"install -d -o {ME} -g {ME} -m 0750 {logs}" in r.stdout  # it must exist
+    assert verify(unit) == ""
+    (data / "config.toml").write_text('log_file = "logs/node.log"\n')  # inside: nothing more
+    _, unit = install(tmp_path, "--data-dir", str(data))
+    assert directives(unit.read_text())["ReadWritePaths"] == str(data)
