@@ -290,7 +290,8 @@ def toml_value(value: Any) -> str:
 
 
 def _option_lines(opt: Option, name: str) -> list[str]:
-    lines = [""] + ["# " + line for line in textwrap.wrap(opt.doc, 86)]
+    lines = [""] + ["# " + line for line in textwrap.wrap(
+        opt.doc, 86, break_on_hyphens=False, break_long_words=False)]  # words stay whole
     lines.append(f"# ({opt.kind}; env {env_name(opt.key)})")
     if opt.default is None:
         lines.append(f"# {name}: unset by default")
