@@ -81,9 +81,34 @@ def _optional(call, *args) -> Any:
         return None
 
 
+#: the library pynvml loads on Linux
+NVML_LIBRARY = "libnvidia-ml.so.1"
+
+
+def nvml_library_missing(library: str = NVML_LIBRARY) -> bool:
+    """Whether NVML's shared library cannot be loaded on this Linux host (no NVIDIA driver).
+
+    Checked before importing ``pynvml``: the module costs ~1.8 MB of a node's memory for
+    its life, and most hosts (every one without an NVIDIA driver) would import it only to
+    learn that the library is missing. Elsewhere than Linux pynvml decides (False)."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        ctypes.CDLL(library)
+    except OSError:
+        return True
+    return False
+
+
 def probe_gpus(nvml: Any = None) -> GpuProbe:
     """Ask NVML for the NVIDIA GPUs; ``nvml`` is the ``pynvml`` module (tests pass a fake)."""
     if nvml is None:
+        if nvml_library_missing():  # pynvml's own words for it
+            return GpuProbe(note="NVML: NVML Shared Library Not Found")
         try:
             import pynvml as nvml
         except ImportError:
