@@ -247,6 +247,8 @@ class Libp2pNet:
                     self.dialback_stats["ok"] += 1
                     await stream.send(b"ok " + addr.encode())
                     return
+                except trio.TooSlowError:
+                    errors.append(f"{addr}: no connection within {_DIALBACK_TIMEOUT_S:g} s")
                 except Exception as exc:  # unreachable: many error types, all one answer
                     errors.append(f"{addr}: {type(exc).__name__} {exc}"[:150])
             self.dialback_stats["failed"] += 1
@@ -477,6 +479,14 @@ class Libp2pNet:
             self._learnt[pid] = [str(a) for a in good]
             while len(self._learnt) > _MAX_LEARNT:
                 self._learnt.pop(next(iter(self._learnt)))
+
+    def reachable_peers(self) -> set[str]:
+        """Peers we are not connected to that announced a relay (``/p2p-circuit``)
+        address: :meth:`open_stream` reaches them through that relay on first use."""
+        connected = set(self._host.get_connected_peers())
+        return {pid.to_base58() for pid, addrs in self._learnt.items()
+                if pid not in connected and not self._refuses(pid)
+                and any("/p2p-circuit" in a for a in addrs)}
 
     async def _reach_peer(self, pid: ID) -> None:
         """Open a connection to ``pid``: at its direct addresses, else through a relay

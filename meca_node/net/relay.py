@@ -256,9 +256,8 @@ class RelayService:
             await self._status(stream, OK, limit=self._limit())
             self.stats["circuits_opened"] += 1
             log.info("relay: circuit %s -> %s open", src, dst)
-            moved = await splice(stream, dst_stream, self.limits.circuit_duration_s,
-                                 self.limits.circuit_bytes)
-            self.stats["bytes_relayed"] += moved
+            await splice(stream, dst_stream, self.limits.circuit_duration_s,
+                         self.limits.circuit_bytes, self.stats)
         finally:
             self.circuits -= 1
             for pid in (src, dst):
@@ -269,10 +268,12 @@ class RelayService:
                 await _reset(dst_stream)
 
 
-async def splice(a, b, duration_s: float, max_bytes: int) -> int:
+async def splice(a, b, duration_s: float, max_bytes: int,
+                 stats: Counter | None = None) -> int:
     """Copy both ways between streams ``a`` and ``b`` until one side ends, ``duration_s``
     passes or ``max_bytes`` (both directions together) would be passed; then both are
-    reset. Returns the bytes copied."""
+    reset. Returns the bytes copied (also counted as they pass in ``stats``
+    ``bytes_relayed``)."""
     left = [max_bytes]
     moved = [0]
 
@@ -287,6 +288,8 @@ async def splice(a, b, duration_s: float, max_bytes: int) -> int:
                     break
                 left[0] -= len(data)
                 moved[0] += len(data)
+                if stats is not None:
+                    stats["bytes_relayed"] += len(data)
                 await dst.write(data)
         except Exception as exc:  # a reset or closed side ends the circuit
             log.debug("relay: circuit side ended: %s", exc)

@@ -909,9 +909,11 @@ class JobClient:
                 "summary": summary(unfits, len(ranked) + len(unfits)) if not ranked else ""}
 
     def match(self, offer: KnownOffer, max_price: int):
-        """``core.matching.rank`` over every provider whose advert we hold."""
+        """``core.matching.rank`` over every provider whose advert we hold (a provider
+        behind NAT counts as connected when a relay reaches it)."""
         now = self.node.clock.now_ms()
-        connected = {p.peer_id for p in self.node.net.connected_peers()}
+        connected = ({p.peer_id for p in self.node.net.connected_peers()}
+                     | self.node.net.reachable_peers())
         settings = self.node.settings
         need = Need(offer.offer, max_price, 3 * int(settings.advert_interval_s * 1000)
                     + settings.skew_ms)

@@ -47,9 +47,10 @@ import trio
 from conftest import docker_engine, wait_for
 from meca_node.net import NetConfig, open_net
 from meca_node.net.relay import RelayLimits
+from meca_node.node.developer import image_tag
 from meca_node.sim import Cluster
 from meca_node.sim.cluster import child_env
-from meca_node.store.taskdir import read_task_folder
+from meca_node.store.taskdir import folder_digest, read_task_folder
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -146,8 +147,8 @@ def relay_topology(sandbox_subnet: str) -> Iterator[Topology]:
         netns.ip("link", "set", "ph", "up", ns=names["p"])
         netns.ip("route", "add", sandbox_subnet, "via", host_addr, ns=names["p"])
         # the provider is "behind NAT": it dials out, no connection comes in
-        _sh("iptables", "-A", "INPUT", "-p", "tcp", "-m", "conntrack", "--ctstate", "NEW",
-            "-j", "DROP", ns=names["p"])
+        _sh("iptables", "-A", "INPUT", "!", "-i", "lo", "-p", "tcp", "-m", "conntrack",
+            "--ctstate", "NEW", "-j", "DROP", ns=names["p"])
         for table, rule in _host_rules(topo.provider_host_addr):
             _sh("iptables", "-t", table, "-I", rule[0], "1", *rule[1:])
             rules.append((table, rule))
@@ -280,7 +281,7 @@ def test_a_provider_reachable_only_through_a_relay_runs_a_job(tmp_path):
                 argv += ["--bootstrap", bootstrap]
             nodes.start(name, ["ip", "netns", "exec", ns, *argv], tmp_path / f"{name}.log")
         try:
-            _run(tmp_path, topo, nodes, relay, provider, client, folder, spec)
+            _run(tmp_path, topo, engine, relay, provider, client, folder, spec)
         except BaseException:
             print(nodes.logs())
             raise
@@ -288,8 +289,7 @@ def test_a_provider_reachable_only_through_a_relay_runs_a_job(tmp_path):
         assert codes == {"relay": 0, "provider": 0, "client": 0}, (codes, nodes.logs())
 
 
-def _run(tmp_path, topo: Topology, nodes: Nodes, relay, provider, client, folder,
-         spec) -> None:
+def _run(tmp_path, topo: Topology, engine, relay, provider, client, folder, spec) -> None:
     t0 = time.monotonic()
 
     # the provider holds a reservation and says it is reachable only through the relay
@@ -313,8 +313,8 @@ def _run(tmp_path, topo: Topology, nodes: Nodes, relay, provider, client, folder
     assert can_connect(topo.client_ns, topo.relay_to_client, PORT) == "connected"
 
     # the relay (developer) publishes; the client sees the offer and the provider's advert
-    r = in_ns(topo.relay_ns, relay.data_dir, "task", "publish", str(folder), "--no-test",
-              "--quiet")
+    r = in_ns(topo.relay_ns, relay.data_dir, "task", "publish", str(folder), "--fee", "1",
+              "--no-test", "--quiet")
     assert r.returncode == 0, r.stderr
 
     def client_sees_both():
@@ -328,16 +328,22 @@ def _run(tmp_path, topo: Topology, nodes: Nodes, relay, provider, client, folder
     assert provider.peer_id not in peers["connected"], peers["connected"]  # not yet
 
     # the job: the client reaches the provider through the relay, the provider pulls the
-    # image from the developer (the relay node) and runs it in Docker
+    # image from the developer (the relay node) and runs it in Docker (cold: no image yet)
+    engine.images.remove(image_tag(spec, folder_digest(folder)), force=True)
     r = in_ns(topo.client_ns, client.data_dir, "run", "echo", "--input",
               f"@{folder / 'example_input.bin'}", "--max-price", "5", "--json")
     assert r.returncode == 0, r.stderr
     done = json.loads(r.stdout)
     assert done["output"].encode() == spec.example_output
     assert done["provider"] == provider.peer_id
+    assert done["pull_seconds"] > 0  # it pulled the image, from the developer
+    # over a relayed connection (the only kind there can be: see above), as both say
     peers = json_in_ns(topo.client_ns, client.data_dir, "peers")
-    to_provider = peers["connected"].get(provider.peer_id, [])
-    assert to_provider and all("/p2p-circuit" in a for a in to_provider), to_provider
+    assert provider.peer_id in peers["connected"], peers["connected"]
+    assert f"connected to {provider.peer_id} through relay {relay.peer_id}" in \
+        (tmp_path / "client.log").read_text()
+    assert f"relayed connection from {client.peer_id} via {relay.peer_id}" in \
+        (tmp_path / "provider.log").read_text()
     relay_status = json_in_ns(topo.relay_ns, relay.data_dir, "status")
     service = relay_status["reachability"]["relay_service"]
     assert service["circuits_opened"] >= 1 and service["bytes_relayed"] > 0, service

@@ -87,6 +87,9 @@ class FakeNet:
     def reachability(self) -> dict:
         return {"status": "unknown"}
 
+    def reachable_peers(self) -> set[str]:
+        return set()
+
     def set_validator(self, topic, fn) -> None:
         self.validators[topic] = fn
 
