@@ -528,6 +528,7 @@ def relay_of(addr: str) -> tuple[ID, ID] | None:
         return None
     head, _, tail = addr.partition("/p2p-circuit")
     try:
+        multiaddr.Multiaddr(addr)  # refuses peer ids that are not multihashes
         relay = head.rsplit("/p2p/", 1)[1]
         dest = tail.rsplit("/p2p/", 1)[1]
         return ID.from_base58(relay), ID.from_base58(dest)
