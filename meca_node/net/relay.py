@@ -126,6 +126,17 @@ def _is_relayed(stream) -> bool:
     return any("/p2p-circuit" in str(a) for a in addrs)
 
 
+def _alive(host, pid: ID, muxed_conn) -> bool:
+    """Is ``muxed_conn`` still one of the connections to ``pid``? (A reservation lives on
+    the connection it was made on: a new connection after a drop needs a new one.)"""
+    try:
+        conns = host.get_network().get_connections(pid)
+    except Exception:
+        return False
+    return any(getattr(c, "muxed_conn", None) is muxed_conn and not c.is_closed
+               for c in conns)
+
+
 def status_name(code: int) -> str:
     return STATUS_NAMES.get(code, f"status {code}")
 
@@ -139,8 +150,8 @@ class RelayService:
         self._host = host
         self.limits = limits or RelayLimits()
         self._refuses = refuses
-        #: peer -> monotonic expiry of its reservation
-        self.reservations: dict[ID, float] = {}
+        #: peer -> (monotonic expiry of its reservation, the connection it holds it on)
+        self.reservations: dict[ID, tuple[float, object]] = {}
         self.circuits = 0
         self._per_peer: Counter[ID] = Counter()
         self.stats: Counter[str] = Counter()
@@ -157,12 +168,12 @@ class RelayService:
                 **dict(self.stats)}
 
     def _prune(self) -> None:
-        """Drop expired reservations and those of peers no longer connected (a relay can
-        only reach a peer over the connection the peer keeps to it)."""
+        """Drop expired reservations and those whose connection is gone (a relay reaches
+        a peer only over the connection the peer keeps to it; the peer reserves again on
+        a new one)."""
         now = time.monotonic()
-        connected = set(self._host.get_connected_peers())
-        for pid, expiry in list(self.reservations.items()):
-            if expiry <= now or pid not in connected:
+        for pid, (expiry, conn) in list(self.reservations.items()):
+            if expiry <= now or not _alive(self._host, pid, conn):
                 del self.reservations[pid]
 
     async def handle(self, stream) -> None:
@@ -205,7 +216,7 @@ class RelayService:
             await self._status(stream, RESERVATION_REFUSED)
             return
         ttl = self.limits.reservation_ttl_s
-        self.reservations[peer] = time.monotonic() + ttl
+        self.reservations[peer] = (time.monotonic() + ttl, stream.muxed_conn)
         self.stats["reservations_granted"] += 1
         addrs = [a.to_bytes() for a in self._host.get_addrs()
                  if "/p2p-circuit" not in str(a)]
@@ -330,6 +341,7 @@ class Held:
     expires_mono: float
     renew_at: float
     circuit_addrs: tuple[str, ...]
+    conn: object = None  # the connection to the relay it was made on
 
 
 @dataclass
@@ -396,9 +408,10 @@ class RelayClient:
             now = time.monotonic()
             connected = set(self.host.get_connected_peers())
             for pid, r in self._relays.items():
-                if r.held is not None and (pid not in connected or r.held.expires_mono <= now):
+                if r.held is not None and (r.held.expires_mono <= now
+                                           or not _alive(self.host, pid, r.held.conn)):
                     log.info("reservation on relay %s lost (%s)", pid,
-                             "disconnected" if pid not in connected else "expired")
+                             "expired" if r.held.expires_mono <= now else "disconnected")
                     r.held = None
                     self._signal()
                 if pid not in connected or self.refuses(pid) or r.next_try > now:
@@ -424,7 +437,8 @@ class RelayClient:
             ttl = max(1.0, float(answer.reservation.expire) - wall) \
                 if answer.HasField("reservation") else 60.0
             renewal = r.held is not None
-            r.held = Held(r.info, now + ttl, now + ttl / 2, self._circuit_addrs(r.info))
+            r.held = Held(r.info, now + ttl, now + ttl / 2, self._circuit_addrs(r.info),
+                          stream.muxed_conn)
             r.failures, r.last_error, r.backoff_s = 0, "", 1.0
             self.stats["renewed" if renewal else "reserved"] += 1
             if not renewal:

@@ -468,3 +468,30 @@ async def test_a_peer_with_no_direct_address_is_reached_through_the_relay_within
             view = relay.reachability()["relay_service"]
             assert view["circuits_refused"] == 2 and view["circuits_opened"] == 1, view
             assert 1000 < view["bytes_relayed"] <= 64 * 1024, view
+
+
+@pytest.mark.integration
+async def test_a_reservation_is_renewed_before_it_expires_and_made_again_after_a_drop():
+    from libp2p.peer.id import ID
+
+    limits = RelayLimits(reservation_ttl_s=3.0)
+    async with open_net(b"\x71" * 32, _cfg("127.0.0.1", relay_service=True,
+                                           relay_limits=limits, dialback=False)) as relay:
+        relay_addr = relay.listen_addrs()[0]
+        async with open_net(b"\x72" * 32, _cfg("127.0.0.2", relays=(relay_addr,),
+                                               dialback=False)) as provider:
+            client = provider.relay_client
+            await _until("reserved", lambda: client.held())
+            # renewed at half its lifetime, so it never lapses: two renewals in ~3 s
+            await _until("renewed twice", lambda: client.stats["renewed"] >= 2, 10)
+            assert client.held() and client.stats["reserved"] == 1
+            assert client.view()[0]["expires_in_s"] > 0
+            assert relay.relay_service.stats["reservations_granted"] >= 3
+            # the relay drops the connection: the reservation is gone with it (the relay
+            # could not reach us any more) and made again once the dial loop reconnects
+            await relay._host.disconnect(ID.from_base58(provider.peer_id))
+            await _until("reserved again", lambda: client.stats["reserved"] == 2, 15)
+            assert client.held()
+            assert relay.reachability()["relay_service"]["reservations"] == 1
+            assert [a for a in provider.listen_addrs() if "/p2p-circuit" in a] == \
+                [f"{relay_addr}/p2p-circuit/p2p/{provider.peer_id}"]
