@@ -680,6 +680,8 @@ class FramedStream:
             pass
 
 
+#: direct addresses announced at most
+MAX_DIRECT_ADDRS = 12
 #: peers whose advertised addresses we keep (the most recently advertised)
 _MAX_LEARNT = 4096
 #: relays tried for one peer before giving up
@@ -734,7 +736,8 @@ def announced(config: NetConfig, candidates: Sequence[multiaddr.Multiaddr]
               ) -> list[multiaddr.Multiaddr]:
     """The direct addresses the host announces: ``announce`` when set, else
     ``candidates`` (listen and observed addresses) with wildcards replaced by interface
-    addresses; at most 16."""
+    addresses; at most :data:`MAX_DIRECT_ADDRS` (an advert holds 16 addresses: the rest
+    is for relay addresses)."""
     if config.announce:
         direct = [multiaddr.Multiaddr(a) for a in config.announce]
     else:
@@ -754,7 +757,7 @@ def announced(config: NetConfig, candidates: Sequence[multiaddr.Multiaddr]
         if str(ma) not in seen:
             seen.add(str(ma))
             out.append(ma)
-    return out[:16]
+    return out[:MAX_DIRECT_ADDRS]
 
 
 def _announce_circuits(host, relays: RelayClient) -> None:

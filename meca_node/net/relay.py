@@ -496,6 +496,8 @@ class RelayClient:
                                        f"{src.to_base58()}")
             raw = RawConnection(stream=stream, initiator=False,
                                 connection_type=ConnectionType.RELAYED, addresses=[addr])
+            # the swarm keeps ``addr`` as the connection's transport address: both ends
+            # see it is relayed (dial-backs are neither asked nor served over it)
             await self.host.upgrade_inbound_connection(raw, addr)
             self.stats["circuits_in"] += 1
             log.info("relayed connection from %s via %s", src, relay)

@@ -449,6 +449,10 @@ async def test_a_peer_with_no_direct_address_is_reached_through_the_relay_within
                 __import__("libp2p.peer.id", fromlist=["ID"]).ID.from_base58(
                     provider.peer_id))
             assert conns and client._relayed_only(conns[0].muxed_conn.peer_id)
+            # both ends know the connection is relayed (no dial-backs asked or served on it)
+            assert provider._relayed_only(
+                __import__("libp2p.peer.id", fromlist=["ID"]).ID.from_base58(client.peer_id))
+            assert client.peer_id not in provider._dialback_peers()
             # no reservation: refused with the relay's reason
             stranger.learn_addrs(client.peer_id,
                                  [f"{relay_addr}/p2p-circuit/p2p/{client.peer_id}"])

@@ -176,4 +176,4 @@ def test_announce_is_honoured_and_wildcards_become_interface_addresses():
     specific = _ma(["/ip4/10.0.0.2/tcp/4601", "/ip4/10.0.0.2/tcp/4601"])
     assert [str(a) for a in announced(NetConfig(), specific)] == ["/ip4/10.0.0.2/tcp/4601"]
     many = _ma([f"/ip4/10.0.0.{i}/tcp/1" for i in range(1, 40)])
-    assert len(announced(NetConfig(), many)) == 16
+    assert len(announced(NetConfig(), many)) == 12  # room for relay addresses in 16
