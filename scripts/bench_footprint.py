@@ -17,9 +17,9 @@ Two real processes are compared:
   127.0.0.1 and idles.
 
 Before anything starts, the ``meca_node`` package is byte-compiled (``compileall``), as a
-``pip install`` does: run from a checkout with ``PYTHONDONTWRITEBYTECODE=1`` (set in some
-environments) every start would compile ~100 modules again, which costs about 11 MB of RSS
-and most of a second; ``--no-compile`` measures that case. libp2p is installed, so compiled.
+``pip install`` does (libp2p is installed, so compiled): run from a checkout with
+``PYTHONDONTWRITEBYTECODE=1`` (set in some environments) every start would compile ~100
+modules again, which cost about 11 MB of RSS and most of a second when measured.
 
 For each, ``--starts`` times: spawn the process and time its first "ready" line on stdout,
 the moment its listening port accepts a TCP connection and, for the provider, the moment its
@@ -38,6 +38,7 @@ failed (the message says why). Every process started here is stopped here, by pi
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
 import json
 import os
@@ -356,18 +357,17 @@ def row(label: str, a: float, b: float, unit: str, ratio: bool = True) -> str:
 
 
 def run(args) -> dict:
-    import meca_node.control  # noqa: F401 - imported now: the first poll must not pay for it
+    importlib.import_module("meca_node.control")  # now: the first poll must not pay for it
 
-    if args.compile:
-        import compileall
+    import compileall
 
-        if not compileall.compile_dir(str(REPO_ROOT / "meca_node"), quiet=1):
-            raise BenchError("byte-compiling meca_node failed (see above)")
+    if not compileall.compile_dir(str(REPO_ROOT / "meca_node"), quiet=1):
+        raise BenchError("byte-compiling meca_node failed (see above)")
     root = Path(tempfile.mkdtemp(prefix="meca-footprint-"))
     provider, bare = Provider(root, args.startup_benchmark), BareHost(root)
     result: dict = {"benchmark": "footprint", "seconds": args.seconds, "starts": args.starts,
                     "startup_benchmark": args.startup_benchmark,
-                    "byte_compiled": args.compile,
+                    "byte_compiled": True,
                     "docker_engine": docker_answers(), "machine": machine(),
                     "loadavg_before": loadavg(), "run_dir": str(root)}
     if args.startup_benchmark == "cached":  # one start that runs and caches the benchmark
@@ -460,8 +460,6 @@ def main() -> int:
     p.add_argument("--startup-benchmark", choices=("cached", "off"), default="cached",
                    help="the provider's startup benchmark: run once before the measured "
                         "starts and cached (default), or off")
-    p.add_argument("--no-compile", dest="compile", action="store_false",
-                   help="do not byte-compile meca_node first (measures a start that compiles)")
     p.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
     p.add_argument("--tag", default="", help="suffix of the result file's name")
     p.add_argument("--require-goal", action="store_true",
