@@ -96,6 +96,9 @@ OPTIONS: tuple[Option, ...] = (
            "stamp this node's messages with the peers' median time instead of this machine's "
            "clock (for a box without a real-time clock or NTP); off: a clock off by more "
            "than half skew_s is only warned about, loudly"),
+    Option("sim_trace", "bool", False,
+           "simulations only: append each placement decision and what it was made of to "
+           "sim-trace.jsonl in data_dir, for `meca-node sim` to replay into the simulator"),
     Option("sim_clock_offset_ms", "int", 0,
            "simulations only: shift this node's clock by this many ms (negative: behind), "
            "to simulate a machine whose clock is wrong", signed=True),

@@ -563,11 +563,16 @@ def _paid(detail: str) -> tuple[int, str]:
     return (int(amount.group(0)) if amount else 0), (receipt.group(0) if receipt else "")
 
 
-def job_routes(node, ipfs: IpfsNode, data_dir: Path, weights: Weights | None = None) -> dict:
+def job_routes(node, ipfs: IpfsNode, data_dir: Path, weights: Weights | None = None,
+               trace: bool = False) -> dict:
     jobs = JobClient(node, IpfsData(ipfs), load_reputation(data_dir),
                      lambda rep: save_reputation(data_dir, rep))
     if weights is not None:
         jobs.weights = weights
+    if trace:  # simulations: each placement decision, for the simulator to replay
+        from meca_node.sim.replay import DecisionTrace
+
+        jobs.trace = DecisionTrace(data_dir)
     db = JobsDB(data_dir)
     lost = db.recover()
     if lost:

@@ -130,7 +130,7 @@ async def _serve_with(cfg: Config, identity: Identity, genesis: wire.Genesis,
                   "GET /v1/peers": lambda _: {**node.peers(), "dialing": net.dial_state()},
                   "GET /v1/offers": lambda _: node.offers_view(),
                   **ipfs_routes(ipfs), **offer_routes(node, ipfs, cfg.data_dir),
-                  **job_routes(node, ipfs, cfg.data_dir, cfg.weights),
+                  **job_routes(node, ipfs, cfg.data_dir, cfg.weights, cfg["sim_trace"]),
                   **wallet_routes(node), **sim_routes(net)}
         routes |= metrics_routes(node, net, ipfs, routes) | status_page_routes(node, ipfs, routes)
         async with trio.open_nursery() as nursery:

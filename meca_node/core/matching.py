@@ -221,3 +221,18 @@ def _plural(text: str, n: int) -> str:
         if text.startswith(one):
             return many + text[len(one):]
     return text
+
+
+def choose(ranked: list[Ranked], unfits: list[Unfit], skip, queue_of
+           ) -> tuple[str | None, list[str]]:
+    """Where a plain job goes: the best-ranked provider not in ``skip``; with none, the
+    busy one (it holds the job when idle) with the shortest queue (``queue_of(peer_id)``;
+    ties keep the ranking's order), whose provider queues it. Returns (that peer id or
+    None: wait for the next advert; the busy peer ids in queue order, looked at only when
+    no ranked one is left)."""
+    untried = next((r.peer_id for r in ranked if r.peer_id not in skip), None)
+    if untried is not None:
+        return untried, []
+    busy = sorted((u.peer_id for u in unfits if u.busy and u.peer_id not in skip),
+                  key=queue_of)
+    return (busy[0] if busy else None), busy

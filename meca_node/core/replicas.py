@@ -122,3 +122,18 @@ def check_refusal(refusal: wire.PaymentRefusal, own: wire.ResultCommit, own_key:
         return (f"the {len(shown)} commitment(s) shown leave our result a possible majority of "
                 f"{replicas}")
     return None
+
+
+def distinct_hosts(peers: list[str], hosts_of) -> list[str]:
+    """``peers`` in order, without any whose hosts (``hosts_of(peer)``: a set of IP
+    addresses) an earlier one in the list already has: replicas of one job run on
+    different machines."""
+    seen: set[str] = set()
+    out = []
+    for peer in peers:
+        mine = hosts_of(peer)
+        if mine & seen:
+            continue
+        seen |= mine
+        out.append(peer)
+    return out

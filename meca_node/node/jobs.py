@@ -52,8 +52,10 @@ import trio
 
 from meca_node import wire
 from meca_node.core import AmbiguousOffer, KnownOffer
-from meca_node.core.matching import PARTS, Candidate, Need, Weights, rank, summary
-from meca_node.core.replicas import Commitment, Verdict, check_refusal, decide
+from meca_node.core.matching import PARTS, Candidate, Need, Weights, choose, rank, summary
+from meca_node.core.replicas import (
+    Commitment, Verdict, check_refusal, decide, distinct_hosts,
+)
 from meca_node.core.reputation import Reputation
 from meca_node.core.task import TaskResources
 
@@ -831,6 +833,9 @@ class JobClient:
         self._saved_at = -math.inf  # when the reputation table was last saved
         #: our jobs at each provider right now (the ranking spreads them)
         self._pending: Counter[str] = Counter()
+        #: simulations: called with each placement decision and what it was made of
+        #: (``sim.replay.DecisionTrace``), so the simulator can replay it
+        self.trace = None
 
     def _queue_of(self, peer_id: str) -> int:
         """The queue length ``peer_id`` last advertised (unknown: last)."""
@@ -909,8 +914,13 @@ class JobClient:
                 "summary": summary(unfits, len(ranked) + len(unfits)) if not ranked else ""}
 
     def match(self, offer: KnownOffer, max_price: int):
-        """``core.matching.rank`` over every provider whose advert we hold (a provider
-        behind NAT counts as connected when a relay reaches it)."""
+        """``core.matching.rank`` over every provider whose advert we hold."""
+        return rank(*self._candidates(offer, max_price), self.weights,
+                    salt=self.node.identity.public_key)
+
+    def _candidates(self, offer: KnownOffer, max_price: int) -> tuple[list[Candidate], Need]:
+        """Every provider whose advert we hold, as ``rank`` takes it, and the job's need
+        (a provider behind NAT counts as connected when a relay reaches it)."""
         now = self.node.clock.now_ms()
         connected = ({p.peer_id for p in self.node.net.connected_peers()}
                      | self.node.net.reachable_peers())
@@ -931,7 +941,7 @@ class JobClient:
                                         latency_ms=self.node.rtt_ms(a.peer_id),  # by ping
                                         pending=self._pending[a.peer_id],
                                         reputation=self.reputation.value(key, now / 1000)))
-        return rank(candidates, need, self.weights, salt=self.node.identity.public_key)
+        return candidates, need
 
     async def run(self, ref: str, body: bytes, max_price: int, timeout_s: float,
                   on_progress=None, provider: str | None = None,
@@ -997,12 +1007,13 @@ class JobClient:
             left = deadline - trio.current_time()
             if left <= 0 or len(failed) >= MAX_ATTEMPTS:
                 break
-            ranked, unfits = self.match(offer, max_price)
+            candidates, need = self._candidates(offer, max_price)
+            ranked, unfits = rank(candidates, need, self.weights,
+                                  salt=self.node.identity.public_key)
             skip = set(failed) | full
-            untried = [r.peer_id for r in ranked if r.peer_id not in skip]
-            busy = sorted((u.peer_id for u in unfits if u.busy and u.peer_id not in skip),
-                          key=self._queue_of)
-            provider = untried[0] if untried else busy[0] if busy else None
+            provider, busy = choose(ranked, unfits, skip, self._queue_of)
+            if self.trace is not None:  # simulations: the decision and all it was made of
+                self.trace(self.node, candidates, need, self.weights, sorted(skip), provider)
             if provider is not None:
                 self._waiting.pop(ticket, None)
                 if on_progress:
@@ -1279,12 +1290,17 @@ class JobClient:
         (:meth:`_vote`); the majority is paid, the others are refused with the other
         commitments as proof (``core.replicas``). A replica that fails before committing
         is replaced by the next candidate (at most MAX_ATTEMPTS replacements in all)."""
-        ranked, unfits = self.match(offer, max_price)
+        candidates, need = self._candidates(offer, max_price)
+        ranked, unfits = rank(candidates, need, self.weights,
+                              salt=self.node.identity.public_key)
         group = _Replicas(self.node.rand.token_bytes(16), k, on_progress)
         addrs = {p.peer_id: _hosts_of(p.addrs) for p in self.node.net.connected_peers()}
         group.candidates = [r.peer_id for r in ranked]
         group.addrs = addrs
         distinct = group.distinct_candidates()
+        if self.trace is not None:  # simulations: the first k slots' providers
+            self.trace(self.node, candidates, need, self.weights, [], distinct[:k],
+                       replicas=k, hosts={p: sorted(h) for p, h in addrs.items()})
         if len(distinct) < k:
             raise JobFailed("no_fit", f"--replicas {k} needs {k} providers with distinct keys "
                                       f"and addresses that can run {offer.label} now; "
@@ -1452,15 +1468,7 @@ class _Replicas:
         self.first = trio.Event()
 
     def distinct_candidates(self) -> list[str]:
-        hosts: set[str] = set()
-        out = []
-        for peer in self.candidates:
-            mine = self.addrs.get(peer, frozenset())
-            if mine & hosts:
-                continue
-            hosts |= mine
-            out.append(peer)
-        return out
+        return distinct_hosts(self.candidates, lambda p: self.addrs.get(p, frozenset()))
 
     def take_candidate(self) -> str | None:
         """The best untried candidate on an address no replica of this job used."""

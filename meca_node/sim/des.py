@@ -77,7 +77,7 @@ from meca_node import wire
 from meca_node.core.gate import GateConfig, GossipGate
 from meca_node.core.identity import peer_id_of
 from meca_node.core.ledger import Accepted, Duplicate, Fork, Invalid, entry_hash, payouts
-from meca_node.core.matching import Candidate, Need, Weights, rank
+from meca_node.core.matching import Candidate, Need, Weights, choose, rank
 from meca_node.core.offers import offer_id_of
 from meca_node.core.replicas import Commitment, check_refusal, decide
 from meca_node.wire import Envelope
@@ -572,22 +572,19 @@ class Simulator:
         skip = set(job.failed) | job.full
         ranked, unfits = self._match(job, skip, 1)
         by_peer = self.by_peer
-        untried = [by_peer[r.peer_id] for r in ranked if by_peer[r.peer_id].idx not in skip]
-        if not untried and len(self.providers) > SHORTLIST_ALL:  # the busy ones, then
+        skipped = _Skipped(skip, by_peer)
+        if len(self.providers) > SHORTLIST_ALL and \
+                all(r.peer_id in skipped for r in ranked):  # the busy ones, then
             _, unfits = self._match(job, skip, 1, busy=True)
-        busy = [by_peer[u.peer_id] for u in unfits
-                if u.busy and by_peer[u.peer_id].idx not in skip]
-        if untried:
-            p = untried[0]
-            job.best = min(r.price for r in ranked)
-        elif busy:
-            views = {b.idx: self._view_of(job.client, b) for b in busy}
-            busy.sort(key=lambda b: views[b.idx][0].queue)
-            p = busy[0]
-            job.best = min(b.price for b in busy)
+        # where JobClient._placed sends it: the same rule (core.matching.choose)
+        chosen, busy = choose(ranked, unfits, skipped,
+                              lambda peer: self._view_of(job.client, by_peer[peer])[0].queue)
+        p = by_peer[chosen] if chosen is not None else None
+        if p is not None and chosen in busy:  # it joins that provider's queue
+            job.best = min(by_peer[b].price for b in busy)
             self.stats["queue_joins"] += 1
-        else:
-            p = None
+        elif p is not None:
+            job.best = min(r.price for r in ranked)
         if p is not None:
             job.waiting = False
             self._send_attempt(job, p, self._job_id(), 0)
@@ -1433,6 +1430,19 @@ class Simulator:
                            reputation=self.reputation, counters=counters)
         record.meta["digest"] = digest(record)
         return record
+
+
+class _Skipped:
+    """The providers a job skips (indexes), asked by peer id as ``choose`` does."""
+
+    __slots__ = ("idx", "by_peer")
+
+    def __init__(self, idx: set[int], by_peer: dict) -> None:
+        self.idx = idx
+        self.by_peer = by_peer
+
+    def __contains__(self, peer_id: str) -> bool:
+        return self.by_peer[peer_id].idx in self.idx
 
 
 def digest(record: RunRecord) -> str:

@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 import trio
 
+from meca_node import wire
 from meca_node.control import ControlClient, ControlError
 from meca_node.sim.cluster import Cluster, ClusterNode, child_env
 from meca_node.sim.report import FaultRecord, JobRecord, RunRecord
@@ -241,7 +242,7 @@ class ClusterRun:
         self.cluster = cluster
         for spec, node in zip(specs, cluster.nodes):
             group = groups[spec.group]
-            lines = ["sim_faults = true"]
+            lines = ["sim_faults = true", "sim_trace = true"]  # trace: for the replay
             if spec.role == "provider" and group.works:
                 lines += [f"price = {group.price}", f"offer_cpu = {group.cpu}",
                           f"offer_mem_mb = {group.mem_mib}", f"offer_gpus = {group.gpus}"]
@@ -975,6 +976,53 @@ class ClusterRun:
             nodes[n.name] = entry
         self.collected = {"nodes": nodes}
         self._figures(nodes)
+        await self._replay(nodes)
+
+    async def _replay(self, nodes: dict[str, dict]) -> None:
+        """The cluster's messages replayed into the simulator's decision and ledger code
+        (``sim.replay``): every client's placement decisions decided again, and every
+        working node's ledger entries applied in the order they reached it, against the
+        balances it reports now (read before and after, so a late entry cannot slip in
+        between: up to 3 tries)."""
+        from meca_node.sim.replay import TRACE_FILE, replay_decisions, replay_ledger
+
+        c = self.counters
+        genesis = wire.genesis_from_json(self.cluster.genesis_path.read_bytes())
+        c["replay_decisions"] = c["replay_decisions_equal"] = 0
+        c["replay_ledgers"] = c["replay_ledgers_equal"] = 0
+        differences = []
+        for n in self.nodes:
+            trace = n.node.data_dir / TRACE_FILE
+            if trace.exists():
+                r = await trio.to_thread.run_sync(replay_decisions, trace)
+                c["replay_decisions"] += r.decisions
+                c["replay_decisions_equal"] += r.equal
+                differences += [{"node": n.name, "line": line, "node_chose": a,
+                                 "simulator_chose": b} for line, a, b in r.differences]
+            if not (n.working and n.alive and nodes[n.name].get("wallet")):
+                continue
+            for _ in range(3):
+                before = await self.get(n, "/v1/wallet/balances")
+                replayed = await trio.to_thread.run_sync(replay_ledger, n.node.data_dir,
+                                                         genesis)
+                after = await self.get(n, "/v1/wallet/balances")
+                if before and after and before["balances"] == after["balances"]:
+                    break
+            else:
+                continue
+            c["replay_ledgers"] += 1
+            if replayed == after["balances"]:
+                c["replay_ledgers_equal"] += 1
+            else:
+                differences.append({"node": n.name, "ledger": {
+                    k: (after["balances"].get(k), replayed.get(k))
+                    for k in set(replayed) | set(after["balances"])
+                    if after["balances"].get(k) != replayed.get(k)}})
+        self.meta["replay_differences"] = differences[:20]
+        self.say(f"replay into the simulator: {c['replay_decisions_equal']} of "
+                 f"{c['replay_decisions']} placement decisions equal, "
+                 f"{c['replay_ledgers_equal']} of {c['replay_ledgers']} ledgers' balances "
+                 "equal")
 
     def _figures(self, nodes: dict[str, dict]) -> None:
         c = self.counters

@@ -146,4 +146,15 @@ def test_small_scenario_as_a_real_cluster(tmp_path):
     far = nodes["far[0]"]["faults"]
     check(far["enabled"] and far["block"] == [] and far["stats"].get("disconnected", 0) >= 1,
           f"far[0]'s switch: {far}")
+
+    # the cluster's messages replayed into the simulator's client model and ledger: every
+    # placement decision and every working node's balances come out the same
+    c = figures["counters"]
+    diffs = record["meta"].get("replay_differences")
+    check(c["replay_decisions"] >= 50 and c["replay_decisions_equal"] == c["replay_decisions"],
+          f"replayed placements: {c['replay_decisions_equal']} of {c['replay_decisions']} "
+          f"equal: {diffs}")
+    check(c["replay_ledgers"] >= 6 and c["replay_ledgers_equal"] == c["replay_ledgers"],
+          f"replayed ledgers: {c['replay_ledgers_equal']} of {c['replay_ledgers']} equal: "
+          f"{diffs}")
     assert not problems, "\n".join(problems)
