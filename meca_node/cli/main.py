@@ -255,7 +255,7 @@ def status(data_dir: DataDir = None, config: ConfigFile = None, json_out: JsonOu
         for r in reach.get("reservations", []):
             if not r["reserved"]:
                 out.print(f"[yellow]no reservation on relay[/] {r['relay']}: "
-                          f"{r['last_error'] or 'not connected'}", highlight=False)
+                          f"{r['last_error'] or 'not asked yet'}", highlight=False)
         if reach.get("relay_service"):
             rs = reach["relay_service"]
             out.print(f"relay service: {rs['reservations']} reservations, {rs['circuits']} "

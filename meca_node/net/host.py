@@ -187,6 +187,12 @@ class Libp2pNet:
         relays = [h.relay.peer_id.to_base58() for h in self.relay_client.held()]
         view = self.reach.view(relays)
         view["reservations"] = self.relay_client.view()
+        connected = {p.to_base58() for p in self._host.get_connected_peers()}
+        for r in view["reservations"]:
+            wanted = self._wanted.get(ID.from_base58(r["relay"]))
+            if r["relay"] not in connected and not r["reserved"]:
+                r["last_error"] = "not connected" + (
+                    f" ({wanted.last_error})" if wanted and wanted.last_error else "")
         view["dialbacks_served"] = dict(self.dialback_stats)
         if self.relay_service is not None:
             view["relay_service"] = self.relay_service.view()

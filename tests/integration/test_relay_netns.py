@@ -499,3 +499,32 @@ async def test_a_reservation_is_renewed_before_it_expires_and_made_again_after_a
             assert relay.reachability()["relay_service"]["reservations"] == 1
             assert [a for a in provider.listen_addrs() if "/p2p-circuit" in a] == \
                 [f"{relay_addr}/p2p-circuit/p2p/{provider.peer_id}"]
+
+
+@pytest.mark.integration
+def test_status_prints_reachability_and_a_missing_reservation(tmp_path):
+    """``meca-node status`` of a real node: unknown with no peer, and says which relay it
+    holds no reservation on and why (here: nobody listens there)."""
+    from conftest import run_cli
+
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()
+    relay = f"/ip4/127.0.0.1/tcp/{port}/p2p/12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5"
+    cluster = Cluster(tmp_path / "c", 1, advert_interval_s=1.0, roles=("client",))
+    cluster.prepare()
+    with open(cluster.nodes[0].data_dir / "config.toml", "a") as f:
+        f.write(f'relays = ["{relay}"]\n')
+    with cluster:
+        node = cluster.nodes[0]
+        # the dial loop has tried the relay once
+        view = wait_for("a failed dial", lambda: (v := node.status()["reachability"])
+                        ["reservations"][0]["last_error"] != "not connected" and v, 15)
+        assert view["status"] == "unknown" and view["relays"] == [], view
+        assert view["reservations"][0]["relay"] == relay.rsplit("/", 1)[1]
+        r = run_cli("status", "--data-dir", str(node.data_dir))
+        assert r.returncode == 0, r.stderr
+        assert "reachability: unknown" in r.stdout
+        assert f"no reservation on relay {relay.rsplit('/', 1)[1]}: not connected (" \
+            in r.stdout, r.stdout
