@@ -200,8 +200,9 @@ class Reachability:
 
 
 class Prober:
-    """Asks connected peers to dial us back: soon after the first peers connect, every
-    :data:`RETRY_S` while no peer could say, every :data:`RECHECK_S` after."""
+    """Asks connected peers to dial us back: soon after the first peers connect, again
+    after :data:`RETRY_S` (doubling up to :data:`RECHECK_S`) while no peer could say,
+    every :data:`RECHECK_S` once one did."""
 
     def __init__(self, ask: Callable[[str, list[str]], Awaitable[Answer]],
                  peers: Callable[[], list[str]], addrs: Callable[[], list[str]],
@@ -241,9 +242,13 @@ class Prober:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        retry = RETRY_S
         while True:
             if trio.current_time() >= self.next_check and self._peers():
                 await self.check()
-                self.next_check = trio.current_time() + (
-                    RECHECK_S if self.state.known else RETRY_S)
+                if self.state.known:
+                    wait, retry = RECHECK_S, RETRY_S
+                else:  # only refusals (rate limits, no address they may dial): back off
+                    wait, retry = retry, min(retry * 2, RECHECK_S)
+                self.next_check = trio.current_time() + wait
             await trio.sleep(1.0)

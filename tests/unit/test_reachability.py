@@ -177,3 +177,43 @@ def test_announce_is_honoured_and_wildcards_become_interface_addresses():
     assert [str(a) for a in announced(NetConfig(), specific)] == ["/ip4/10.0.0.2/tcp/4601"]
     many = _ma([f"/ip4/10.0.0.{i}/tcp/1" for i in range(1, 40)])
     assert len(announced(NetConfig(), many)) == 12  # room for relay addresses in 16
+
+
+async def test_prober_asks_soon_backs_off_on_refusals_and_rechecks_rarely(mock_clock):
+    """Virtual time: a check as soon as a peer is connected; while peers only refuse,
+    again after 10, 20, 40 ... s (at most 300 s); once one answered, every 300 s."""
+    import trio
+
+    from meca_node.net.reachability import RECHECK_S, Prober
+
+    asked: list[tuple[float, str]] = []
+    answer = {"kind": "refused"}
+
+    async def ask(peer, addrs):
+        asked.append((trio.current_time(), peer))
+        return Answer(peer, answer["kind"], "x")
+
+    peers: list[str] = []
+    prober = Prober(ask, lambda: list(peers), lambda: ["/ip4/1.2.3.4/tcp/1"], Reachability())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(prober.run)
+        await trio.sleep(30)
+        assert asked == []  # nobody to ask
+        peers.extend(["a", "b", "c", "d"])
+        await trio.sleep(1.5)
+        assert len(asked) == 3  # three of the four at once
+        start = asked[0][0]
+        await trio.sleep(10 + 20 + 40 + 1)
+        times = sorted({round(t - start) for t, _ in asked})
+        assert times == [0, 10, 30, 70], times  # backing off
+        assert prober.state.status([]) == "unknown"
+        answer["kind"] = "ok"
+        await trio.sleep(80 + 1)
+        assert prober.state.status([]) == "public"
+        first_ok = asked[-1][0]
+        n = len(asked)
+        await trio.sleep(RECHECK_S - 5)
+        assert len(asked) == n  # nothing until the recheck
+        await trio.sleep(10)
+        assert len(asked) == n + 3 and asked[-1][0] - first_ok == pytest.approx(RECHECK_S, abs=1)
+        nursery.cancel_scope.cancel()
