@@ -46,7 +46,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("bootstrap", "list", [], "peers to connect to at start, /p2p/<peer id> multiaddrs"),
     Option("relay_service", "bool", False,
            "serve as a circuit relay (libp2p circuit relay v2 hop) for peers behind NAT: "
-           "at most 128 reservations (1 h each), 64 circuits (8 per peer), 1 h and 1 GiB "
+           "at most 128 reservations (1 h each), 64 circuits (16 per peer), 1 h and 1 GiB "
            "per circuit; run it on a node others can dial"),
     Option("relays", "list", [],
            "relays (/p2p/<peer id> multiaddrs of nodes with relay_service) to keep a "

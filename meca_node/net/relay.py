@@ -101,7 +101,8 @@ class RelayLimits:
     max_reservations: int = 128
     reservation_ttl_s: float = 3600.0
     max_circuits: int = 64
-    max_circuits_per_peer: int = 8
+    #: as go-libp2p; each client connected to a relayed provider holds one of its circuits
+    max_circuits_per_peer: int = 16
     circuit_duration_s: float = 3600.0
     circuit_bytes: int = 1 << 30
 
