@@ -226,7 +226,9 @@ class Libp2pNet:
 
     async def _serve_dialback(self, stream: FramedStream) -> None:
         peer = stream.remote_peer
-        request = await stream.receive()
+        request = None
+        with trio.move_on_after(_DIALBACK_TIMEOUT_S):  # a request is one small frame
+            request = await stream.receive()
         if request is None:
             return
         if self._relayed_only(ID.from_base58(peer)):
