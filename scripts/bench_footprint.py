@@ -145,12 +145,13 @@ class Spawned:
             self._grew.notify_all()
 
     def wait_line(self, needle: str, timeout_s: float) -> float:
-        """Seconds from spawn to the first stdout line containing ``needle``."""
+        """Seconds from spawn to the first stdout line that starts with ``needle``
+        (leading blanks aside)."""
         deadline = time.monotonic() + timeout_s
         with self._grew:
             while True:
                 for t, line in self.lines:
-                    if needle in line:
+                    if line.strip().startswith(needle):
                         return t - self.t0
                 if self.proc.poll() is not None and not self._reader.is_alive():
                     raise BenchError(f"{self.name} exited with {self.proc.returncode} before "
