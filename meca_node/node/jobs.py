@@ -134,6 +134,8 @@ class DataSource(Protocol):
 
 #: provider-side failures after which the client tries the next provider (none is tried
 #: again once we paid for an attempt)
+#: bytes kept free in JobResult.log for the line that says how much of the log was cut
+LOG_NOTE_ROOM = 64
 RETRY_REASONS = frozenset({"busy", "no_fit", "internal", "unknown_offer", "arch",
                            "not_allowed", "refused_client"})
 MAX_ATTEMPTS = 3  # providers tried for one job
@@ -734,8 +736,9 @@ class JobHost:
                 stage = "running"
                 mark = running.log_mark() if hasattr(running, "log_mark") else None
                 output, _ = await self.executor.request(running, body)
-                app_log = (running.log_since(mark, wire.MAX_JOB_LOG) if mark is not None
-                           else b"")
+                # the tail, with room for its "[... N bytes cut ...]" line under the cap
+                app_log = (running.log_since(mark, wire.MAX_JOB_LOG - LOG_NOTE_ROOM)
+                           if mark is not None else b"")
             return output, app_log
 
         return await while_reporting(slow, run)

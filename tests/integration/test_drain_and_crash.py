@@ -2,19 +2,22 @@
 real containers: SIGTERM drains (no new jobs, the running one finishes, exit 0); a second
 SIGTERM stops at once and its container goes with it; after kill -9 of the provider and
 the client mid-job, the next start removes the orphaned container, frees the reservation
-and keeps every receipt, pin and job record."""
+and keeps every receipt, pin and job record; the same after kill -9 of the provider and of
+the Docker engine (the one set-up started, restarted the way set-up starts it)."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import docker_engine, wait_for
+from conftest import docker_engine, require, wait_for
 from meca_node.sim import Cluster
 from meca_node.sim.cluster import child_env
 from test_job_faults import containers_of, status_json, task_folder, wait_running, wait_whole
@@ -36,6 +39,7 @@ def entry():
     return {"slept": seconds}
 """
 GRACE_S = 30
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_job(node, task: str, seconds: float, timeout_s: float) -> subprocess.Popen:
@@ -172,5 +176,68 @@ def test_sigterm_drains_then_a_second_stops_at_once_and_kill_9_recovers(tmp_path
         assert len(new) == 1 and new[0]["state"] == "interrupted", new
         # and it works again
         r = cli(user, "run", "napper", "--input", '{"seconds": 0}', "--max-price", "10")
+        assert r.returncode == 0, r.stderr.decode()
+        assert json.loads(r.stdout) == {"slept": 0}
+
+
+def dockerd_pid_we_started() -> int | None:
+    """The pid of the Docker engine scripts/setup.sh started (its log is meca-dockerd.log),
+    or None: an engine someone else runs (systemd's, say) is not ours to kill."""
+    r = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True)
+    for pid in r.stdout.split():
+        try:
+            if Path(f"/proc/{pid}/fd/1").resolve().name == "meca-dockerd.log":
+                return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+def start_engine_again() -> None:
+    """The engine back up, the way set-up starts it (bounded by set-up's own wait)."""
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "setup.sh")], capture_output=True,
+                       text=True, timeout=300, env={**child_env(), "MECA_SKIP_INTEROP": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_kill_9_of_the_node_and_of_dockerd_mid_job_recovers(tmp_path):
+    engine = docker_engine("python:3.9-slim")
+    pid = dockerd_pid_we_started()
+    if pid is None:
+        require(False, "the Docker engine was not started by scripts/setup.sh (its log is "
+                       "not /var/log/meca-dockerd.log): this test kills it, so it runs only "
+                       "on an engine set-up started")
+    folder = task_folder(tmp_path, "wordcount", "napper-d", NAPPER)
+    roles = [("developer",), ("provider",), ("client",)]
+    with Cluster(tmp_path / "c", 3, advert_interval_s=1.0, roles=roles) as cluster:
+        dev, provider, user = cluster.nodes
+        cluster.wait_mesh(timeout_s=20)
+        r = cli(dev, "task", "publish", str(folder), "--fee", "1", "--no-test", "--quiet")
+        assert r.returncode == 0, r.stderr.decode()
+        wait_offer(user, "napper-d")
+        r = cli(user, "run", "napper-d", "--input", '{"seconds": 0}', "--max-price", "10")
+        assert r.returncode == 0, r.stderr.decode()
+        offered = status_json(provider)["offered"]
+        before = ledger_view(provider, user.peer_id)
+        runner = start_job(user, "napper-d", 300, 120)
+        try:
+            assert b"running" in wait_running(runner)
+            orphans = {c.id for c in containers_of(engine, provider, all_=False)}
+            assert orphans
+            cluster.kill(provider)
+            os.kill(pid, signal.SIGKILL)  # the engine we started, by its pid
+            wait_for("dockerd is gone", lambda: not Path(f"/proc/{pid}").exists(), 10)
+        finally:
+            runner.kill()
+            runner.wait(timeout=30)
+        start_engine_again()
+        engine = docker_engine("python:3.9-slim")  # a new client for the new engine
+        cluster.restart(provider)
+        wait_for("the orphaned container is removed",
+                 lambda: not orphans & {c.id for c in engine.containers.list(all=True)}, 60)
+        wait_whole(provider, user)
+        assert status_json(provider)["free"] == offered
+        assert kept(before, ledger_view(provider, user.peer_id))
+        r = cli(user, "run", "napper-d", "--input", '{"seconds": 0}', "--max-price", "10")
         assert r.returncode == 0, r.stderr.decode()
         assert json.loads(r.stdout) == {"slept": 0}

@@ -454,12 +454,6 @@ def test_a_task_filling_its_disk_is_bounded_in_memory_not_on_the_host(net):
     net.assert_healthy()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "known bug: node/jobs.py asks log_since for MAX_JOB_LOG bytes and gets them plus a "
-    "'[... N bytes cut ...]' line, so a job that printed over 16 KiB has a JobResult.log "
-    "over the wire cap: the provider drops the result ('malformed: JobResult.log: 16412 "
-    "bytes > cap 16384') and the client sees 'ended the stream before the result'. Fix: "
-    "leave room for the line there (or count it in the limit), then remove this mark"))
 def test_a_task_flooding_its_output_gets_its_reply_and_a_cut_log(net):
     """32 MiB printed during one job: the engine keeps at most its json-file bound of it
     (the current file and one rotated, each at most ``log_bytes``), and the job still
