@@ -191,7 +191,6 @@ class RelayService:
                 await self._reserve(stream, peer)
             elif msg.type == HopMessage.CONNECT:
                 await self._connect(stream, peer, msg)  # returns when the circuit ends
-                return
             else:
                 await self._status(stream, UNEXPECTED_MESSAGE)
         except Exception as exc:  # a peer's broken stream or message ends only its stream
