@@ -67,6 +67,10 @@ from meca_node.runtime.executor import AppUnreachable, DockerExecutor, Running
 
 log = logging.getLogger("meca_node.runtime.warmpool")
 
+#: processes (and threads) a job may leave in its container over those it had when ready
+#: (a server's worker threads finishing) before the container is not kept warm
+PIDS_SLACK = 16
+
 Key = tuple[str, TaskResources]
 
 
@@ -108,6 +112,10 @@ class WarmPool:
         self._closed = False
         self._hits = self._misses = self._evicted = 0
         self.dead = 0  # warm containers found dead and replaced or dropped
+        #: container id -> its process count when it was ready (pids cgroup)
+        self._pids_ready: dict[str, int | None] = {}
+        #: containers not kept after their job because they went on running processes
+        self.not_kept_busy = 0
 
     @property
     def enabled(self) -> bool:
@@ -117,7 +125,7 @@ class WarmPool:
         """Idle containers now; runs that took a warm one (hits) or started one (misses);
         idle ones removed for the bound or for idling longer than idle_s (evicted)."""
         return {"idle": len(self._idle), "hits": self._hits, "misses": self._misses,
-                "evicted": self._evicted}
+                "evicted": self._evicted, "not_kept_busy": self.not_kept_busy}
 
     async def check_gpus(self, resources: TaskResources) -> None:
         """As :meth:`DockerExecutor.check_gpus` (so the pool can stand in for it)."""
@@ -155,7 +163,8 @@ class WarmPool:
             clean = True
         finally:
             del self._leases[id(running)]
-            if clean and not lease.failed and not self._closed:
+            if clean and not lease.failed and not self._closed \
+                    and not self._left_processes(running):
                 await self._put(key, running)
             else:
                 await self._stop(running)
@@ -246,7 +255,21 @@ class WarmPool:
     async def _start(self, key: Key) -> Running:
         running = await self.executor.start(*key)
         self._proc[running.container_id] = _identity(running)
+        self._pids_ready[running.container_id] = _pids_current(running)
         return running
+
+    def _left_processes(self, running: Running) -> bool:
+        """Whether the job left processes running in the container (a fork bomb, a
+        daemon): over PIDS_SLACK more than when it was ready. Such a container is not
+        kept warm: idle, it would go on using its share while the advert says it is free."""
+        ready = self._pids_ready.get(running.container_id)
+        now = _pids_current(running)
+        if ready is None or now is None or now <= ready + PIDS_SLACK:
+            return False
+        self.not_kept_busy += 1
+        log.info("not keeping container %s warm: %d processes, %d when it was ready",
+                 running.container_id[:12], now, ready)
+        return True
 
     async def _replace(self, running: Running, key: Key) -> None:
         """Start a fresh container of ``key`` and make ``running`` it; remove the old one.
@@ -260,6 +283,7 @@ class WarmPool:
 
     async def _stop(self, running: Running) -> None:
         self._proc.pop(running.container_id, None)
+        self._pids_ready.pop(running.container_id, None)
         await self.executor.stop(running)  # shielded
 
     async def _stop_all(self, runs: list[Running]) -> None:
@@ -319,3 +343,28 @@ def _proc_start_time(pid: int) -> int | None:
         return int(fields[19])  # field 22, starttime
     except (IndexError, ValueError):
         return None
+
+
+def _pids_current(running: Running) -> int | None:
+    """How many processes (and threads) the container runs now, from its pids cgroup
+    (v1 or v2) found through its main process; None when that is not visible here."""
+    ident = _identity(running)
+    if ident is None:
+        return None
+    try:
+        with open(f"/proc/{ident[0]}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        for candidate in ((f"/sys/fs/cgroup/pids{path}/pids.current",)
+                          if "pids" in controllers.split(",") else
+                          (f"/sys/fs/cgroup{path}/pids.current",) if controllers == ""
+                          else ()):
+            try:
+                with open(candidate) as f:
+                    return int(f.read().strip())
+            except (OSError, ValueError):
+                continue
+    return None

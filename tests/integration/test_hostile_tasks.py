@@ -423,6 +423,8 @@ def test_a_fork_bomb_is_held_at_the_pids_limit(net):
     # an unbounded bomb would grow by thousands within the 3 s; other work on this host
     # accounts for the slack
     assert grew < LIMITS.pids + 150, (before, max(pids.values))
+    # its container was not kept warm with the bomb still going
+    assert net.provider.status()["warm_pool"]["not_kept_busy"] >= 1
     net.assert_healthy()
     assert host_pids() < before + 100  # the bomb's processes went with the container
 

@@ -137,14 +137,14 @@ async def test_second_run_of_the_same_image_takes_the_warm_container(client, ima
         first, reply = await job(pool, images["echo"])
         cold_s = time.perf_counter() - t0
         assert reply == b"hello"
-        assert pool.stats() == {"idle": 1, "hits": 0, "misses": 1, "evicted": 0}
+        assert pool.stats() == {"idle": 1, "hits": 0, "misses": 1, "evicted": 0, "not_kept_busy": 0}
         assert ours(client) == [first]  # kept, not removed
 
         t0 = time.perf_counter()
         second, reply = await job(pool, images["echo"])
         warm_s = time.perf_counter() - t0
         assert reply == b"hello" and second == first
-        assert pool.stats() == {"idle": 1, "hits": 1, "misses": 1, "evicted": 0}
+        assert pool.stats() == {"idle": 1, "hits": 1, "misses": 1, "evicted": 0, "not_kept_busy": 0}
         assert ours(client) == [first]  # no new container
         assert warm_s < cold_s / 10
 
@@ -175,7 +175,7 @@ async def test_other_resources_do_not_share_a_container(client, images):
         small, _ = await job(pool, images["echo"], resources=RES)
         big, reply = await job(pool, images["echo"], resources=RES_BIG)
         assert reply == b"hello" and big != small
-        assert pool.stats() == {"idle": 2, "hits": 0, "misses": 2, "evicted": 0}
+        assert pool.stats() == {"idle": 2, "hits": 0, "misses": 2, "evicted": 0, "not_kept_busy": 0}
         assert set(ours(client)) == {small, big}
 
 
@@ -191,7 +191,7 @@ async def test_concurrent_jobs_get_their_own_containers_and_the_bound_evicts_the
                 assert pool.stats()["idle"] == 1  # c went back first
             assert pool.stats()["idle"] == 2  # then b: the pool is full
         # a's return pushes out the oldest idle one, c
-        assert pool.stats() == {"idle": 2, "hits": 0, "misses": 3, "evicted": 1}
+        assert pool.stats() == {"idle": 2, "hits": 0, "misses": 3, "evicted": 1, "not_kept_busy": 0}
         assert not exists(client, c.container_id)
         assert set(ours(client)) == {a.container_id, b.container_id}
         # the next job takes the most recently returned one
@@ -234,7 +234,7 @@ async def test_a_container_killed_while_idle_is_replaced(client, images):
         fresh, reply = await job(pool, images["echo"])
         assert reply == b"hello" and fresh != dead
         assert pool.dead == 1 and not exists(client, dead)
-        assert pool.stats() == {"idle": 1, "hits": 0, "misses": 2, "evicted": 0}
+        assert pool.stats() == {"idle": 1, "hits": 0, "misses": 2, "evicted": 0, "not_kept_busy": 0}
 
 
 async def test_a_warm_container_killed_before_its_request_is_replaced_in_place(client, images):
@@ -248,7 +248,7 @@ async def test_a_warm_container_killed_before_its_request_is_replaced_in_place(c
             fresh = running.container_id
         assert pool.dead == 1 and not exists(client, dead)
         assert ours(client) == [fresh]
-        assert pool.stats() == {"idle": 1, "hits": 1, "misses": 1, "evicted": 0}
+        assert pool.stats() == {"idle": 1, "hits": 1, "misses": 1, "evicted": 0, "not_kept_busy": 0}
 
 
 async def test_a_warm_container_whose_app_died_is_replaced_at_once(client, images):
