@@ -19,7 +19,9 @@ veths, rules) is removed afterwards, whatever happens.
 
 The loopback tests (real hosts in this process on 127.0.0.x) check each reachability
 value: unknown before any check, public after a dial-back, private when the dial-back
-fails, relayed via <relay> while a reservation holds; and the relay's bounds.
+fails, relayed via <relay> while a reservation holds; the relay's bounds; renewal and
+reserving again after a drop; ``meca-node status``'s lines; and our client against
+py-libp2p's own hop.
 
 Needs root, iproute2, iptables and Docker for the namespace test: skipped without them,
 failed when CI=true.
@@ -43,6 +45,7 @@ from pathlib import Path
 import netns  # tests/integration/netns.py (conftest puts it on sys.path)
 import pytest
 import trio
+from libp2p.peer.id import ID
 
 from conftest import docker_engine, wait_for
 from meca_node.net import NetConfig, open_net
@@ -445,13 +448,10 @@ async def test_a_peer_with_no_direct_address_is_reached_through_the_relay_within
             stream = await client.open_stream(provider.peer_id, "/t/echo/1")
             await stream.send(b"x" * 1000)
             assert await stream.receive() == b"x" * 1000
-            conns = client._host.get_network().get_connections(
-                __import__("libp2p.peer.id", fromlist=["ID"]).ID.from_base58(
-                    provider.peer_id))
+            conns = client._host.get_network().get_connections(ID.from_base58(provider.peer_id))
             assert conns and client._relayed_only(conns[0].muxed_conn.peer_id)
             # both ends know the connection is relayed (no dial-backs asked or served on it)
-            assert provider._relayed_only(
-                __import__("libp2p.peer.id", fromlist=["ID"]).ID.from_base58(client.peer_id))
+            assert provider._relayed_only(ID.from_base58(client.peer_id))
             assert client.peer_id not in provider._dialback_peers()
             # no reservation: refused with the relay's reason
             stranger.learn_addrs(client.peer_id,
@@ -476,8 +476,6 @@ async def test_a_peer_with_no_direct_address_is_reached_through_the_relay_within
 
 @pytest.mark.integration
 async def test_a_reservation_is_renewed_before_it_expires_and_made_again_after_a_drop():
-    from libp2p.peer.id import ID
-
     limits = RelayLimits(reservation_ttl_s=3.0)
     async with open_net(b"\x71" * 32, _cfg("127.0.0.1", relay_service=True,
                                            relay_limits=limits, dialback=False)) as relay:
@@ -528,3 +526,40 @@ def test_status_prints_reachability_and_a_missing_reservation(tmp_path):
         assert "reachability: unknown" in r.stdout
         assert f"no reservation on relay {relay.rsplit('/', 1)[1]}: not connected (" \
             in r.stdout, r.stdout
+
+
+@pytest.mark.integration
+async def test_our_relay_client_works_with_py_libp2ps_own_hop():
+    """Message-level interop: a reservation on, and a circuit through, py-libp2p's
+    ``CircuitV2Protocol`` hop (an implementation of the spec that is not ours)."""
+    import multiaddr
+    from libp2p import new_host
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.network.config import ConnectionConfig
+    from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+    from libp2p.tools.anyio_service import background_trio_service
+
+    host = new_host(key_pair=create_new_key_pair(b"\x81" * 32),
+                    connection_config=ConnectionConfig(max_connections_per_peer=1))
+    async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        hop = CircuitV2Protocol(host, allow_hop=True)
+        async with background_trio_service(hop):
+            await hop.event_started.wait()
+            relay_addr = str(host.get_addrs()[0])
+            behind = _cfg("127.0.0.2", relays=(relay_addr,), dialback=False,
+                          announce=("/ip4/127.0.0.2/tcp/9",))  # nothing listens there
+            async with open_net(b"\x82" * 32, behind) as provider, \
+                    open_net(b"\x83" * 32, _cfg("127.0.0.3", dialback=False)) as client:
+                async def echo(stream):
+                    while (frame := await stream.receive()) is not None:
+                        await stream.send(frame[::-1])
+
+                provider.set_stream_handler("/t/echo/1", echo)
+                await _until("reserved", lambda: provider.relay_client.held())
+                assert provider.reachability()["reservations"][0]["expires_in_s"] > 3000
+                client.learn_addrs(provider.peer_id, provider.listen_addrs())
+                with trio.fail_after(20):
+                    stream = await client.open_stream(provider.peer_id, "/t/echo/1")
+                    await stream.send(b"through their relay")
+                    assert await stream.receive() == b"yaler rieht hguorht"
+                assert client._relayed_only(ID.from_base58(provider.peer_id))
