@@ -140,6 +140,18 @@ class FakeHost:
         self.opened.append(pid)
         return FakeStream(pid)
 
+    def get_peerstore(self) -> "FakePeerstore":
+        return FakePeerstore()
+
+    async def connect(self, info) -> None:
+        """A dial (``open_stream`` to a peer not connected): it answers."""
+        self.connected.add(info.peer_id)
+
+
+class FakePeerstore:
+    def addrs(self, pid: ID) -> list[str]:
+        return ["/ip4/127.0.0.1/tcp/4001"]
+
 
 class FakePubsub:
     def __init__(self) -> None:
