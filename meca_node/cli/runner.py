@@ -137,11 +137,6 @@ async def _serve_with(cfg: Config, identity: Identity, genesis: wire.Genesis,
             await nursery.start(node.run)
             await nursery.start(ipfs.run)
             node.restore_offers(load_own_offers(cfg.data_dir))  # published before a restart
-            if "provider" in cfg["roles"]:
-                host = start_provider(node, ipfs, cfg.data_dir, cfg.values)
-                running.host = host
-                if host is not None:  # environments, benchmark, sandbox; then jobs
-                    nursery.start_soon(provider_up, host)
             nursery.start_soon(_dump_on_usr1)
             port = await nursery.start(serve_control, cfg.data_dir, routes, cfg["control_port"])
             print(f"meca-node {identity.peer_id} on network {genesis.name!r} "
@@ -151,5 +146,12 @@ async def _serve_with(cfg: Config, identity: Identity, genesis: wire.Genesis,
             print(f"  control API http://127.0.0.1:{port} (token in "
                   f"{cfg.data_dir / 'control.token'})", flush=True)
             print("  ready; Ctrl-C to stop", flush=True)
+            # a provider's engine and sandbox come up beside the running node: "ready"
+            # does not wait for Docker (the share was checked before start)
+            if "provider" in cfg["roles"]:
+                host = start_provider(node, ipfs, cfg.data_dir, cfg.values)
+                running.host = host
+                if host is not None:  # environments, benchmark, sandbox; then jobs
+                    nursery.start_soon(provider_up, host)
 
 
