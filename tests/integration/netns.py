@@ -239,3 +239,22 @@ def delete_outside(outside: Outside) -> None:
     errors = _delete([outside.ns] if outside.ns in existing_namespaces() else [])
     if errors or outside.ns in existing_namespaces():
         raise NetnsError(f"could not delete namespace {outside.ns}: {errors}")
+
+
+def stop_processes(procs: list[tuple[str, subprocess.Popen]], timeout_s: float
+                   ) -> dict[str, int | None]:
+    """SIGTERM each process we started; each one's exit code, or None for one still
+    running ``timeout_s`` after the signals (then killed)."""
+    for _, proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + timeout_s
+    codes: dict[str, int | None] = {}
+    for name, proc in procs:
+        try:
+            codes[name] = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            codes[name] = None
+    return codes

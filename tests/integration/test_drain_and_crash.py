@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -70,20 +71,29 @@ def pins(node) -> set[str]:
     return set(r.stdout.decode().split())
 
 
-def test_sigterm_drains_then_a_second_stops_at_once_and_kill_9_recovers(tmp_path):
-    engine = docker_engine("python:3.9-slim")
-    folder = task_folder(tmp_path, "wordcount", "napper", NAPPER)
+@contextmanager
+def napper_on_a_provider(tmp_path, name: str, drain_grace_s: float = 0.0):
+    """A developer, a provider and a client; ``name`` (the NAPPER app, fee 1) published
+    and run once, so its image is on the provider. Yields the cluster and what the
+    provider offers."""
+    folder = task_folder(tmp_path, "wordcount", name, NAPPER)
     roles = [("developer",), ("provider",), ("client",)]
     with Cluster(tmp_path / "c", 3, advert_interval_s=1.0, roles=roles,
-                 drain_grace_s=GRACE_S) as cluster:
+                 drain_grace_s=drain_grace_s) as cluster:
         dev, provider, user = cluster.nodes
         cluster.wait_mesh(timeout_s=20)
         r = cli(dev, "task", "publish", str(folder), "--fee", "1", "--no-test", "--quiet")
         assert r.returncode == 0, r.stderr.decode()
-        wait_offer(user, "napper")
-        r = cli(user, "run", "napper", "--input", '{"seconds": 0}', "--max-price", "10")
+        wait_offer(user, name)
+        r = cli(user, "run", name, "--input", '{"seconds": 0}', "--max-price", "10")
         assert r.returncode == 0, r.stderr.decode()  # the image is on the provider now
-        offered = status_json(provider)["offered"]
+        yield cluster, status_json(provider)["offered"]
+
+
+def test_sigterm_drains_then_a_second_stops_at_once_and_kill_9_recovers(tmp_path):
+    engine = docker_engine("python:3.9-slim")
+    with napper_on_a_provider(tmp_path, "napper", GRACE_S) as (cluster, offered):
+        dev, provider, user = cluster.nodes
 
         # 1. SIGTERM while a job runs: no new jobs, the job finishes, exit 0 in the grace
         runner = start_job(user, "napper", 6, 120)
@@ -207,17 +217,8 @@ def test_kill_9_of_the_node_and_of_dockerd_mid_job_recovers(tmp_path):
         require(False, "the Docker engine was not started by scripts/setup.sh (its log is "
                        "not /var/log/meca-dockerd.log): this test kills it, so it runs only "
                        "on an engine set-up started")
-    folder = task_folder(tmp_path, "wordcount", "napper-d", NAPPER)
-    roles = [("developer",), ("provider",), ("client",)]
-    with Cluster(tmp_path / "c", 3, advert_interval_s=1.0, roles=roles) as cluster:
+    with napper_on_a_provider(tmp_path, "napper-d") as (cluster, offered):
         dev, provider, user = cluster.nodes
-        cluster.wait_mesh(timeout_s=20)
-        r = cli(dev, "task", "publish", str(folder), "--fee", "1", "--no-test", "--quiet")
-        assert r.returncode == 0, r.stderr.decode()
-        wait_offer(user, "napper-d")
-        r = cli(user, "run", "napper-d", "--input", '{"seconds": 0}', "--max-price", "10")
-        assert r.returncode == 0, r.stderr.decode()
-        offered = status_json(provider)["offered"]
         before = ledger_view(provider, user.peer_id)
         runner = start_job(user, "napper-d", 300, 120)
         try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -96,19 +95,8 @@ class Nodes:
 
     def stop(self) -> dict[str, int | None]:
         """SIGTERM each; None for one still running after STOP_TIMEOUT_S (then killed)."""
-        for _, proc, _ in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        codes: dict[str, int | None] = {}
-        for name, proc, _ in self.procs:
-            try:
-                codes[name] = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                codes[name] = None
-        return codes
+        return netns.stop_processes([(name, proc) for name, proc, _ in self.procs],
+                                    STOP_TIMEOUT_S)
 
     def __enter__(self) -> Nodes:
         return self

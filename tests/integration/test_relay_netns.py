@@ -186,19 +186,8 @@ class Nodes:
                                 log_path)
 
     def stop(self) -> dict[str, int | None]:
-        for proc, _ in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        codes: dict[str, int | None] = {}
-        for name, (proc, _) in self.procs.items():
-            try:
-                codes[name] = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                codes[name] = None
-        return codes
+        return netns.stop_processes([(name, proc) for name, (proc, _) in self.procs.items()],
+                                    STOP_TIMEOUT_S)
 
     def logs(self, lines: int = 30) -> str:
         out = []
