@@ -254,8 +254,8 @@ class WarmPool:
 
     async def _start(self, key: Key) -> Running:
         running = await self.executor.start(*key)
-        self._proc[running.container_id] = _identity(running)
-        self._pids_ready[running.container_id] = _pids_current(running)
+        ident = self._proc[running.container_id] = _identity(running)
+        self._pids_ready[running.container_id] = _pids_current(ident)
         return running
 
     def _left_processes(self, running: Running) -> bool:
@@ -263,7 +263,7 @@ class WarmPool:
         daemon): over PIDS_SLACK more than when it was ready. Such a container is not
         kept warm: idle, it would go on using its share while the advert says it is free."""
         ready = self._pids_ready.get(running.container_id)
-        now = _pids_current(running)
+        now = _pids_current(self._proc.get(running.container_id))
         if ready is None or now is None or now <= ready + PIDS_SLACK:
             return False
         self.not_kept_busy += 1
@@ -345,10 +345,10 @@ def _proc_start_time(pid: int) -> int | None:
         return None
 
 
-def _pids_current(running: Running) -> int | None:
-    """How many processes (and threads) the container runs now, from its pids cgroup
-    (v1 or v2) found through its main process; None when that is not visible here."""
-    ident = _identity(running)
+def _pids_current(ident: tuple[int, int] | None) -> int | None:
+    """How many processes (and threads) a container runs now, from its pids cgroup (v1 or
+    v2) found through its main process (``ident``: from :func:`_identity`); None when
+    that is not visible here."""
     if ident is None:
         return None
     try:

@@ -516,19 +516,13 @@ class BlockStore:
         when written and on every read), until ``need`` bytes are free or none is left to
         remove; the bytes freed. Caller holds the lock."""
         pinned, _ = self._walk(self._pins, strict=False)
-        kept, _ = self._walk(list(self._protected), strict=False)
-        kept.update(pinned)
         candidates = []
-        for shard in self._shards():
-            for name in os.listdir(shard):
-                key = name[:-len(SUFFIX)]
-                if not name.endswith(SUFFIX) or key in kept or key in self._inflight:
-                    continue
-                try:
-                    st = (shard / name).stat()
-                except FileNotFoundError:
-                    continue
-                candidates.append((st.st_mtime_ns, st.st_size, shard / name))
+        for path in self._unheld(pinned):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            candidates.append((st.st_mtime_ns, st.st_size, path))
         candidates.sort()
         freed = 0
         for _, size, path in candidates:
@@ -557,17 +551,19 @@ class BlockStore:
                 raise MissingBlocks(f"gc refused: pinned DAGs lack {_describe_missing(missing)};"
                                     " fetch them again or unpin their DAGs", missing)
             self._pinned = pinned
-            kept, _ = self._walk(list(self._protected), strict=False)
-            kept.update(pinned)
             removed = freed = 0
-            for shard in self._shards():
-                for name in os.listdir(shard):
-                    key = name[:-len(SUFFIX)]
-                    if not name.endswith(SUFFIX) or key in kept or key in self._inflight:
-                        continue
-                    path = shard / name
-                    size = path.stat().st_size
-                    self._remove(path, size)
-                    removed += 1
-                    freed += size
+            for path in self._unheld(pinned):
+                size = path.stat().st_size
+                self._remove(path, size)
+                removed += 1
+                freed += size
             return removed, freed
+
+    def _unheld(self, pinned: dict[str, int]) -> list[Path]:
+        """The stored blocks that neither a pin (``pinned``: its reachable keys), nor a
+        protection, nor a write in progress holds. Caller holds the lock."""
+        kept, _ = self._walk(list(self._protected), strict=False)
+        kept.update(pinned)
+        return [shard / name for shard in self._shards() for name in os.listdir(shard)
+                if name.endswith(SUFFIX) and name[:-len(SUFFIX)] not in kept
+                and name[:-len(SUFFIX)] not in self._inflight]
