@@ -7,6 +7,7 @@ identity multihash of the protobuf-encoded public key, in base58btc.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 from nacl.signing import SigningKey
 
@@ -42,11 +43,17 @@ def b58decode(text: str) -> bytes:
 
 def peer_id_of(public_key: bytes) -> str:
     """The libp2p peer id (base58) of a 32-byte Ed25519 public key."""
+    return _peer_id_of(bytes(public_key))
+
+
+@lru_cache(maxsize=4096)  # per job and per message: base58 is slow in Python
+def _peer_id_of(public_key: bytes) -> str:
     if len(public_key) != 32:
         raise ValueError("an Ed25519 public key is 32 bytes")
     return b58encode(_IDENTITY_MH_PREFIX + _ED25519_PB_PREFIX + public_key)
 
 
+@lru_cache(maxsize=4096)
 def public_key_of_peer_id(peer_id: str) -> bytes:
     """The Ed25519 key inside a peer id; ``ValueError`` if it is not an Ed25519 peer id."""
     raw = b58decode(peer_id)
@@ -66,14 +73,16 @@ class Identity:
         if len(self.seed) != 32:
             raise ValueError("an Ed25519 seed is 32 bytes")
 
-    @property
+    # cached: every message the node sends is signed (deriving the key from the seed cost
+    # about 20 us each time) and the public key and peer id are looked up per job
+    @cached_property
     def signing_key(self) -> SigningKey:
         return SigningKey(self.seed)
 
-    @property
+    @cached_property
     def public_key(self) -> bytes:
         return bytes(self.signing_key.verify_key)
 
-    @property
+    @cached_property
     def peer_id(self) -> str:
         return peer_id_of(self.public_key)

@@ -1,0 +1,95 @@
+"""Two fixes to py-libp2p 0.8.1's hot path for small messages: buffered TCP reads and
+go-yamux's window updates. :func:`install` applies both, once per process.
+
+**Window updates.** py-libp2p's yamux credits the sender with a WINDOW_UPDATE frame after
+nearly every read of a stream: any read that leaves the window short of its target by less
+than half of it goes down a "partial slack" branch that sends the shortfall at once. A
+request/response protocol thus pays a third frame per message (encrypt, write lock, a
+``send`` system call on each side): about 20% of a node's CPU in a job's exchange and one
+frame in three on the wire. go-yamux (``sendWindowUpdate``) sends an update only when the
+shortfall reaches half the target window, which is what :func:`_window_update` does; the
+window's auto-tuning (doubling within 4 RTTs) is py-libp2p's own, kept.
+
+**Buffered reads.** py-libp2p reads a Noise message in two ``read_exactly`` calls (its 2-byte length,
+then its body), and yamux reads each frame's 12-byte header and its body apart; every
+call goes down to ``TrioTCPStream.read`` and from there to one ``recv`` system call, one
+trip through trio's scheduler and a lock. A small job message costs about eight of them
+per direction. :func:`install` gives ``TrioTCPStream`` a read buffer instead: one
+``recv`` of up to :data:`CHUNK` bytes serves every read that follows until it is used up,
+so the bytes of several frames that arrived together cost one system call.
+
+The semantics stay those of ``trio.SocketStream.receive_some``: up to ``n`` bytes, at
+least one, ``b""`` at the end of the stream; a read that has buffered bytes returns at
+once. At most :data:`CHUNK` bytes per connection wait in the buffer, so memory stays
+bounded; the reader above still takes only what it asked for.
+"""
+
+from __future__ import annotations
+
+import trio
+from libp2p.io.exceptions import ConnectionClosedError
+from libp2p.io.trio import TrioTCPStream
+from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+#: the most one recv reads, and so the most a connection buffers
+CHUNK = 256 * 1024
+
+_installed = False
+
+
+def _take(buf: bytearray, n: int | None) -> bytes:
+    if n is None or n >= len(buf):
+        out = bytes(buf)
+        buf.clear()
+        return out
+    out = bytes(buf[:n])
+    del buf[:n]
+    return out
+
+
+async def _buffered_read(self: TrioTCPStream, n: int | None = None) -> bytes:
+    """``TrioTCPStream.read`` with a read buffer (see the module docstring)."""
+    if n is not None and n <= 0:
+        return b""
+    buf: bytearray | None = getattr(self, "_meca_buf", None)
+    if buf is None:
+        buf = self._meca_buf = bytearray()  # type: ignore[attr-defined]
+    if buf:
+        return _take(buf, n)
+    async with self.read_lock:
+        if buf:  # filled by the reader we waited for
+            return _take(buf, n)
+        try:
+            data = await self.stream.receive_some(CHUNK if n is None else max(n, CHUNK))
+        except trio.BrokenResourceError as error:  # reset by the peer: as py-libp2p does
+            raise ConnectionClosedError(f"TCP connection reset by remote peer: {error}",
+                                        transport="tcp") from error
+        except trio.ClosedResourceError:  # closed here: end of stream, as py-libp2p does
+            return b""
+        if n is None or len(data) <= n:
+            return data
+        buf += memoryview(data)[n:]
+        return data[:n]
+
+
+async def _window_update(self: YamuxStream, *, bytes_read: int = 0) -> None:
+    """After a read of ``bytes_read`` bytes: send the peer a WINDOW_UPDATE once the
+    receive window is short of its target by at least half the target (go-yamux)."""
+    async with self.window_lock:
+        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+        shortfall = self.target_recv_window - (self.recv_window + buffered)
+        if shortfall <= 0 or shortfall < self._grow_threshold():
+            return
+        increment = self._grow_to_delta(buffered) + self._apply_autotune_epoch(buffered)
+        self._pending_recv_release = 0
+    if increment > 0:  # never with window_lock held: the reader of updates takes it
+        await self.send_window_update(increment, skip_lock=True)
+
+
+def install() -> None:
+    """Apply both fixes to every connection of this process (idempotent)."""
+    global _installed
+    if not _installed:
+        TrioTCPStream.read = _buffered_read  # type: ignore[method-assign]
+        YamuxStream._auto_tune_and_send_window_update = _window_update  # type: ignore
+        _installed = True
