@@ -29,7 +29,6 @@ import multiprocessing
 from collections import Counter
 from typing import Any
 
-import cbor2
 from nacl.signing import SigningKey
 
 from meca_node import wire
@@ -93,7 +92,7 @@ class Sealer:
 
     def seal(self, body: Any, key: SigningKey, pub: bytes, ts_ms: int,
              nonce: bytes) -> Envelope:
-        raw = wire.seal(body, key=key, net=self.network_id, ts=ts_ms, nonce=nonce)
+        raw, sig = wire.seal_with_sig(body, key=key, net=self.network_id, ts=ts_ms, nonce=nonce)
         self.sealed += 1
         if self.verify == "inline":
             self.opened += 1
@@ -104,7 +103,7 @@ class Sealer:
             self._batch = []
         return Envelope(v=wire.ENVELOPE_VERSION, net=self.network_id,
                         type=wire.type_id(type(body)), signer=pub, ts=ts_ms, nonce=nonce,
-                        body=body, sig=cbor2.loads(raw)["sig"], raw=raw)
+                        body=body, sig=sig, raw=raw)
 
     def finish(self) -> None:
         """Wait for the verifying process; ``failed`` lists envelopes that did not open."""

@@ -5,6 +5,14 @@ Each wire message is a frozen dataclass whose fields use a small set of types:
 ``tuple[T, ...]`` of those. Decoding refuses missing fields, unknown fields,
 wrong types, and strings/byte strings/lists over their caps (``field`` metadata
 ``max`` overrides the default caps).
+
+**Fast paths.** ``from_obj`` and ``encode_msg`` first try a plan compiled once per class
+(field names, types and caps; keys in canonical order) that accepts only the plain case
+(exact types, within caps). Anything else, an error included, goes the checked way
+(``_from_obj_checked``, ``_cbor.encode(to_obj(...))``), which gives the answer or the
+error with its path. The fast path never accepts what the checked way refuses: it is at
+least as strict, and on success it builds the same object or writes the same bytes
+(``tests/unit/test_wire_fast.py`` compares the two).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import functools
 import typing
 from typing import Any, TypeVar
 
+from . import _cbor
 from ._errors import WireError
 
 MAX_STR = 1024
@@ -51,6 +60,174 @@ def _to(value: Any) -> Any:
 
 def from_obj(cls: type[T], obj: Any, where: str = "") -> T:
     """Build ``cls`` from a decoded CBOR map, checking every field; raises ``WireError``."""
+    try:
+        return _fast_from(cls, obj)
+    except Exception:  # noqa: BLE001 - not the plain case: the checked way says why
+        return _from_obj_checked(cls, obj, where)
+
+
+def encode_msg(msg: Any, checked: bool = True) -> bytes:
+    """``_cbor.encode(to_obj(msg))``; ``checked``: first refuse (``WireError``) what
+    ``from_obj`` of that map would refuse, as a receiver's ``decode_body`` would."""
+    try:
+        out: list[bytes] = []
+        _fast_enc(msg, out)
+        return b"".join(out)
+    except Exception:  # noqa: BLE001 - not the plain case: the checked way
+        obj = to_obj(msg)
+        if checked:
+            from_obj(type(msg), obj)
+        return _cbor.encode(obj)
+
+
+class _Slow(Exception):
+    """The fast path leaves this value to the checked way."""
+
+
+def _slow(_value: Any) -> Any:
+    raise _Slow
+
+
+@functools.cache
+def _plan(cls: type) -> tuple[int, tuple[tuple[str, Any], ...],
+                              tuple[tuple[bytes, str, Any], ...]]:
+    """(field count, (name, converter for from_obj) in field order, (encoded key, name,
+    encoder) in canonical key order) of a message class."""
+    hints = _hints(cls)
+    fields = dataclasses.fields(cls)
+    conv = tuple((f.name, _converter(hints[f.name], f.metadata.get("max"))) for f in fields)
+    enc = sorted((_cbor.enc_text(f.name), f.name,
+                  _encoder(hints[f.name], f.metadata.get("max"))) for f in fields)
+    return len(fields), conv, tuple(enc)
+
+
+def _fast_from(cls: type[T], obj: Any) -> T:
+    if type(obj) is not dict:
+        raise _Slow
+    count, conv, _ = _plan(cls)
+    if len(obj) != count:
+        raise _Slow
+    kwargs = {name: c(obj[name]) for name, c in conv}  # KeyError: a field is missing
+    return cls(**kwargs)
+
+
+def _fast_enc(msg: Any, out: list[bytes]) -> None:
+    _, _, enc = _plan(type(msg))
+    # its own rules again, as from_obj's cls(**fields) would run them: a frozen message
+    # may have been changed behind __post_init__'s back (object.__setattr__)
+    check = getattr(msg, "__post_init__", None)
+    if check is not None:
+        check()
+    out.append(_cbor.head(5, len(enc)))
+    for key, name, e in enc:
+        out.append(key)
+        e(getattr(msg, name), out)
+
+
+def _converter(tp: Any, maximum: int | None) -> Any:
+    """``value -> value`` for the plain case of a field of type ``tp``; else ``_Slow``."""
+    if typing.get_origin(tp) is tuple:
+        item = _converter(typing.get_args(tp)[0], None)
+        cap = maximum if maximum is not None else MAX_ITEMS
+
+        def tuple_of(value: Any) -> Any:
+            if type(value) is not list or len(value) > cap:
+                raise _Slow
+            return tuple([item(v) for v in value])
+        return tuple_of
+    if dataclasses.is_dataclass(tp):
+        return functools.partial(_fast_from, tp)
+    if tp is bool or tp is int:
+        def plain(value: Any) -> Any:
+            if type(value) is not tp:
+                raise _Slow
+            return value
+        return plain
+    if tp is str:
+        cap = maximum if maximum is not None else MAX_STR
+
+        def text(value: Any) -> Any:
+            if type(value) is not str:
+                raise _Slow
+            if (len(value) if value.isascii() else len(value.encode("utf-8"))) > cap:
+                raise _Slow
+            return value
+        return text
+    if tp is bytes:
+        cap = maximum if maximum is not None else MAX_BYTES
+
+        def raw(value: Any) -> Any:
+            if type(value) is not bytes or len(value) > cap:
+                raise _Slow
+            return value
+        return raw
+    return _slow
+
+
+def _encoder(tp: Any, maximum: int | None) -> Any:
+    """``(value, out)`` appending the canonical CBOR of the plain case; else ``_Slow``."""
+    if typing.get_origin(tp) is tuple:
+        item = _encoder(typing.get_args(tp)[0], None)
+        cap = maximum if maximum is not None else MAX_ITEMS
+
+        def tuple_of(value: Any, out: list[bytes]) -> None:
+            if type(value) is not tuple or len(value) > cap:
+                raise _Slow
+            out.append(_cbor.head(4, len(value)))
+            for v in value:
+                item(v, out)
+        return tuple_of
+    if dataclasses.is_dataclass(tp):
+        def message(value: Any, out: list[bytes]) -> None:
+            if type(value) is not tp:
+                raise _Slow
+            _fast_enc(value, out)
+        return message
+    if tp is bool:
+        def boolean(value: Any, out: list[bytes]) -> None:
+            if type(value) is not bool:
+                raise _Slow
+            out.append(b"\xf5" if value else b"\xf4")
+        return boolean
+    if tp is int:
+        def integer(value: Any, out: list[bytes]) -> None:
+            if type(value) is not int:
+                raise _Slow
+            if value >= 0:
+                if value > _cbor.INT_MAX:
+                    raise _Slow
+                out.append(_cbor.head(0, value))
+            else:
+                if value < _cbor.INT_MIN:
+                    raise _Slow
+                out.append(_cbor.head(1, -1 - value))
+        return integer
+    if tp is str:
+        cap = maximum if maximum is not None else MAX_STR
+
+        def text(value: Any, out: list[bytes]) -> None:
+            if type(value) is not str:
+                raise _Slow
+            raw = value.encode("utf-8")
+            if len(raw) > cap:
+                raise _Slow
+            out.append(_cbor.head(3, len(raw)))
+            out.append(raw)
+        return text
+    if tp is bytes:
+        cap = maximum if maximum is not None else MAX_BYTES
+
+        def raw(value: Any, out: list[bytes]) -> None:
+            if type(value) is not bytes or len(value) > cap:
+                raise _Slow
+            out.append(_cbor.head(2, len(value)))
+            out.append(value)
+        return raw
+    return lambda value, out: _slow(value)
+
+
+def _from_obj_checked(cls: type[T], obj: Any, where: str = "") -> T:
+    """``from_obj`` field by field, with the path of what is wrong in the error."""
     where = where or cls.__name__
     if not isinstance(obj, dict):
         raise WireError("malformed", f"{where}: expected a map")
