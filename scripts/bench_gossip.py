@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment variable for the peers, e.g. PY_YAMUX_RELEASE_ON_READ=0")
     ap.add_argument("--patch", action="append", default=[],
-                    choices=["spr_cache", "trace"],
+                    choices=["trace"],
                     help="experimental py-libp2p patch in the peers (see benchpeer.PATCHES)")
     ap.add_argument("--profile", type=int, default=None, metavar="INDEX",
                     help="sample peer INDEX with py-spy during the gossip phase (needs py-spy "

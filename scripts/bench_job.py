@@ -129,6 +129,12 @@ def direct_posts(url: str, body: bytes, expected: bytes, n: int) -> list[float]:
     return out
 
 
+def cpu_s(node: ClusterNode) -> float:
+    """CPU seconds (user + system) the node's process has used so far (/proc)."""
+    fields = Path(f"/proc/{node.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def docker_run_once(client, tag: str, spec, limits: bool) -> float:
     extra = limit_args(spec.resources.cpu, spec.resources.mem_mib) if limits else []
     cid, _, seconds, reply = docker_run_first_answer(client, NETWORK, tag, spec.example_input,
@@ -182,7 +188,13 @@ def main() -> int:
                          for _ in range(args.cold)]
             print(f"warm: {args.jobs} jobs client -> provider, {args.jobs} direct POSTs to "
                   f"{url}", flush=True)
+            cpu0 = {n.index: cpu_s(n) for n in (user, warm, dev)}
             ours = [run_job(user, offer_id, spec, warm.peer_id) for _ in range(args.jobs)]
+            # CPU per job is steadier than latency on a shared machine: it says where
+            # the time goes even when other work competes for the cores
+            cpu_ms = {name: round((cpu_s(n) - cpu0[n.index]) * 1000 / args.jobs, 3)
+                      for name, n in (("client", user), ("provider", warm),
+                                      ("developer", dev))}
             direct = direct_posts(url, spec.example_input, spec.example_output, args.jobs)
             cold_base = [docker_run_once(client, tag, spec, True) for _ in range(args.cold)]
             cold_plain = [docker_run_once(client, tag, spec, False) for _ in range(args.cold)]
@@ -199,6 +211,7 @@ def main() -> int:
         "cold_job_ms": cold_fig, "docker_run_with_task_limits_ms": base_fig,
         "docker_run_without_limits_ms": plain_fig,
         "cold_over_docker_run": round(cold_fig["p50"] / base_fig["p50"], 3),
+        "warm_cpu_ms_per_job": cpu_ms,
         "goals": {"warm_p50_within_3ms": warm_fig["p50"] - direct_fig["p50"] <= 3,
                   "paid_warm_p50_within_5ms": (warm_fig["p50"] - direct_fig["p50"] <= 5
                                                if args.paid else None),
@@ -210,6 +223,8 @@ def main() -> int:
     print(f"  difference p50 {result['warm_minus_direct_ms']['p50']:+8.2f} ms  p99 "
           f"{result['warm_minus_direct_ms']['p99']:+8.2f} ms (goals: "
           f"{'paid p50 <= 5' if args.paid else '<= 3 and <= 10'})")
+    print(f"CPU per warm job (ms): client {cpu_ms['client']:.2f} (its control API "
+          f"included), provider {cpu_ms['provider']:.2f}, developer {cpu_ms['developer']:.2f}")
     print(f"cold job (image cached)            p50 {cold_fig['p50']:8.1f} ms")
     print(f"docker run (task's cpu/mem limits) p50 {base_fig['p50']:8.1f} ms   ratio "
           f"{result['cold_over_docker_run']:.2f} (goal <= 1.10)")

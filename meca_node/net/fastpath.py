@@ -1,5 +1,6 @@
-"""Two fixes to py-libp2p 0.8.1's hot path for small messages: buffered TCP reads and
-go-yamux's window updates. :func:`install` applies both, once per process.
+"""Three fixes to py-libp2p 0.8.1's hot path for small messages: go-yamux's window
+updates, buffered TCP reads and signed peer records checked once per peer, not once per
+pubsub RPC. :func:`install` applies them, once per process.
 
 **Window updates.** py-libp2p's yamux credits the sender with a WINDOW_UPDATE frame after
 nearly every read of a stream: any read that leaves the window short of its target by less
@@ -18,6 +19,15 @@ per direction. :func:`install` gives ``TrioTCPStream`` a read buffer instead: on
 ``recv`` of up to :data:`CHUNK` bytes serves every read that follows until it is used up,
 so the bytes of several frames that arrived together cost one system call.
 
+**Signed peer records.** py-libp2p attaches the sender's signed peer record to every pubsub
+RPC it sends (looking up its own addresses and serializing the record each time) and, on
+every RPC it receives, parses it, checks its Ed25519 signature and rewrites the sender's
+addresses in the peerstore: about 15-20% of a node's CPU while paid jobs gossip their
+receipts. The record changes only when the peer's addresses do, so
+:func:`_consume_record` keeps the verdict for the same (peer, record bytes) for
+:data:`RECORD_RECHECK_S` (then checks it again, which also refreshes the peerstore's
+2-hour address TTL) and :func:`_record_to_send` reuses our own for :data:`RECORD_REUSE_S`.
+
 The semantics stay those of ``trio.SocketStream.receive_some``: up to ``n`` bytes, at
 least one, ``b""`` at the end of the stream; a read that has buffered bytes returns at
 once. At most :data:`CHUNK` bytes per connection wait in the buffer, so memory stays
@@ -26,6 +36,9 @@ bounded; the reader above still takes only what it asked for.
 
 from __future__ import annotations
 
+import importlib
+import time
+
 import trio
 from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.io.trio import TrioTCPStream
@@ -33,6 +46,12 @@ from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
 #: the most one recv reads, and so the most a connection buffers
 CHUNK = 256 * 1024
+#: seconds a peer's checked record (same bytes) is taken as checked
+RECORD_RECHECK_S = 60.0
+#: seconds our own record is reused before our addresses are looked at again
+RECORD_REUSE_S = 5.0
+#: (peer, record) verdicts kept at most
+MAX_RECORDS = 4096
 
 _installed = False
 
@@ -86,10 +105,49 @@ async def _window_update(self: YamuxStream, *, bytes_read: int = 0) -> None:
         await self.send_window_update(increment, skip_lock=True)
 
 
+_verdicts: dict[tuple[bytes, bytes], tuple[float, bool]] = {}
+_own: dict[int, tuple[float, tuple[bytes, bool]]] = {}
+_originals: dict[str, object] = {}
+
+
+def _consume_record(msg, host, peer_id) -> bool:
+    """py-libp2p's ``maybe_consume_signed_record``, its verdict kept per (peer, bytes)."""
+    if not msg.HasField("senderRecord"):
+        return True
+    key = (peer_id.to_bytes(), bytes(msg.senderRecord))
+    now = time.monotonic()
+    hit = _verdicts.get(key)
+    if hit is not None and now - hit[0] < RECORD_RECHECK_S:
+        return hit[1]
+    verdict = _originals["consume"](msg, host, peer_id)  # type: ignore[operator]
+    if len(_verdicts) >= MAX_RECORDS:
+        _verdicts.clear()
+    _verdicts[key] = (now, verdict)
+    return verdict
+
+
+def _record_to_send(host) -> tuple[bytes, bool]:
+    """py-libp2p's ``env_to_send_in_RPC``, reused for RECORD_REUSE_S per host."""
+    now = time.monotonic()
+    hit = _own.get(id(host))
+    if hit is None or now - hit[0] >= RECORD_REUSE_S:
+        hit = _own[id(host)] = (now, _originals["env"](host))  # type: ignore[operator]
+    return hit[1]
+
+
 def install() -> None:
-    """Apply both fixes to every connection of this process (idempotent)."""
+    """Apply the fixes to every connection and pubsub of this process (idempotent)."""
     global _installed
-    if not _installed:
-        TrioTCPStream.read = _buffered_read  # type: ignore[method-assign]
-        YamuxStream._auto_tune_and_send_window_update = _window_update  # type: ignore
-        _installed = True
+    if _installed:
+        return
+    TrioTCPStream.read = _buffered_read  # type: ignore[method-assign]
+    YamuxStream._auto_tune_and_send_window_update = _window_update  # type: ignore
+    # the modules themselves: each holds its own reference to the two functions
+    pubsub = importlib.import_module("libp2p.pubsub.pubsub")
+    gossipsub = importlib.import_module("libp2p.pubsub.gossipsub")
+    _originals["consume"] = pubsub.maybe_consume_signed_record
+    _originals["env"] = pubsub.env_to_send_in_RPC
+    for module in (pubsub, gossipsub):
+        module.maybe_consume_signed_record = _consume_record  # type: ignore[attr-defined]
+        module.env_to_send_in_RPC = _record_to_send  # type: ignore[attr-defined]
+    _installed = True

@@ -96,46 +96,6 @@ def _libp2p_pubsub_modules():
     return sys.modules["libp2p.pubsub.pubsub"], sys.modules["libp2p.pubsub.gossipsub"]
 
 
-def _patch_spr_cache() -> None:
-    """Verify each peer's signed peer record once, not on every pubsub RPC.
-
-    py-libp2p 0.8.1 attaches the sender's signed peer record to every RPC it sends and
-    verifies it (Ed25519) on every RPC it receives; this caches the verdict per
-    (peer, record bytes) and the outgoing record per host. Experiment only.
-    """
-    pubsub_mod, gossipsub_mod = _libp2p_pubsub_modules()
-    original_consume = pubsub_mod.maybe_consume_signed_record
-    seen: dict[tuple[bytes, bytes], bool] = {}
-
-    def consume(msg, host, peer_id) -> bool:
-        if not msg.HasField("senderRecord"):
-            return original_consume(msg, host, peer_id)
-        key = (peer_id.to_bytes(), bytes(msg.senderRecord))
-        verdict = seen.get(key)
-        if verdict is None:
-            verdict = original_consume(msg, host, peer_id)
-            if len(seen) > 4096:
-                seen.clear()
-            seen[key] = verdict
-        return verdict
-
-    original_env = gossipsub_mod.env_to_send_in_RPC
-    cached: dict[int, tuple[float, tuple[bytes, bool]]] = {}
-
-    def env(host):
-        hit = cached.get(id(host))
-        now = time.monotonic()
-        if hit is None or now - hit[0] > 5.0:
-            hit = (now, original_env(host))
-            cached[id(host)] = hit
-        return hit[1]
-
-    pubsub_mod.maybe_consume_signed_record = consume
-    gossipsub_mod.maybe_consume_signed_record = consume
-    gossipsub_mod.env_to_send_in_RPC = env
-    pubsub_mod.env_to_send_in_RPC = env
-
-
 #: counters filled by the ``trace`` patch (diagnostics; in the result file as "trace")
 TRACE: dict = {}
 
@@ -200,7 +160,7 @@ def _patch_trace() -> None:
 
 
 #: experimental py-libp2p patches a run may ask for (``--patch NAME``)
-PATCHES = {"spr_cache": _patch_spr_cache, "trace": _patch_trace}
+PATCHES = {"trace": _patch_trace}  # (the signed-record cache is in net/fastpath.py now)
 
 
 def offer(name: str, description: str) -> wire.TaskOffer:

@@ -147,3 +147,51 @@ async def test_buffered_reads_keep_order_between_waiting_readers():
         await writer.send_all(b"ghi")
         out.append(await reader.read(3))
     assert out == [b"abc", b"def", b"ghi"]
+
+
+async def test_signed_peer_records_are_checked_once_not_per_gossip_rpc(monkeypatch):
+    """Every pubsub RPC carries the sender's signed peer record; it is checked (parsed,
+    Ed25519-verified, written to the peerstore) once per peer and bytes, not per RPC, and
+    gossip still arrives whole."""
+    calls: Counter[str] = Counter()
+    fastpath.install()
+    original = fastpath._originals["consume"]
+
+    def counting(msg, host, peer_id):
+        calls[peer_id.to_base58()] += 1
+        return original(msg, host, peer_id)
+
+    monkeypatch.setitem(fastpath._originals, "consume", counting)
+    monkeypatch.setattr(fastpath, "_verdicts", {})
+    async with open_net(SEED_A, cfg()) as a, open_net(SEED_B, cfg()) as b:
+        got: list[bytes] = []
+        first = trio.Event()
+
+        async def listen(sub) -> None:
+            async for message in sub:
+                got.append(message.data)
+                first.set()
+
+        with trio.fail_after(30):
+            sub = await a.subscribe("meca/test-records")
+            await b.subscribe("meca/test-records")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(listen, sub)
+                await _connected_pair(a, b)
+                for i in range(300):  # until the mesh has formed (heartbeat 1 s)
+                    await b.publish("meca/test-records", b"warm-up %d" % i)
+                    with trio.move_on_after(0.1):
+                        await first.wait()
+                    if first.is_set():
+                        break
+                checked_before = calls[b.peer_id]
+                for i in range(30):  # under py-libp2p's 10 messages/s per peer and topic
+                    await b.publish("meca/test-records", b"message %d" % i)
+                    await trio.sleep(0.11)
+                while sum(1 for d in got if d.startswith(b"message")) < 30:
+                    await trio.sleep(0.02)  # bounded by fail_after
+                nursery.cancel_scope.cancel()
+        assert [d for d in got if d.startswith(b"message")] == [b"message %d" % i
+                                                                 for i in range(30)]
+        assert checked_before >= 1  # b's record was checked (once) ...
+        assert calls[b.peer_id] - checked_before <= 1  # ... and not again per RPC
