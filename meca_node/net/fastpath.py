@@ -42,7 +42,7 @@ import time
 import trio
 from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.io.trio import TrioTCPStream
-from libp2p.stream_muxer.yamux.yamux import YamuxStream
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 
 #: the most one recv reads, and so the most a connection buffers
 CHUNK = 256 * 1024
@@ -105,6 +105,14 @@ async def _window_update(self: YamuxStream, *, bytes_read: int = 0) -> None:
         await self.send_window_update(increment, skip_lock=True)
 
 
+async def _write_frame(self: Yamux, data: bytes) -> None:
+    """``Yamux._write_frame`` without what py-libp2p adds around the write on every frame:
+    a debug line formatted whether or not debug logging is on, and an extra checkpoint
+    (the socket write is one already: trio's socket calls always are)."""
+    async with self._write_lock:
+        await self.secured_conn.write(data)
+
+
 _verdicts: dict[tuple[bytes, bytes], tuple[float, bool]] = {}
 _own: dict[int, tuple[float, tuple[bytes, bool]]] = {}
 _originals: dict[str, object] = {}
@@ -142,6 +150,7 @@ def install() -> None:
         return
     TrioTCPStream.read = _buffered_read  # type: ignore[method-assign]
     YamuxStream._auto_tune_and_send_window_update = _window_update  # type: ignore
+    Yamux._write_frame = _write_frame  # type: ignore[method-assign]
     # the modules themselves: each holds its own reference to the two functions
     pubsub = importlib.import_module("libp2p.pubsub.pubsub")
     gossipsub = importlib.import_module("libp2p.pubsub.gossipsub")
