@@ -28,6 +28,7 @@ def cfg(**kw) -> NetConfig:
 @pytest.fixture
 def frames_written(monkeypatch):
     """Yamux frames written in this process, by type (0 data, 1 window update)."""
+    fastpath.install()  # first: it replaces _write_frame, which we then wrap
     seen: Counter[int] = Counter()
     original = yamux_module.Yamux._write_frame
 
