@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from meca_node.ipfs.cid import CID, DAG_PB, CidError, CidUnsupported
-from meca_node.ipfs.pb import LEN, VARINT, PbError, field_bytes, field_varint, fields
+from meca_node.ipfs.pb import LEN, VARINT, PbError, field_bytes, field_varint, fields, varint
 
 PROTOCOLS = ("/ipfs/bitswap/1.2.0", "/ipfs/bitswap/1.1.0", "/ipfs/bitswap/1.0.0",
              "/ipfs/bitswap")
@@ -36,6 +36,10 @@ MAX_BLOCK = 2 * 1024 * 1024                 # the largest block IPFS implementat
 MAX_ENTRIES = 4096                          # wantlist entries in one message
 MAX_PEER_WANTS = 8192                       # wants we remember for one peer
 REPLY_BYTES = 1024 * 1024                   # block bytes we pack into one reply
+
+
+_BLOCK_TAG = varint(3 << 3 | LEN)       # Message.payload
+_BLOCK_DATA_TAG = varint(2 << 3 | LEN)  # Block.data
 
 
 class BitswapError(ValueError):
@@ -55,7 +59,8 @@ class Entry:
 class Message:
     wants: list[Entry] = field(default_factory=list)
     full: bool = False
-    blocks: list[tuple[CID, bytes]] = field(default_factory=list)
+    #: (CID, bytes); a decoded message's blocks are memoryviews into its frame
+    blocks: list[tuple[CID, bytes | memoryview]] = field(default_factory=list)
     presences: list[tuple[CID, int]] = field(default_factory=list)
     skipped: int = 0  # entries for CIDs we cannot store (read, then left out)
     #: blocks to read from the store just before sending (see Server); never encoded
@@ -82,11 +87,15 @@ class Message:
             if self.full:
                 wl += field_varint(2, 1)
             out += field_bytes(1, bytes(wl))
-        for cid, data in self.blocks:
-            out += field_bytes(3, field_bytes(1, cid.prefix) + field_bytes(2, data))
+        parts = [out]
+        for cid, data in self.blocks:  # the block's bytes copied once, by the join
+            head = field_bytes(1, cid.prefix) + _BLOCK_DATA_TAG + varint(len(data))
+            parts += (_BLOCK_TAG, varint(len(head) + len(data)), head, data)
+        tail = bytearray()
         for cid, kind in self.presences:
-            out += field_bytes(4, field_bytes(1, bytes(cid)) + field_varint(2, kind))
-        return bytes(out)
+            tail += field_bytes(4, field_bytes(1, bytes(cid)) + field_varint(2, kind))
+        parts.append(tail)
+        return b"".join(parts)
 
     @property
     def size(self) -> int:
@@ -98,19 +107,23 @@ def decode(data: bytes) -> Message:
     """Parse one message; any breach of the format or of our caps is a BitswapError.
 
     Blocks come back with the CID computed from their own bytes: a block is trusted only
-    after the caller checks that CID is one it asked for."""
+    after the caller checks that CID is one it asked for. Their bytes are read-only views
+    into ``data`` (copied first unless it is ``bytes``): no copy of a block is made, and a
+    copy into fresh memory costs as much as its hash (page faults; bench/README.md)."""
     if len(data) > MAX_MESSAGE:
         raise BitswapError(f"message of {len(data)} bytes is over {MAX_MESSAGE}")
+    if not isinstance(data, bytes):
+        data = bytes(data)  # nobody can change the bytes behind a view once hashed
     msg = Message()
     try:
-        for number, wire_type, value in fields(data):
+        for number, wire_type, value in fields(data, views=True):
             if number == 1 and wire_type == LEN:
                 _wantlist(value, msg)
             elif number == 2 and wire_type == LEN:  # 1.0.0: bare blocks, CIDv0
                 msg.blocks.append((_block_cid(_V0_PREFIX, value), value))
             elif number == 3 and wire_type == LEN:
                 prefix = payload = None
-                for n, w, v in fields(value):
+                for n, w, v in fields(value, views=True):
                     if n == 1 and w == LEN:
                         prefix = v
                     elif n == 2 and w == LEN:
@@ -119,7 +132,7 @@ def decode(data: bytes) -> Message:
                         raise BitswapError(f"unexpected block field {n}")
                 if prefix is None or payload is None:
                     raise BitswapError("a block without prefix or data")
-                cid = _block_cid(prefix, payload)
+                cid = _block_cid(bytes(prefix), payload)
                 if cid is _UNSUPPORTED:
                     msg.skipped += 1  # cannot be one we asked for
                     continue
@@ -270,8 +283,8 @@ class Server:
                 continue
             if e.want_type == WANT_HAVE:
                 out[peer] = Message(presences=[(e.cid, HAVE)])
-            else:
-                out[peer] = Message(blocks=[(e.cid, block)])
+            else:  # a copy: a view would keep the whole frame it came in alive
+                out[peer] = Message(blocks=[(e.cid, bytes(block))])
         return out
 
     def forget(self, peer: str) -> None:

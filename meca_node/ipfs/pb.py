@@ -56,8 +56,11 @@ def field_bytes(number: int, value: bytes) -> bytes:
     return varint(number << 3 | LEN) + varint(len(value)) + value
 
 
-def fields(buf: bytes | memoryview) -> Iterator[tuple[int, int, int | bytes]]:
-    """Yield (field number, wire type, value): an int for varints, bytes for the rest."""
+def fields(buf: bytes | memoryview, *, views: bool = False,
+           ) -> Iterator[tuple[int, int, int | bytes | memoryview]]:
+    """Yield (field number, wire type, value): an int for varints, bytes for the rest
+    (with ``views``: memoryviews into ``buf``, no copy; a parser of large messages copies
+    only what it keeps)."""
     view = memoryview(buf)
     pos = 0
     while pos < len(view):
@@ -73,7 +76,8 @@ def fields(buf: bytes | memoryview) -> Iterator[tuple[int, int, int | bytes]]:
             if pos + length > len(view):
                 raise PbError(f"field {number}: {length} bytes announced, "
                               f"{len(view) - pos} left")
-            yield number, wire_type, bytes(view[pos:pos + length])
+            part = view[pos:pos + length]
+            yield number, wire_type, part if views else bytes(part)
             pos += length
         else:
             raise PbError(f"field {number}: wire type {wire_type} is not used here")

@@ -7,9 +7,10 @@
     stream, no Bitswap, no hashing, no disk); prints one JSON line {addr, cid}; runs until
     its stdin closes.
 ``python -m meca_node.sim.ipfsbench fetch --dir D --addr A --cid C --size N --rounds R``
-    connects and, R times each: copies N bytes over the raw protocol, then pulls the CID
-    over Bitswap into its own (emptied) block store, every block verified
-    and written as in a real pull. Prints one JSON line with the seconds of each run.
+    connects and, R rounds: copies N bytes over the raw protocol, then pulls the CID over
+    Bitswap into its own (emptied) block store, every block verified and written as in a
+    real pull. Prints one JSON line with the seconds, CPU seconds and minor page faults of
+    each (the serving peer's too, given ``--server-pid``).
 """
 
 from __future__ import annotations
@@ -73,40 +74,59 @@ async def serve(args) -> None:
 async def fetch(args) -> None:
     store = BlockStore(Path(args.dir) / "blocks")
     cid = CID.parse(args.cid)
-    results = {"copy_s": [], "bitswap_s": [], "bitswap_bytes": [], "copy_cpu_s": [],
-               "bitswap_cpu_s": []}
+    kinds = [k for k in ("copy", "bitswap") if args.only in (None, k)]
+    results: dict[str, list] = {f"{kind}_{what}": [] for kind in kinds for what in
+                                ("s", "cpu_s", "page_faults", "server_cpu_s",
+                                 "server_page_faults")}
+    if "bitswap" in kinds:
+        results["bitswap_bytes"] = []
+    server = _OtherProcess(args.server_pid)
     async with open_net(os.urandom(32), _config()) as net:
         peer = await net.connect(args.addr)
         bitswap = Bitswap(net, store)
         async with trio.open_nursery() as nursery:
             await nursery.start(bitswap.run)
+            # a raw copy then a pull, round after round: both see the same moment of a
+            # shared machine whose speed drifts
             for _ in range(args.rounds):
-                if args.only == "bitswap":
-                    break
-                stream = await net.open_stream(peer, COPY)
-                c0 = _cpu()
-                t0 = time.perf_counter()
-                await stream.send(args.size.to_bytes(8, "big"))
-                got = 0
-                while got < args.size:
-                    frame = await stream.receive()
-                    if frame is None:
-                        raise RuntimeError(f"copy stream ended after {got} bytes")
-                    got += len(frame)
-                results["copy_s"].append(time.perf_counter() - t0)
-                results["copy_cpu_s"].append(_cpu() - c0)
-                await stream.close()
-            for _ in range(args.rounds):
-                if args.only == "copy":
-                    break
-                store.gc()  # nothing pinned: an empty store for each pull
-                c0 = _cpu()
-                stats = await bitswap.pull(cid, timeout_s=300)
-                results["bitswap_cpu_s"].append(_cpu() - c0)
-                results["bitswap_s"].append(stats.seconds)
-                results["bitswap_bytes"].append(stats.bytes)
+                for kind in kinds:
+                    if kind == "bitswap":
+                        store.gc()  # nothing pinned: an empty store for each pull
+                        # the deletes reach the disk now, not inside the timed pull
+                        await trio.to_thread.run_sync(store.sync)
+                    else:  # opened before the clock starts, closed after it stops
+                        stream = await net.open_stream(peer, COPY)
+                    c0, f0, s0 = _cpu(), _faults(), server.read()
+                    t0 = time.perf_counter()
+                    if kind == "copy":
+                        await _copy(stream, args.size)
+                        seconds = time.perf_counter() - t0
+                    else:
+                        stats = await bitswap.pull(cid, timeout_s=300)
+                        seconds = stats.seconds
+                        results["bitswap_bytes"].append(stats.bytes)
+                    results[f"{kind}_s"].append(seconds)
+                    results[f"{kind}_cpu_s"].append(_cpu() - c0)
+                    results[f"{kind}_page_faults"].append(_faults() - f0)
+                    s1 = server.read()
+                    if s0 is not None and s1 is not None:
+                        results[f"{kind}_server_cpu_s"].append(round(s1[0] - s0[0], 2))
+                        results[f"{kind}_server_page_faults"].append(s1[1] - s0[1])
+                    if kind == "copy":
+                        await stream.close()
             nursery.cancel_scope.cancel()
     print(json.dumps(results), flush=True)
+
+
+async def _copy(stream, size: int) -> None:
+    """The baseline: ``size`` bytes from the serving peer on one stream, nothing else."""
+    await stream.send(size.to_bytes(8, "big"))
+    got = 0
+    while got < size:
+        frame = await stream.receive()
+        if frame is None:
+            raise RuntimeError(f"copy stream ended after {got} bytes")
+        got += len(frame)
 
 
 def _cpu() -> float:
@@ -115,6 +135,34 @@ def _cpu() -> float:
 
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def _faults() -> int:
+    """Minor page faults of this process so far (fresh memory touched: ~3 us each here)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+class _OtherProcess:
+    """CPU seconds and minor page faults of another process on this machine (the serving
+    peer), from /proc; None where there is no pid or no /proc."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def read(self) -> tuple[float, int] | None:
+        if self.pid is None:
+            return None
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()  # fields 3.. of proc(5)
+        minflt, utime, stime = fields[7], fields[11], fields[12]
+        return (int(utime) + int(stime)) / self.tick, int(minflt)
 
 
 def main() -> None:
@@ -127,6 +175,8 @@ def main() -> None:
     p.add_argument("--cid")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--only", choices=["copy", "bitswap"], help="run one kind only")
+    p.add_argument("--server-pid", type=int, help="the serving peer's pid: its CPU "
+                   "seconds per round are recorded too")
     args = p.parse_args()
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     trio.run(serve if args.mode == "serve" else fetch, args)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import itertools
 import json
 import logging
 import os
@@ -170,6 +171,82 @@ def _write_new(final: Path, data: bytes, what: str, durable: bool = True) -> Non
                 pass
 
 
+_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+#: temp files of this process get unique names from a counter (O_EXCL: a name left by a
+#: crashed process with the same pid is skipped)
+_tmp_names = itertools.count()
+_TMP_TRIES = 100
+
+
+def _write_block(shard: str, final: str, data: bytes | memoryview, what: str,
+                 durable: bool) -> None:
+    """A block's bytes into ``final`` (in directory ``shard``): temp file beside it, write,
+    rename over it; with ``durable``, fsync the file and the directory too. The fewest
+    system calls a temp file and rename allow: open, write, close, rename (the shard
+    directory is made only when the open finds it missing).
+
+    On any failure the temp file is removed; ENOSPC/EDQUOT become :class:`DiskFull`."""
+    tmp: str | None = None
+    try:
+        for _ in range(_TMP_TRIES):
+            name = f"{shard}/{TMP_PREFIX}{os.getpid()}-{next(_tmp_names)}"
+            try:
+                fd = os.open(name, _TMP_FLAGS, 0o600)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:  # the first block of this shard
+                os.makedirs(shard, exist_ok=True)
+                if durable:
+                    _fsync_dir(Path(shard).parent)
+                continue
+            tmp = name
+            break
+        else:
+            raise BlockStoreError(f"cannot make a temp file in {shard} ({_TMP_TRIES} names "
+                                  "taken or the directory keeps vanishing)")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        tmp = None
+        if durable:
+            _fsync_dir(Path(shard))
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise DiskFull(f"the disk holding {shard} is full ({exc.strerror}) while "
+                           f"writing {what}; nothing was stored. Free space there (or run "
+                           "`meca-node ipfs gc`) and try again") from None
+        raise BlockStoreError(f"cannot write {what} to {final}: {exc}") from exc
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _read_up_to(fd: int, n: int) -> bytes:
+    """Up to ``n`` bytes from ``fd``, fewer only at the end of the file (one read of the
+    right size, not a buffer of the largest block size)."""
+    data = os.read(fd, n)
+    if len(data) < n and data:
+        parts = [data]
+        got = len(data)
+        while got < n:
+            more = os.read(fd, n - got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        data = b"".join(parts)
+    return data
+
+
 class Protection:
     """Blocks an in-progress pull holds against gc: every stored block reachable from the
     CIDs given (missing ones are skipped, the pull is not done). Add more with :meth:`add`."""
@@ -204,6 +281,7 @@ class BlockStore:
         if quota_bytes is not None and quota_bytes < 0:
             raise ValueError(f"quota_bytes must be >= 0 or None, not {quota_bytes}")
         self.root = Path(root)
+        self._root_s = str(self.root)
         self.quota_bytes = quota_bytes
         self.max_block = max_block
         #: at the quota, remove the least recently used unpinned, unprotected blocks to
@@ -274,13 +352,19 @@ class BlockStore:
         key = block_key(cid)
         return self.root / key[-3:-1] / (key + SUFFIX)
 
+    def _where(self, cid: CID) -> tuple[str, str, str]:
+        """(key, shard directory, file) of a block, as strings (cheaper than ``Path``)."""
+        key = block_key(cid)
+        shard = f"{self._root_s}/{key[-3:-1]}"
+        return key, shard, f"{shard}/{key}{SUFFIX}"
+
     def has(self, cid: CID) -> bool:
-        return self.path_of(cid).is_file()
+        return os.path.isfile(self._where(cid)[2])
 
     def size_of(self, cid: CID) -> int | None:
         """The stored block's size in bytes (from the file, unchecked), or None."""
         try:
-            return self.path_of(cid).stat().st_size
+            return os.stat(self._where(cid)[2]).st_size
         except FileNotFoundError:
             return None
 
@@ -294,37 +378,39 @@ class BlockStore:
         on read catches (the block is removed and fetched again). ``hashed=True`` means
         the caller computed ``cid`` from these very bytes (Bitswap does, on receipt), so
         the hash is not computed twice."""
-        data = bytes(data)
-        if len(data) > self.max_block:
-            raise BlockTooLarge(f"block {cid} has {len(data)} bytes, over the "
+        if not hashed:
+            data = bytes(data)  # a copy the caller cannot change between hash and write
+        size = len(data)
+        if size > self.max_block:
+            raise BlockTooLarge(f"block {cid} has {size} bytes, over the "
                                 f"{self.max_block}-byte cap; nothing was stored")
         if not hashed and not cid.verify(data):
             raise BlockMismatch(f"the bytes offered for {cid} hash to something else (a peer "
                                 "sent the wrong block, or it was damaged); nothing was stored")
-        key, path = block_key(cid), self.path_of(cid)
-        done = self._reserve(key, path, cid, len(data))
+        key, shard, path = self._where(cid)
+        done = self._reserve(key, path, cid, size)
         if done is None:
             return
         ok = False
         try:
-            _write_new(path, data, f"block {cid}", durable)
+            _write_block(shard, path, data, f"block {cid}", durable)
             ok = True
         finally:
             with self._lock:
-                self._reserved -= len(data)
+                self._reserved -= size
                 if ok:
-                    self._used += len(data)
+                    self._used += size
                     self._count += 1
                 del self._inflight[key]
             done.set()
 
-    def _reserve(self, key: str, path: Path, cid: CID, size: int) -> threading.Event | None:
+    def _reserve(self, key: str, path: str, cid: CID, size: int) -> threading.Event | None:
         """Claim the write of ``key`` and its bytes under the quota; None if already there."""
         while True:
             with self._lock:
                 waiting = self._inflight.get(key)
                 if waiting is None:
-                    if path.is_file():
+                    if os.path.isfile(path):
                         return None
                     if self.quota_bytes is not None and self.evict and \
                             self._used + self._reserved + size > self.quota_bytes:
@@ -353,13 +439,16 @@ class BlockStore:
 
     def get(self, cid: CID) -> bytes:
         """The block's bytes, checked against ``cid`` on every read."""
-        path = self.path_of(cid)
+        path = self._where(cid)[2]
         try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                data = f.read(self.max_block + 1)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise BlockNotFound(f"block {cid} is not in the store; fetch it first") from None
+        try:
+            st = os.fstat(fd)
+            data = _read_up_to(fd, min(st.st_size, self.max_block) + 1)
+        finally:
+            os.close(fd)
         if len(data) <= self.max_block and cid.verify(data):
             if self.evict:  # a use: the block is younger for eviction
                 try:
@@ -396,8 +485,8 @@ class BlockStore:
             self._remove(path, size)
             return True
 
-    def _remove(self, path: Path, size: int) -> None:
-        path.unlink()
+    def _remove(self, path: Path | str, size: int) -> None:
+        os.unlink(path)
         self._used = max(0, self._used - size)
         self._count = max(0, self._count - 1)
 
