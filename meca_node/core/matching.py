@@ -178,8 +178,14 @@ def rank(candidates: list[Candidate], need: Need, weights: Weights = Weights(),
     env = need.offer.environment
     prices = [c.advert.price for c in fits]
     lo, hi = min(prices), max(prices)
-    bench = {c.peer_id: next((e.score for e in c.advert.environments if e.name == env), 0)
-             for c in fits}
+    bench: dict[str, int] = {}  # each one's score for the environment (0: none)
+    for c in fits:
+        score = 0
+        for e in c.advert.environments:
+            if e.name == env:
+                score = e.score
+                break
+        bench[c.peer_id] = score
     best_bench = max(bench.values())
     lat = [c.latency_ms for c in fits if c.latency_ms is not None and c.latency_ms > 0]
     best_lat = min(lat) if lat else None

@@ -537,27 +537,41 @@ class Simulator:
 
     def _match(self, job: Job, skip: set[int], fits_wanted: int, busy: bool = False):
         client, task = job.client, job.task
-        now_s = self.now / US
+        now = self.now
+        now_s = now / US
         now_ms = self.ts_ms()
+        readvert_ms = now_ms - ADVERT_INTERVAL_US // 1000
         cands = []
         me = client.node.idx
         net = self.net
+        side = net.side
+        shared = not client.sample
+        known, pending = client.known, client.pending
         for p in self._pool(client, task, skip, fits_wanted, busy):
-            seen = self._view_of(client, p)
-            if seen is None:
-                continue
-            adv, ts = seen
+            node = p.node
+            if shared:  # _view_of's shared view, inline
+                adv = p.view_adv
+                if adv is None:
+                    continue
+                ts = p.view_ts
+                if p.alive and (side is None or side[me] == side[node.idx]):
+                    ts = max(ts, readvert_ms)  # re-adverts
+            else:
+                seen = self._view_of(client, p)
+                if seen is None:
+                    continue
+                adv, ts = seen
             if not p.alive:
                 self._noticed_down(p)
-            if p.idx in client.known:  # used before: connected, so pinged (node.latency)
-                rep = client.rep.value(p.node.pub, now_s)
-                rtt = net.rtt_ms(me, p.node.idx)
+            if p.idx in known:  # used before: connected, so pinged (node.latency)
+                rep = client.rep.value(node.pub, now_s)
+                rtt = net.rtt_ms(me, node.idx)
             else:
                 rep, rtt = 0.5, None
-            cands.append(Candidate(p.node.peer_id, adv, max(0, now_ms - ts),
-                                   p.alive and net.connected(me, p.node.idx, self.now),
+            cands.append(Candidate(node.peer_id, adv, max(0, now_ms - ts),
+                                   p.alive and net.connected(me, node.idx, now),
                                    latency_ms=rtt, reputation=rep,
-                                   pending=client.pending.get(p.idx, 0)))
+                                   pending=pending.get(p.idx, 0)))
         self.stats["ranked_candidates"] += len(cands)
         self.stats["rankings"] += 1
         return rank(cands, task.need, WEIGHTS, salt=client.node.pub)  # as JobClient.match

@@ -38,7 +38,11 @@ RECONNECT_US = 2_000_000
 def mix64(*values: int) -> int:
     """A 64-bit hash of integers (splitmix64 steps): deterministic, order independent of
     when it is called."""
-    h = 0x9E3779B97F4A7C15
+    return mix64_from(0x9E3779B97F4A7C15, *values)
+
+
+def mix64_from(h: int, *values: int) -> int:
+    """``mix64`` going on from ``h``: ``mix64(a, b) == mix64_from(mix64(a), b)``."""
     for v in values:
         h = (h ^ (v & MASK64)) * 0xBF58476D1CE4E5B9 & MASK64
         h = (h ^ (h >> 27)) * 0x94D049BB133111EB & MASK64
@@ -60,6 +64,7 @@ class Net:
         self.jitter_us = int(round(jitter_ms * 1000))
         self.loss = loss
         self.seed = seed
+        self._seed_h = mix64(seed)  # mix64(seed, ...) goes on from here
         d = max(2, degree)
         self.hops = max(1, round(math.log(max(2, nodes)) / math.log(d)))
         #: the side of each node while a partition is in force, else None
@@ -87,7 +92,11 @@ class Net:
         self._drops.append((start, end, share))
 
     def extra_us(self, now: int) -> int:
-        return sum(x for s, e, x in self._delays if s <= now < e)
+        extra = 0
+        for start, end, x in self._delays:
+            if start <= now < end:
+                extra += x
+        return extra
 
     def loss_at(self, now: int) -> float:
         keep = 1.0 - self.loss
@@ -115,7 +124,8 @@ class Net:
         """The ping round trip between two nodes as ``node.latency`` would measure it:
         twice the base latency plus a fixed share of the jitter for the pair."""
         lo, hi = min(a, b), max(a, b)
-        return 2 * (self.base_us + self.jitter_us * unit(mix64(self.seed, lo, hi, 3))) / 1000
+        share = unit(mix64_from(self._seed_h, lo, hi, 3))  # mix64(seed, lo, hi, 3)
+        return 2 * (self.base_us + self.jitter_us * share) / 1000
 
     def latency(self, rng: random.Random, now: int) -> int:
         """One direct message's one-way delay (retransmissions included)."""
@@ -139,7 +149,7 @@ class Net:
     def gossip_to(self, msg: int, node: int, now: int) -> int | None:
         """The delay with which gossip message ``msg`` sent at ``now`` reaches ``node`` (a
         sampled node, drawn by hash); None if it missed it. Partitions are the caller's."""
-        h = mix64(self.seed, msg, node)
+        h = mix64_from(self._seed_h, msg, node)
         loss = self.loss_at(now) if self._drops else self.loss
         if loss > 0.0 and unit(h) >= (1.0 - loss) ** self.hops:
             return None

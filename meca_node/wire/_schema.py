@@ -70,9 +70,7 @@ def encode_msg(msg: Any, checked: bool = True) -> bytes:
     """``_cbor.encode(to_obj(msg))``; ``checked``: first refuse (``WireError``) what
     ``from_obj`` of that map would refuse, as a receiver's ``decode_body`` would."""
     try:
-        out: list[bytes] = []
-        _fast_enc(msg, out)
-        return b"".join(out)
+        return _compiled(type(msg))(msg)
     except Exception:  # noqa: BLE001 - not the plain case: the checked way
         obj = to_obj(msg)
         if checked:
@@ -112,16 +110,52 @@ def _fast_from(cls: type[T], obj: Any) -> T:
 
 
 def _fast_enc(msg: Any, out: list[bytes]) -> None:
-    _, _, enc = _plan(type(msg))
-    # its own rules again, as from_obj's cls(**fields) would run them: a frozen message
-    # may have been changed behind __post_init__'s back (object.__setattr__)
-    check = getattr(msg, "__post_init__", None)
-    if check is not None:
-        check()
-    out.append(_cbor.head(5, len(enc)))
-    for key, name, e in enc:
-        out.append(key)
-        e(getattr(msg, name), out)
+    out.append(_compiled(type(msg))(msg))
+
+
+@functools.cache
+def _compiled(cls: type) -> Any:
+    """``msg -> bytes``: the canonical CBOR map of a ``cls`` message, written by a function
+    made for the class from its plan (keys in canonical order; int, bool, str and bytes
+    fields inline, the others by their encoders); ``_Slow`` unless the plain case."""
+    _, _, enc = _plan(cls)
+    env: dict[str, Any] = {"_Slow": _Slow, "head": _cbor.head, "MAP": _cbor.head(5, len(enc))}
+    hints = _hints(cls)
+    caps = {f.name: f.metadata.get("max") for f in dataclasses.fields(cls)}
+    lines = ["def encode(msg):"]
+    if getattr(cls, "__post_init__", None) is not None:
+        # its own rules again, as from_obj's cls(**fields) would run them: a frozen message
+        # may have been changed behind __post_init__'s back (object.__setattr__)
+        lines.append("    msg.__post_init__()")
+    parts = ["MAP"]
+    for i, (key, name, encoder) in enumerate(enc):
+        env[f"K{i}"], env[f"E{i}"] = key, encoder
+        tp = hints[name]
+        lines.append(f"    v{i} = msg.{name}")
+        if tp is int:
+            lines.append(f"    if type(v{i}) is not int or not {_cbor.INT_MIN} <= v{i} <= "
+                         f"{_cbor.INT_MAX}: raise _Slow")
+            parts += [f"K{i}", f"(head(0, v{i}) if v{i} >= 0 else head(1, -1 - v{i}))"]
+        elif tp is bytes:
+            cap = caps[name] if caps[name] is not None else MAX_BYTES
+            lines.append(f"    if type(v{i}) is not bytes or len(v{i}) > {cap}: raise _Slow")
+            parts += [f"K{i}", f"head(2, len(v{i}))", f"v{i}"]
+        elif tp is str:
+            cap = caps[name] if caps[name] is not None else MAX_STR
+            lines.append(f"    if type(v{i}) is not str: raise _Slow")
+            lines.append(f"    r{i} = v{i}.encode('utf-8')")
+            lines.append(f"    if len(r{i}) > {cap}: raise _Slow")
+            parts += [f"K{i}", f"head(3, len(r{i}))", f"r{i}"]
+        elif tp is bool:
+            lines.append(f"    if type(v{i}) is not bool: raise _Slow")
+            parts += [f"K{i}", f"(b'\\xf5' if v{i} else b'\\xf4')"]
+        else:
+            lines.append(f"    o{i} = []")
+            lines.append(f"    E{i}(v{i}, o{i})")
+            parts += [f"K{i}", f"b''.join(o{i})"]
+    lines.append(f"    return b''.join(({', '.join(parts)},))")
+    exec("\n".join(lines), env)  # noqa: S102 - source made above from the class's fields
+    return env["encode"]
 
 
 def _converter(tp: Any, maximum: int | None) -> Any:
