@@ -189,19 +189,27 @@ def rank(candidates: list[Candidate], need: Need, weights: Weights = Weights(),
     best_bench = max(bench.values())
     lat = [c.latency_ms for c in fits if c.latency_ms is not None and c.latency_ms > 0]
     best_lat = min(lat) if lat else None
+    w_price, w_bench, w_cached, w_queue, w_lat, w_rep = (
+        weights.price, weights.benchmark, weights.cached, weights.queue, weights.latency,
+        weights.reputation)
+    image = need.offer.image_cid
     ranked = []
     for c in fits:
-        parts = {
-            "price": 1.0 if hi == lo else (hi - c.advert.price) / (hi - lo),
-            "benchmark": bench[c.peer_id] / best_bench if best_bench > 0 else 0.0,
-            "cached": 1.0 if need.offer.image_cid in c.advert.cached_images else 0.0,
-            "queue": 1.0 / (1 + c.advert.queue + max(0, c.pending)),
-            "latency": (best_lat / c.latency_ms if best_lat is not None
-                        and c.latency_ms is not None and c.latency_ms > 0 else 0.5),
-            "reputation": min(1.0, max(0.0, c.reputation)),
-        }
-        score = sum(getattr(weights, k) * v for k, v in parts.items())
-        ranked.append(Ranked(c.peer_id, round(score, 9), parts, c.advert.price))
+        ad = c.advert
+        lat_ms = c.latency_ms
+        price = 1.0 if hi == lo else (hi - ad.price) / (hi - lo)
+        benchmark = bench[c.peer_id] / best_bench if best_bench > 0 else 0.0
+        cached = 1.0 if image in ad.cached_images else 0.0
+        queue = 1.0 / (1 + ad.queue + max(0, c.pending))
+        latency = (best_lat / lat_ms if best_lat is not None and lat_ms is not None
+                   and lat_ms > 0 else 0.5)
+        reputation = min(1.0, max(0.0, c.reputation))
+        parts = {"price": price, "benchmark": benchmark, "cached": cached, "queue": queue,
+                 "latency": latency, "reputation": reputation}
+        # the weighted sum of the parts in PARTS order, added as sum() adds them
+        score = sum((w_price * price, w_bench * benchmark, w_cached * cached,
+                     w_queue * queue, w_lat * latency, w_rep * reputation))
+        ranked.append(Ranked(c.peer_id, round(score, 9), parts, ad.price))
     ranked.sort(key=lambda r: (-r.score, r.price,
                                hashlib.sha256(salt + r.peer_id.encode()).digest() if salt
                                else r.peer_id))

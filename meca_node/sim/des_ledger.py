@@ -76,6 +76,7 @@ class Sealer:
         self.opened = 0
         self.failed: list[str] = []
         self._batch: list[bytes] = []
+        self._type_ids: dict[type, str] = {}
         self._conn: Any = None
         self._proc: Any = None
         if verify == "worker":
@@ -101,9 +102,11 @@ class Sealer:
         if len(self._batch) >= BATCH:
             self._conn.send(self._batch)
             self._batch = []
-        return Envelope(v=wire.ENVELOPE_VERSION, net=self.network_id,
-                        type=wire.type_id(type(body)), signer=pub, ts=ts_ms, nonce=nonce,
-                        body=body, sig=sig, raw=raw)
+        tid = self._type_ids.get(type(body))
+        if tid is None:
+            tid = self._type_ids[type(body)] = wire.type_id(type(body))
+        return Envelope(v=wire.ENVELOPE_VERSION, net=self.network_id, type=tid, signer=pub,
+                        ts=ts_ms, nonce=nonce, body=body, sig=sig, raw=raw)
 
     def finish(self) -> None:
         """Wait for the verifying process; ``failed`` lists envelopes that did not open."""

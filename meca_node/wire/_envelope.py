@@ -7,6 +7,7 @@ Ed25519 signature by ``signer`` over the canonical CBOR of the same map without
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,10 +84,16 @@ def seal_with_sig(body: Any, *, key: SigningKey, net: bytes, ts: int,
     # what every receiver would refuse (over a cap, say) is refused here, before signing
     encoded = _schema.encode_msg(body)
     before = b"".join((_V, _TS, _cbor.enc_int(ts), _NET, net))
-    after = b"".join((_BODY, encoded, _TYPE, _cbor.enc_text(type_id(type(body))), _NONCE,
-                      nonce, _SIGNER, signer))
+    after = b"".join((_BODY, encoded, _TYPE, _type_text(type(body)), _NONCE, nonce, _SIGNER,
+                      signer))
     sig = _sign(key, signer, _UNSIGNED_HEAD + before + after)
     return b"".join((_SIGNED_HEAD, before, _SIG, sig, after)), sig
+
+
+@functools.cache
+def _type_text(body_cls: type) -> bytes:
+    """The encoded ``type`` of an envelope of ``body_cls``."""
+    return _cbor.enc_text(type_id(body_cls))
 
 
 def _sign(key: SigningKey, signer: bytes, message: bytes) -> bytes:
