@@ -122,6 +122,14 @@ def could_fit_when_idle(ad: HostAdvert, want) -> bool:
             and ad.hardware.mem_mib >= want.mem_mib)
 
 
+def _any_named(environments: tuple, name: str) -> bool:
+    """Whether one of ``environments`` is called ``name``."""
+    for e in environments:
+        if e.name == name:
+            return True
+    return False
+
+
 def unfit(c: Candidate, need: Need) -> tuple[Reason, ...]:
     """Every hard filter ``c`` fails for ``need`` (empty: it fits)."""
     ad, offer = c.advert, need.offer
@@ -138,7 +146,7 @@ def unfit(c: Candidate, need: Need) -> tuple[Reason, ...]:
         out.append(Reason("refused", f"is refused ({c.refused})"))
     if need.allow is not None and c.peer_id not in need.allow:
         out.append(Reason("not_allowed", "is not in the allow-list"))
-    if offer.environment and offer.environment not in {e.name for e in ad.environments}:
+    if offer.environment and not _any_named(ad.environments, offer.environment):
         out.append(Reason("environment", f"has no {offer.environment}"
                           + (" (needs a GPU and the NVIDIA runtime)"
                              if offer.environment == "docker-gpu" else "")))
