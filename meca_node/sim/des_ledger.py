@@ -40,6 +40,7 @@ MAX_OPEN = wire.Caps().stream_frame
 BATCH = 512  # envelopes per message to the verifying process
 FETCH_US = 200_000  # an observer's request for missing entries is answered this long after
 SYNC_US = 5_000_000  # ledger_sync.TICK_S: how often an observer asks for what it lacks
+_NAMES: dict[type, str] = {}  # a verdict's class -> its name in the observers' stats
 
 
 def _no_digest(_cid: str) -> bytes | None:
@@ -162,7 +163,11 @@ class Observer:
                 self._proof(at, item)
                 continue
             verdict = self.chains.add(item)
-            self.stats[type(verdict).__name__.lower()] += 1
+            kind_of = type(verdict)
+            name = _NAMES.get(kind_of)
+            if name is None:
+                name = _NAMES[kind_of] = kind_of.__name__.lower()
+            self.stats[name] += 1
             if isinstance(verdict, Fork):
                 self.detected.setdefault(verdict.account, at)
             elif isinstance(verdict, Gap) and not verdict.kept:
