@@ -84,11 +84,8 @@ def enc_int(value: int) -> bytes:
     return head(0, value) if value >= 0 else head(1, -1 - value)
 
 
-def enc_bytes(value: bytes) -> bytes:
-    return head(2, len(value)) + value
-
-
 def enc_text(value: str) -> bytes:
+    """A text string."""
     raw = value.encode("utf-8")
     return head(3, len(raw)) + raw
 
@@ -119,11 +116,12 @@ def _scan(data: bytes) -> bool:
     """Refuse ``data`` unless it is one canonical item of our model (see the module);
     True when it holds an integer below -2^63 (for the value check to refuse).
 
-    One loop over the items in order, no call per item: ``left`` items are still to come
-    in the innermost open array or map (a map's keys and values counted apart, so a key
-    is an item with an even ``left`` before it); ``stack`` holds the enclosing ones'."""
+    One loop over the items in order, no call per item: ``left`` items (in a map: entries,
+    each a key then a value) are still to come in the innermost open array or map;
+    ``stack`` holds the enclosing ones' state."""
     size = len(data)
     pos = 0
+    depth = 0
     low = False
     stack: list[tuple[int, bool, bytes | None]] = []
     left, in_map, previous = 1, False, None  # the top level: one item
@@ -132,31 +130,19 @@ def _scan(data: bytes) -> bool:
             if not stack:
                 break
             left, in_map, previous = stack.pop()
+            depth -= 1
             continue
-        is_key = in_map and not left & 1
         left -= 1
-        if is_key and (pos >= size or data[pos] >> 5 != 3):
-            raise WireError("malformed", "map keys must be text strings")
-        if len(stack) > MAX_DEPTH:
-            raise WireError("malformed", f"nested deeper than {MAX_DEPTH}")
-        if pos >= size:
-            raise WireError("malformed", "truncated CBOR")
-        start = pos
-        initial = data[pos]
-        major, arg = initial >> 5, initial & 0x1F
-        pos += 1
-        if arg >= 24:  # the argument follows: 1, 2, 4 or 8 bytes, in its shortest form
-            if arg > 27:
-                raise WireError("malformed",
-                                "indefinite lengths and reserved heads are not allowed")
-            width = 1 << (arg - 24)
-            if pos + width > size:
-                raise WireError("malformed", "truncated CBOR")
-            arg = int.from_bytes(data[pos:pos + width], "big")
-            if arg < (24 if width == 1 else 1 << (4 * width)):
-                raise WireError("malformed", "integer or length not in its shortest form")
-            pos += width
-        if major == 3:
+        if in_map:  # the key: a text string after the previous key (bytewise)
+            if pos >= size or data[pos] >> 5 != 3:
+                raise WireError("malformed", "map keys must be text strings")
+            if depth > MAX_DEPTH:
+                raise WireError("malformed", f"nested deeper than {MAX_DEPTH}")
+            start = pos
+            arg = data[pos] & 0x1F
+            pos += 1
+            if arg >= 24:
+                pos, arg = _long_head(data, pos, arg, size)
             end = pos + arg
             if end > size:
                 raise WireError("malformed", "truncated CBOR string")
@@ -165,29 +151,48 @@ def _scan(data: bytes) -> bool:
             except UnicodeDecodeError:
                 raise WireError("malformed", "text string is not UTF-8") from None
             pos = end
-            if is_key:
-                key = data[start:end]
-                if previous is not None and key <= previous:
-                    raise WireError("malformed", "map keys duplicated or not in canonical order")
-                previous = key
-        elif major == 2:
+            key = data[start:end]
+            if previous is not None and key <= previous:
+                raise WireError("malformed", "map keys duplicated or not in canonical order")
+            previous = key
+        elif depth > MAX_DEPTH:
+            raise WireError("malformed", f"nested deeper than {MAX_DEPTH}")
+        if pos >= size:
+            raise WireError("malformed", "truncated CBOR")
+        initial = data[pos]
+        major, arg = initial >> 5, initial & 0x1F
+        pos += 1
+        if arg >= 24:
+            pos, arg = _long_head(data, pos, arg, size)
+        if major == 2:
             pos += arg
             if pos > size:
                 raise WireError("malformed", "truncated CBOR string")
         elif major == 0:
             pass
+        elif major == 3:
+            end = pos + arg
+            if end > size:
+                raise WireError("malformed", "truncated CBOR string")
+            try:
+                data[pos:end].decode("utf-8")
+            except UnicodeDecodeError:
+                raise WireError("malformed", "text string is not UTF-8") from None
+            pos = end
         elif major == 5:
             if 2 * arg > size - pos:
                 raise WireError("malformed", "map longer than the input")
             if arg:
                 stack.append((left, in_map, previous))
-                left, in_map, previous = 2 * arg, True, None
+                left, in_map, previous = arg, True, None
+                depth += 1
         elif major == 4:
             if arg > size - pos:
                 raise WireError("malformed", "array longer than the input")
             if arg:
                 stack.append((left, in_map, previous))
-                left, in_map, previous = arg, False, None
+                left, in_map = arg, False
+                depth += 1
         elif major == 1:
             if arg >= 1 << 63:
                 low = True
@@ -198,3 +203,17 @@ def _scan(data: bytes) -> bool:
     if pos != size:
         raise WireError("malformed", "trailing bytes after the CBOR item")
     return low
+
+
+def _long_head(data: bytes, pos: int, info: int, size: int) -> tuple[int, int]:
+    """(position after, argument) of a head whose argument follows in 1, 2, 4 or 8
+    bytes (``info`` 24..27), in its shortest form."""
+    if info > 27:
+        raise WireError("malformed", "indefinite lengths and reserved heads are not allowed")
+    width = 1 << (info - 24)
+    if pos + width > size:
+        raise WireError("malformed", "truncated CBOR")
+    arg = int.from_bytes(data[pos:pos + width], "big")
+    if arg < (24 if width == 1 else 1 << (4 * width)):
+        raise WireError("malformed", "integer or length not in its shortest form")
+    return pos + width, arg
