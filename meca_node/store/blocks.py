@@ -178,7 +178,7 @@ _tmp_names = itertools.count()
 _TMP_TRIES = 100
 
 
-def _write_block(shard: str, final: str, data: bytes | memoryview, what: str,
+def _write_block(shard: str, final: str, data: bytes | memoryview, cid: CID,
                  durable: bool) -> None:
     """A block's bytes into ``final`` (in directory ``shard``): temp file beside it, write,
     rename over it; with ``durable``, fsync the file and the directory too. The fewest
@@ -219,9 +219,9 @@ def _write_block(shard: str, final: str, data: bytes | memoryview, what: str,
     except OSError as exc:
         if exc.errno in _FULL:
             raise DiskFull(f"the disk holding {shard} is full ({exc.strerror}) while "
-                           f"writing {what}; nothing was stored. Free space there (or run "
-                           "`meca-node ipfs gc`) and try again") from None
-        raise BlockStoreError(f"cannot write {what} to {final}: {exc}") from exc
+                           f"writing block {cid}; nothing was stored. Free space there (or "
+                           "run `meca-node ipfs gc`) and try again") from None
+        raise BlockStoreError(f"cannot write block {cid} to {final}: {exc}") from exc
     finally:
         if tmp is not None:
             try:
@@ -393,7 +393,7 @@ class BlockStore:
             return
         ok = False
         try:
-            _write_block(shard, path, data, f"block {cid}", durable)
+            _write_block(shard, path, data, cid, durable)
             ok = True
         finally:
             with self._lock:
