@@ -810,9 +810,11 @@ async def open_net(seed: bytes, config: NetConfig) -> AsyncIterator[Libp2pNet]:
     # gossip RPC then costs 4 encrypted frames instead of 1 (~20% of a node's CPU, and it
     # takes the connection's write lock). "0" makes it update per half window, as go-yamux.
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
-    # and go-yamux's window updates (one per half window, not one per read) plus buffered
-    # TCP reads: a small request/response costs 2 encrypted frames instead of 3-4
-    fastpath.install()
+    # and go-yamux's window updates (one per half window, not one per read), buffered TCP
+    # reads, signed peer records checked once: see fastpath.py. MECA_NET_FASTPATH=0 leaves
+    # py-libp2p as shipped (scripts/bench_stream.py measures both)
+    if os.environ.get("MECA_NET_FASTPATH", "1") != "0":
+        fastpath.install()
     key_pair = create_new_key_pair(seed)
     listen = [multiaddr.Multiaddr(a) for a in config.listen]
     parse_addrs(config.announce)
