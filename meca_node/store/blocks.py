@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import functools
 import itertools
 import json
 import logging
@@ -114,7 +115,14 @@ class BlockPinned(BlockStoreError):
 
 def block_key(cid: CID) -> str:
     """The file name stem of a block: its multihash in kubo's base32 form."""
-    return base64.b32encode(cid.multihash).decode().rstrip("=")
+    return _key_of(cid.multihash)
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_of(multihash: bytes) -> str:
+    # cached: a pull asks has() and then put() for each block, and base64's base32 is
+    # Python code (~8 us here)
+    return base64.b32encode(multihash).decode().rstrip("=")
 
 
 def _describe_missing(missing: list[CID]) -> str:
