@@ -3,13 +3,13 @@
 
 For --size bytes (default 64 MiB) of seeded random data, on 127.0.0.1, each peer its own
 process (``python -m meca_node.sim.ipfsbench``):
-  ours:      a Bitswap pull of the file's DAG (CIDv1, kubo's layout) into an emptied block
+  ours:      a Bitswap pull of the file's DAG (CIDv1, kubo's layout) into a new, empty block
              store: every block verified and written as in a real pull;
   raw:       the same number of bytes over one py-libp2p stream between the same two
              processes (Noise + yamux, 256 KiB frames, no Bitswap, no hashing, no disk);
   helia:     a Helia client fetching the same bytes from a Helia server that has already
              served them once (warm), through tests/interop/helia_peer.mjs.
-Each round is a raw copy then a Bitswap pull (into an emptied store), so both see the same
+Each round is a raw copy then a Bitswap pull (into a new store), so both see the same
 moment of a shared machine. Prints the MB/s (median of the rounds) with the ratios to the
 goals (ours >= 70% of raw, ours > warm Helia), and the CPU seconds of both peers per
 transfer, and writes JSON to bench/results/ipfs-<UTC timestamp>.json. Every process is
