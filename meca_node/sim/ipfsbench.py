@@ -104,6 +104,9 @@ async def fetch(args) -> None:
                             await trio.to_thread.run_sync(_drop_cache, store.root)
                         store = BlockStore(Path(args.dir) / f"blocks-{n}")
                         bitswap.blocks = store
+                        # its shard directories exist, as in any store after its first
+                        # few thousand blocks (and in a store emptied by gc)
+                        await trio.to_thread.run_sync(_make_shards, store.root)
                         await trio.to_thread.run_sync(store.sync)
                     else:  # opened before the clock starts, closed after it stops
                         stream = await net.open_stream(peer, COPY)
@@ -171,6 +174,15 @@ def _spread_subdirs(path: Path) -> None:
         pass  # not ext4, or not allowed: the stores stay where the allocator puts them
     finally:
         os.close(fd)
+
+
+def _make_shards(root: Path) -> None:
+    """The 1,024 shard directories of a block store (next-to-last two base32 characters
+    of a block's key), which a store makes as its first blocks arrive."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    for a in alphabet:
+        for b in alphabet:
+            (root / (a + b)).mkdir(exist_ok=True)
 
 
 def _drop_cache(root: Path) -> None:
