@@ -45,7 +45,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
-from meca_node.net import fastpath
+from meca_node.net import fastpath, streamsafety
 from meca_node.net.faults import FaultSpecError, FaultSwitch
 from meca_node.net.framing import FrameError, FrameReader, write_frame, write_frames
 from meca_node.net.ping import PROTOCOL as PING_PROTOCOL
@@ -815,6 +815,7 @@ async def open_net(seed: bytes, config: NetConfig) -> AsyncIterator[Libp2pNet]:
     # py-libp2p as shipped (scripts/bench_stream.py measures both)
     if os.environ.get("MECA_NET_FASTPATH", "1") != "0":
         fastpath.install()
+    streamsafety.install()  # whole writes; a peer's malformed pubsub RPC ends its stream only
     key_pair = create_new_key_pair(seed)
     listen = [multiaddr.Multiaddr(a) for a in config.listen]
     parse_addrs(config.announce)
