@@ -28,7 +28,6 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -144,41 +143,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_new(final: Path, data: bytes, what: str, durable: bool = True) -> None:
-    """Temp file beside ``final``, write, fsync, rename over it, fsync the directory
-    (without the fsyncs when not ``durable``).
-
-    On any failure the temp file is removed; ENOSPC/EDQUOT become :class:`DiskFull`."""
-    tmp: str | None = None
-    try:
-        if not final.parent.is_dir():
-            final.parent.mkdir(exist_ok=True)
-            if durable:
-                _fsync_dir(final.parent.parent)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=final.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, final)
-        tmp = None
-        if durable:
-            _fsync_dir(final.parent)
-    except OSError as exc:
-        if exc.errno in _FULL:
-            raise DiskFull(f"the disk holding {final.parent} is full ({exc.strerror}) while "
-                           f"writing {what}; nothing was stored. Free space there (or run "
-                           "`meca-node ipfs gc`) and try again") from None
-        raise BlockStoreError(f"cannot write {what} to {final}: {exc}") from exc
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 #: temp files of this process get unique names from a counter (O_EXCL: a name left by a
 #: crashed process with the same pid is skipped)
@@ -186,12 +150,14 @@ _tmp_names = itertools.count()
 _TMP_TRIES = 100
 
 
-def _write_block(shard: str, final: str, data: bytes | memoryview, cid: CID,
-                 durable: bool) -> None:
-    """A block's bytes into ``final`` (in directory ``shard``): temp file beside it, write,
-    rename over it; with ``durable``, fsync the file and the directory too. The fewest
-    system calls a temp file and rename allow: open, write, close, rename (the shard
-    directory is made only when the open finds it missing).
+def _write_file(shard: str, final: str, data: bytes | memoryview, durable: bool = True,
+                what: str = "", cid: CID | None = None) -> None:
+    """``data`` into ``final`` (in directory ``shard``): temp file beside it, write, rename
+    over it; with ``durable``, fsync the file and the directory too. The fewest system
+    calls a temp file and rename allow: open, write, close, rename (the directory is made
+    only when the open finds it missing). Blocks, the pin list and the SHARDING file all
+    go through here; ``what`` names the file in errors (a block: ``cid``, formatted only
+    on an error).
 
     On any failure the temp file is removed; ENOSPC/EDQUOT become :class:`DiskFull`."""
     tmp: str | None = None
@@ -226,10 +192,12 @@ def _write_block(shard: str, final: str, data: bytes | memoryview, cid: CID,
             _fsync_dir(Path(shard))
     except OSError as exc:
         if exc.errno in _FULL:
+            name = what or f"block {cid}"
             raise DiskFull(f"the disk holding {shard} is full ({exc.strerror}) while "
-                           f"writing block {cid}; nothing was stored. Free space there (or "
+                           f"writing {name}; nothing was stored. Free space there (or "
                            "run `meca-node ipfs gc`) and try again") from None
-        raise BlockStoreError(f"cannot write block {cid} to {final}: {exc}") from exc
+        raise BlockStoreError(f"cannot write {what or f'block {cid}'} to {final}: {exc}") \
+            from exc
     finally:
         if tmp is not None:
             try:
@@ -316,7 +284,8 @@ class BlockStore:
         try:
             found = marker.read_text().strip()
         except FileNotFoundError:
-            _write_new(marker, (SHARDING + "\n").encode(), "the SHARDING file")
+            _write_file(str(marker.parent), str(marker), (SHARDING + "\n").encode(),
+                        what="the SHARDING file")
             return
         if found != SHARDING:
             raise BlockStoreError(f"{self.root} is sharded as {found!r}; this node reads only "
@@ -401,7 +370,7 @@ class BlockStore:
             return
         ok = False
         try:
-            _write_block(shard, path, data, cid, durable)
+            _write_file(shard, path, data, durable, cid=cid)
             ok = True
         finally:
             with self._lock:
@@ -549,7 +518,8 @@ class BlockStore:
 
     def _save_pins(self, pins: set[CID]) -> None:
         doc = {"version": 1, "pins": sorted(str(c) for c in pins)}
-        _write_new(self.root / PINS_FILE, json.dumps(doc, indent=1).encode(), "the pin list")
+        _write_file(str(self.root), str(self.root / PINS_FILE),
+                    json.dumps(doc, indent=1).encode(), what="the pin list")
         self._pins = pins
 
     @contextmanager
