@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import importlib
 import time
+import weakref
 
 import trio
 from libp2p.io.exceptions import ConnectionClosedError
@@ -114,7 +115,10 @@ async def _write_frame(self: Yamux, data: bytes) -> None:
 
 
 _verdicts: dict[tuple[bytes, bytes], tuple[float, bool]] = {}
-_own: dict[int, tuple[float, tuple[bytes, bool]]] = {}
+#: per live host (a weak key: a later host of the process never gets a dead one's record,
+#: also not one restarted from the same key on other addresses)
+_own: "weakref.WeakKeyDictionary[object, tuple[float, tuple[bytes, bool]]]" = \
+    weakref.WeakKeyDictionary()
 _originals: dict[str, object] = {}
 
 
@@ -137,9 +141,9 @@ def _consume_record(msg, host, peer_id) -> bool:
 def _record_to_send(host) -> tuple[bytes, bool]:
     """py-libp2p's ``env_to_send_in_RPC``, reused for RECORD_REUSE_S per host."""
     now = time.monotonic()
-    hit = _own.get(id(host))
+    hit = _own.get(host)
     if hit is None or now - hit[0] >= RECORD_REUSE_S:
-        hit = _own[id(host)] = (now, _originals["env"](host))  # type: ignore[operator]
+        hit = _own[host] = (now, _originals["env"](host))  # type: ignore[operator]
     return hit[1]
 
 
