@@ -174,6 +174,15 @@ class Cluster:
         node.proc.kill()
         node.proc.wait(timeout=10)
 
+    def kill_together(self, *nodes: ClusterNode) -> None:
+        """SIGKILL several nodes as one crash (a power cut): each is frozen with SIGSTOP
+        first, so none of them sees another one die and acts on it before its own end."""
+        for node in nodes:
+            assert node.proc is not None
+            node.proc.send_signal(signal.SIGSTOP)
+        for node in nodes:
+            self.kill(node)
+
     def restart(self, node: ClusterNode, ready_timeout_s: float = 30.0) -> None:
         """Start a stopped node again with the same key, address and data dir."""
         assert node.proc is not None and node.proc.poll() is not None
