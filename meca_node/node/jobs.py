@@ -58,6 +58,7 @@ from meca_node.core.replicas import (
 )
 from meca_node.core.reputation import Reputation
 from meca_node.core.task import TaskResources
+from meca_node.node.served_stream import ServedStream
 
 log = logging.getLogger("meca_node.jobs")
 
@@ -337,14 +338,21 @@ class JobHost:
 
     async def handle(self, stream: JobStream) -> None:
         """Serve jobs one after the other on ``stream`` until the client closes it, it
-        idles for PROVIDER_IDLE_S, or a job ends it (client gone, protocol broken)."""
+        idles for PROVIDER_IDLE_S, or a job ends it (client gone, protocol broken). One
+        reader and one timer serve the stream's jobs (:class:`ServedStream`)."""
+        served = ServedStream(stream)
         try:
-            for _ in range(MAX_JOBS_PER_STREAM):
-                data = None
-                with trio.move_on_after(PROVIDER_IDLE_S):
-                    data = await stream.receive()
-                if data is None or not await self._job(stream, data):
-                    return
+            async with trio.open_nursery() as nursery:
+                await nursery.start(served.serve)
+                try:
+                    for _ in range(MAX_JOBS_PER_STREAM):
+                        data = None
+                        with trio.move_on_after(PROVIDER_IDLE_S):
+                            data = await served.receive()
+                        if data is None or not await self._job(served, data):
+                            break
+                finally:
+                    nursery.cancel_scope.cancel()
         except Exception as exc:  # the stream broke: the client is gone
             log.debug("job stream from %s ended: %s", stream.remote_peer, exc)
         finally:
@@ -443,12 +451,9 @@ class JobHost:
         cap.waiting.append(job_id)
         self._hold(stream, wire.JobAccept(job_id=job_id, price=self.price,
                                           queue_position=len(cap.waiting)))
-        watch = _Watch(stream)
-
         told = 0
         late = False
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch, nursery.cancel_scope)
+        with trio.CancelScope() as watched, stream.watching(watched):
             for _ in range(MAX_ROUNDS):  # bounded: each round follows a release
                 released = cap.next_release()
                 if self.draining:
@@ -469,11 +474,10 @@ class JobHost:
                     break
                 with trio.move_on_after(left_s):
                     await released.wait()
-            nursery.cancel_scope.cancel()
         cap.release(job_id)  # out of the queue: the next in line may go
         if self.draining:
             raise JobFailed("busy", "the provider is shutting down; it takes no more jobs")
-        if watch.gone:
+        if stream.gone:
             raise JobFailed("gone", "the client went away while its job waited in the queue")
         if late:
             raise JobFailed("deadline", f"the job waited in the queue (place {told}) until "
@@ -663,31 +667,25 @@ class JobHost:
                                     f"{req.replicas} committed to another result (our "
                                     f"sha256 {own.result_sha256.hex()[:16]})")
 
-    async def _run_watched(self, stream: JobStream, job_id: bytes, offer: KnownOffer,
+    async def _run_watched(self, stream: ServedStream, job_id: bytes, offer: KnownOffer,
                            req: wire.JobRequest, budget_s: float) -> tuple[bytes, bytes]:
         """Run the job while watching the stream: a client that goes away (or breaks the
         protocol by sending during the job) cancels it; the container is removed (the
         executor's removal is shielded) and the reservation released. The output and the
         app's log of this run."""
-        result: list[tuple[bytes, bytes]] = []
-        watch = _Watch(stream)
-
-        failure: list[JobFailed] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch, nursery.cancel_scope)
-            try:  # kept out of the nursery, which would wrap it in a group
-                result.append(await self._run(stream, job_id, offer, req, budget_s))
-            except JobFailed as exc:
-                failure.append(exc)
-            nursery.cancel_scope.cancel()
-        if watch.gone and not result:
+        result: tuple[bytes, bytes] | None = None
+        try:
+            with trio.CancelScope() as watched, stream.watching(watched):
+                result = await self._run(stream, job_id, offer, req, budget_s)
+        except JobFailed:
+            if not stream.gone:
+                raise
+        if result is None:  # only the watch cancels the scope
             raise JobFailed("gone", "the client went away (or sent during the job); the job "
                                     "was stopped")
-        if failure:
-            raise failure[0]
-        return result[0]
+        return result
 
-    async def _run(self, stream: JobStream, job_id: bytes, offer: KnownOffer,
+    async def _run(self, stream: ServedStream, job_id: bytes, offer: KnownOffer,
                    req: wire.JobRequest, budget_s: float) -> tuple[bytes, bytes]:
         async def progress(stage: str, percent: int, detail: str = "") -> None:
             await self._send_whole(stream, wire.JobProgress(
@@ -703,7 +701,8 @@ class JobHost:
             tag = await self.images.ensure(offer.offer.image_cid, progress)
             # the pulls are done: the job's own deadline runs from here
             with trio.move_on_after(budget_s) as scope:
-                output = await self._start_and_post(tag, resources, body, progress)
+                output = await self._start_and_post(stream, tag, resources, body,
+                                                    progress)
             if scope.cancelled_caught:
                 raise JobFailed("deadline", f"the task did not answer within the job's "
                                             f"{budget_s:.1f} s (image pull not counted)")
@@ -714,7 +713,8 @@ class JobHost:
             stage = getattr(exc, "stage", "internal")
             raise JobFailed("internal", f"{stage}: {exc}") from None
 
-    async def _start_and_post(self, tag: str, resources: TaskResources, body: bytes,
+    async def _start_and_post(self, stream: ServedStream, tag: str,
+                              resources: TaskResources, body: bytes,
                               progress) -> tuple[bytes, bytes]:
         """Start (or take a warm container) and POST; the reply and what the app printed
         meanwhile (the tail, at most wire.MAX_JOB_LOG bytes). A job done within
@@ -722,14 +722,12 @@ class JobHost:
         reports ``starting`` and/or ``running`` (which sends the JobAccept)."""
         stage = "starting"
 
-        async def slow() -> None:
+        async def slow() -> None:  # in the stream's timer task, after SLOW_START_S
             nonlocal stage
-            await trio.sleep(SLOW_START_S)
             shown, stage = stage, "shown"
             await progress(shown, 0)
 
-        async def run() -> tuple[bytes, bytes]:
-            nonlocal stage
+        async with stream.after(SLOW_START_S, slow):
             async with self.executor.run(tag, resources) as running:
                 if stage == "shown":  # "starting" went out: now it runs
                     await progress("running", 0)
@@ -739,9 +737,7 @@ class JobHost:
                 # the tail, with room for its "[... N bytes cut ...]" line under the cap
                 app_log = (running.log_since(mark, wire.MAX_JOB_LOG - LOG_NOTE_ROOM)
                            if mark is not None else b"")
-            return output, app_log
-
-        return await while_reporting(slow, run)
+        return output, app_log
 
     async def _fetch_input(self, cid: str, peer: str, progress) -> bytes:
         percent = 0
@@ -763,23 +759,6 @@ class JobHost:
         except Exception as exc:
             raise JobFailed("bad_request", f"the input {cid} could not be fetched from the "
                                            f"client: {exc}") from None
-
-
-class _Watch:
-    """Run beside a job: cancels ``scope`` when the client sends anything (which breaks the
-    protocol) or goes away; ``gone`` says it did."""
-
-    def __init__(self, stream: JobStream) -> None:
-        self.stream = stream
-        self.gone = False
-
-    async def __call__(self, scope: trio.CancelScope) -> None:
-        try:
-            await self.stream.receive()
-        except Exception:
-            pass
-        self.gone = True
-        scope.cancel()
 
 
 @dataclass(eq=False)

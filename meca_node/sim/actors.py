@@ -53,8 +53,8 @@ def install_wrong_answers() -> None:
     if getattr(honest, "wrong_answers", False):
         return
 
-    async def wrong(self, tag, resources, body, progress) -> tuple[bytes, bytes]:
-        _output, app_log = await honest(self, tag, resources, body, progress)
+    async def wrong(self, *args, **kwargs) -> tuple[bytes, bytes]:
+        _output, app_log = await honest(self, *args, **kwargs)
         return WRONG_OUTPUT, app_log
 
     wrong.wrong_answers = True  # type: ignore[attr-defined]
