@@ -55,6 +55,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -114,6 +115,8 @@ class WarmPool:
         self.dead = 0  # warm containers found dead and replaced or dropped
         #: container id -> its process count when it was ready (pids cgroup)
         self._pids_ready: dict[str, int | None] = {}
+        #: container id -> its pids cgroup's pids.current file (None: not visible here)
+        self._pids_file: dict[str, str | None] = {}
         #: containers not kept after their job because they went on running processes
         self.not_kept_busy = 0
 
@@ -181,9 +184,7 @@ class WarmPool:
             if not lease.warm:
                 return await self.executor.request(running, body)
             lease.warm = False
-            try:
-                if not await self._alive(running):
-                    raise AppUnreachable("request", "its main process has exited")
+            try:  # _take saw its main process alive a moment ago (this job's own take)
                 return await self.executor.request_once(running, body,
                                                         self.warm_connect_timeout_s)
             except AppUnreachable as exc:
@@ -255,7 +256,8 @@ class WarmPool:
     async def _start(self, key: Key) -> Running:
         running = await self.executor.start(*key)
         ident = self._proc[running.container_id] = _identity(running)
-        self._pids_ready[running.container_id] = _pids_current(ident)
+        path = self._pids_file[running.container_id] = _pids_file(ident)
+        self._pids_ready[running.container_id] = _pids_current(path)
         return running
 
     def _left_processes(self, running: Running) -> bool:
@@ -263,7 +265,7 @@ class WarmPool:
         daemon): over PIDS_SLACK more than when it was ready. Such a container is not
         kept warm: idle, it would go on using its share while the advert says it is free."""
         ready = self._pids_ready.get(running.container_id)
-        now = _pids_current(self._proc.get(running.container_id))
+        now = _pids_current(self._pids_file.get(running.container_id))
         if ready is None or now is None or now <= ready + PIDS_SLACK:
             return False
         self.not_kept_busy += 1
@@ -284,6 +286,7 @@ class WarmPool:
     async def _stop(self, running: Running) -> None:
         self._proc.pop(running.container_id, None)
         self._pids_ready.pop(running.container_id, None)
+        self._pids_file.pop(running.container_id, None)
         await self.executor.stop(running)  # shielded
 
     async def _stop_all(self, runs: list[Running]) -> None:
@@ -330,10 +333,8 @@ def _identity(running: Running) -> tuple[int, int] | None:
 def _proc_start_time(pid: int) -> int | None:
     """The start time (clock ticks after boot) of process ``pid``; None if it is gone or
     has exited (a zombie not yet reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
         return None
     # the command name (field 2) may hold spaces and parentheses: split after its last ")"
     fields = stat[stat.rfind(b")") + 2:].split()
@@ -345,26 +346,45 @@ def _proc_start_time(pid: int) -> int | None:
         return None
 
 
-def _pids_current(ident: tuple[int, int] | None) -> int | None:
-    """How many processes (and threads) a container runs now, from its pids cgroup (v1 or
-    v2) found through its main process (``ident``: from :func:`_identity`); None when
-    that is not visible here."""
-    if ident is None:
-        return None
+def _read(path: str) -> bytes | None:
+    """A small /proc or /sys file whole (one open, read, close: a warm job reads two), or
+    None when it cannot be read."""
     try:
-        with open(f"/proc/{ident[0]}/cgroup") as f:
-            lines = f.read().splitlines()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-    for line in lines:
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _pids_file(ident: tuple[int, int] | None) -> str | None:
+    """The pids.current file of a container's pids cgroup (v1 or v2), found through its
+    main process (``ident``: from :func:`_identity`); None when that is not visible."""
+    if ident is None:
+        return None
+    data = _read(f"/proc/{ident[0]}/cgroup")
+    if data is None:
+        return None
+    for line in data.decode(errors="replace").splitlines():
         _, controllers, path = line.split(":", 2)
         for candidate in ((f"/sys/fs/cgroup/pids{path}/pids.current",)
                           if "pids" in controllers.split(",") else
                           (f"/sys/fs/cgroup{path}/pids.current",) if controllers == ""
                           else ()):
-            try:
-                with open(candidate) as f:
-                    return int(f.read().strip())
-            except (OSError, ValueError):
-                continue
+            if os.path.exists(candidate):
+                return candidate
     return None
+
+
+def _pids_current(path: str | None) -> int | None:
+    """How many processes (and threads) a container runs now (``path``: its
+    :func:`_pids_file`); None when that is not visible here."""
+    data = _read(path) if path is not None else None
+    try:
+        return int(data) if data is not None else None
+    except ValueError:
+        return None
