@@ -1357,9 +1357,9 @@ class JobClient:
 
     async def _pay(self, stream: JobStream, st: "_Exchange", commit: wire.Envelope,
                    price: int) -> None:
-        """Sign a Receipt over the provider's commitment into our chain (stored and
-        gossiped before it is sent) and hand it to the provider, which then releases the
-        output; the output is checked against this very commitment."""
+        """Sign a Receipt over the provider's commitment into our chain (stored durably
+        before it is sent, gossiped once sent) and hand it to the provider, which then
+        releases the output; the output is checked against this very commitment."""
         from meca_node.node.ledger import LedgerRefused
 
         offer = st.offer
@@ -1370,15 +1370,18 @@ class JobClient:
                                offer_id=offer.offer_id, commit=commit.raw,
                                provider=_public_key(st.provider), developer=offer.signer,
                                price=price, fee=offer.offer.fee)
-        try:
-            env = await self.node.ledger.append_own(receipt)
+        try:  # gossiped once sent: the provider, which waits for it, gets it first
+            env = await self.node.ledger.append_own(receipt, gossip=False)
         except LedgerRefused as exc:
             raise JobFailed("balance", f"cannot pay {price + offer.offer.fee}: {exc}") \
                 from None
         st.paid = price + offer.offer.fee
         st.paid_commit = commit.raw
         st.receipt = hashlib.sha256(env.raw).hexdigest()
-        await stream.send(env.raw)
+        try:
+            await stream.send(env.raw)
+        finally:
+            await self.node.ledger.gossip_own(env.raw)
         if st.on_progress:
             st.on_progress("paid", 100, f"{st.paid} to {st.provider} (price {price} + fee "
                                         f"{offer.offer.fee}), receipt {st.receipt}")

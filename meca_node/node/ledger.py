@@ -71,7 +71,7 @@ def _kind(env_or_body: Any) -> str:
 
 class NodeLedger:
     def __init__(self, genesis: wire.Genesis, public_key: bytes,
-                 seal: Callable[[Any], bytes],
+                 seal: Callable[[Any], wire.Envelope],
                  publish: Callable[[str, bytes], Awaitable[None]],
                  store: LedgerStore | None = None,
                  receive_after_s: float = RECEIVE_AFTER_S) -> None:
@@ -312,7 +312,7 @@ class NodeLedger:
             return f"not provable to others ({exc})"
         if not await self.on_proof(proof):
             return "not provable to others"
-        self.announce(self._seal(proof))
+        self.announce(self._seal(proof).raw)
         return "the fraud proof was gossiped"
 
     def is_cheat(self, key: bytes) -> bool:
@@ -349,7 +349,8 @@ class NodeLedger:
                 log.warning("account %s forked its chain at seq %d; refused, proof gossiped",
                             peer_id_of(key), verdict.seq)
                 try:
-                    await self._publish(wire.TOPIC_RECEIPTS, self._seal(verdict.proof()))
+                    await self._publish(wire.TOPIC_RECEIPTS,
+                                        self._seal(verdict.proof()).raw)
                 except Exception as exc:  # no peers: others find the fork themselves
                     log.debug("fraud proof publish failed: %s", exc)
         return verdict
@@ -375,14 +376,23 @@ class NodeLedger:
         self.changed = trio.Event()
 
     # -- our own account --------------------------------------------------------------------
-    async def append_own(self, body: Any) -> wire.Envelope:
+    async def append_own(self, body: Any, gossip: bool = True) -> wire.Envelope:
         """Seal ``body`` (a Transfer, Receipt or Receive; its seq and prev are replaced by our
-        head's) as our next entry, store it durably, gossip it. ``Overdraft`` or
-        ``LedgerRefused`` before anything is signed when the core would refuse it."""
+        head's) as our next entry, store it durably, gossip it (``gossip=False``: the
+        caller calls :meth:`gossip_own` once it has sent the entry where it is awaited).
+        ``Overdraft`` or ``LedgerRefused`` before anything is signed when the core would
+        refuse it."""
         async with self._lock:
-            return await self._append(body)
+            return await self._append(body, gossip)
 
-    async def _append(self, body: Any) -> wire.Envelope:
+    async def gossip_own(self, raw: bytes) -> None:
+        """Gossip one of our stored entries: in the background once the announcer runs."""
+        if self._announcing:
+            self.announce(raw)
+        else:
+            await self._gossip(raw)
+
+    async def _append(self, body: Any, gossip: bool = True) -> wire.Envelope:
         if type(body) not in wire.ENTRY_TYPES:
             raise LedgerRefused(f"{type(body).__name__} is not an account chain entry")
         me = self.public_key
@@ -402,18 +412,18 @@ class NodeLedger:
             have, spend = self.chains.balance(me), cost(body)
             if spend > have:
                 raise Overdraft(f"sending {spend} needs more than the balance of {have}")
-        raw = self._seal(body)
-        env = wire.open_envelope(raw, max_size=MAX_ENTRY)
+        env = self._seal(body)
+        raw = env.raw
+        if len(raw) > MAX_ENTRY:  # what every peer would refuse: not stored, not sent
+            raise LedgerRefused(f"the entry is {len(raw)} bytes, over the cap of {MAX_ENTRY}")
         verdict = self.chains.add(env)
         if not isinstance(verdict, Accepted):  # the checks above make this a bug
             raise RuntimeError(f"our own entry was not accepted: {verdict}")
         await self._store(me, seq, env.kind, raw)
         self._applied([env, *(e for e, v in verdict.resolved if isinstance(v, Accepted))])
         self.stats["own"] += 1
-        if self._announcing:
-            self.announce(raw)
-        else:
-            await self._gossip(raw)
+        if gossip:
+            await self.gossip_own(raw)
         return env
 
     def announce(self, raw: bytes) -> None:

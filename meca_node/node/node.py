@@ -99,7 +99,7 @@ class Node:
         self._nursery: trio.Nursery | None = None
         #: account chains and balances; entries from meca/receipts/1 and our own, kept in
         #: ``ledger_store`` (memory only without one)
-        self.ledger = NodeLedger(genesis, identity.public_key, self.seal, net.publish,
+        self.ledger = NodeLedger(genesis, identity.public_key, self.seal_envelope, net.publish,
                                  ledger_store)
         #: missing entries fetched from peers, ours served (``/meca/ledger/1.0.0``)
         self.ledger_sync = LedgerSync(net, self.ledger, self.seal, genesis.network_id)
@@ -296,8 +296,12 @@ class Node:
             await trio.sleep(CLOCK_CHECK_S)
 
     def seal(self, body) -> bytes:
-        return wire.seal(body, key=self.identity.signing_key, net=self.genesis.network_id,
-                         ts=self.clock.now_ms(), nonce=self.rand.token_bytes(16))
+        return self.seal_envelope(body).raw
+
+    def seal_envelope(self, body) -> wire.Envelope:
+        return wire.seal_envelope(body, key=self.identity.signing_key,
+                                  net=self.genesis.network_id, ts=self.clock.now_ms(),
+                                  nonce=self.rand.token_bytes(16))
 
     async def publish_advert(self) -> None:
         await self.net.publish(wire.TOPIC_ADVERTS, self.seal(self.make_advert()))

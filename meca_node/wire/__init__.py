@@ -8,7 +8,7 @@ from ._cbor import decode as cbor_decode
 from ._cbor import encode as cbor_encode
 from ._envelope import (
     BODY_VERSION, ENVELOPE_VERSION, Envelope, decode_body, encode_body, open_envelope, seal,
-    seal_with_sig, type_id,
+    seal_envelope, seal_with_sig, type_id,
 )
 from ._errors import WireError
 from ._genesis import Alloc, Genesis, genesis_from_json, make_genesis
@@ -40,5 +40,5 @@ __all__ = [
     "ResultCommit", "TOPICS", "TOPIC_ADVERTS", "TOPIC_OFFERS", "TOPIC_RECEIPTS", "TOPIC_TYPES",
     "TaskOffer", "TaskWithdraw", "Transfer",
     "WireError", "cbor_decode", "cbor_encode", "decode_body", "encode_body", "genesis_from_json",
-    "make_genesis", "open_envelope", "seal", "seal_with_sig", "type_id",
+    "make_genesis", "open_envelope", "seal", "seal_envelope", "seal_with_sig", "type_id",
 ]

@@ -56,6 +56,17 @@ def seal(body: Any, *, key: SigningKey, net: bytes, ts: int, nonce: bytes) -> by
     return seal_with_sig(body, key=key, net=net, ts=ts, nonce=nonce)[0]
 
 
+def seal_envelope(body: Any, *, key: SigningKey, net: bytes, ts: int,
+                  nonce: bytes) -> Envelope:
+    """``seal``, as the :class:`Envelope` that opening its bytes would give (with
+    ``body`` itself as the body), for a sealer that acts on its own message at once: no
+    decode and no check of the signature it has just made (about 0.1 ms)."""
+    raw, sig = seal_with_sig(body, key=key, net=net, ts=ts, nonce=nonce)
+    return Envelope(v=ENVELOPE_VERSION, net=net, type=_type_id(type(body)),
+                    signer=bytes(key.verify_key), ts=ts, nonce=nonce, body=body, sig=sig,
+                    raw=raw)
+
+
 # The envelope's keys in canonical order (shorter first, then bytewise): v, ts, net, sig,
 # body, type, nonce, signer. Its bytes are written from parts: the body encoded once, and
 # the signed map is the unsigned one with the "sig" entry put in after "net".
@@ -88,6 +99,11 @@ def seal_with_sig(body: Any, *, key: SigningKey, net: bytes, ts: int,
                       signer))
     sig = _sign(key, signer, _UNSIGNED_HEAD + before + after)
     return b"".join((_SIGNED_HEAD, before, _SIG, sig, after)), sig
+
+
+@functools.cache
+def _type_id(body_cls: type) -> str:
+    return type_id(body_cls)
 
 
 @functools.cache

@@ -37,9 +37,9 @@ def _publish_to(sink: list):
 def _node_ledger(db, who: int, sink: list) -> NodeLedger:
     counter = iter(range(10**6))
 
-    def seal(body) -> bytes:
-        return wire.seal(body, key=KEYS[who], net=NET, ts=TS,
-                         nonce=next(counter).to_bytes(16, "big"))
+    def seal(body) -> wire.Envelope:
+        return wire.seal_envelope(body, key=KEYS[who], net=NET, ts=TS,
+                                  nonce=next(counter).to_bytes(16, "big"))
 
     return NodeLedger(GENESIS, PUB[who], seal, _publish_to(sink), db, receive_after_s=0)
 

@@ -2,7 +2,7 @@
 
 ``encode_msg`` (behind ``seal`` and ``encode_body``) must write exactly what cbor2 writes
 for ``to_obj(body)`` in canonical mode; ``seal`` exactly what the envelope map encoded by
-cbor2 and signed gives; ``from_obj``'s compiled plan must build what the field-by-field
+cbor2 and signed gives, and ``seal_envelope`` what opening those bytes gives; ``from_obj``'s compiled plan must build what the field-by-field
 check builds; ``open_envelope`` must verify the same bytes as re-encoding the envelope
 without its ``sig``; and ``decode`` no longer re-encodes what it accepts, so here every
 accepted input (canonical values, and their every one-byte change) is re-encoded by cbor2
@@ -50,6 +50,9 @@ def test_fast_paths_equal_the_checked_ways(cls: type) -> None:
         assert env_obj["sig"] == sig
         unsigned = {k: v for k, v in env_obj.items() if k != "sig"}
         assert _envelope._signed_part(sealed, env_obj) == cbor2.dumps(unsigned, canonical=True)
+        # what a sealer acts on at once is what any receiver opens
+        assert wire.seal_envelope(body, key=KEY, net=NET, ts=ts, nonce=nonce) == \
+            wire.open_envelope(sealed, max_size=len(sealed))
 
     run()
 
