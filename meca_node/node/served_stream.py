@@ -39,7 +39,7 @@ class ServedStream:
         self._due = math.inf
         self._callback: Callable[[], Awaitable[None]] | None = None
         self._timer: trio.CancelScope | None = None
-        self._firing: trio.Event | None = None  # set when a running callback returns
+        self._firing: trio.Event | None = None  # while a callback runs: set when it returns
 
     @property
     def remote_peer(self) -> str:
@@ -106,6 +106,8 @@ class ServedStream:
                     self._watch.cancel()
             finally:
                 firing.set()
+                if self._firing is firing:  # nobody is waiting for it: done with
+                    self._firing = None
 
     # -- what a job uses ------------------------------------------------------------------
     @contextmanager
