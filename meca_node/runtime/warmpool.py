@@ -320,12 +320,9 @@ def _identity(running: Running) -> tuple[int, int] | None:
     pid = (attrs.get("State") or {}).get("Pid") or 0
     if pid <= 0:
         return None
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            if running.container_id not in f.read():
-                return None  # another process in our namespace with that number
-    except OSError:
-        return None
+    cgroup = _read(f"/proc/{pid}/cgroup")
+    if cgroup is None or running.container_id.encode() not in cgroup:
+        return None  # gone, or another process in our namespace with that number
     start = _proc_start_time(pid)
     return None if start is None else (pid, start)
 

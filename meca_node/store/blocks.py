@@ -191,13 +191,12 @@ def _write_file(shard: str, final: str, data: bytes | memoryview, durable: bool 
         if durable:
             _fsync_dir(Path(shard))
     except OSError as exc:
+        name = what or f"block {cid}"
         if exc.errno in _FULL:
-            name = what or f"block {cid}"
             raise DiskFull(f"the disk holding {shard} is full ({exc.strerror}) while "
                            f"writing {name}; nothing was stored. Free space there (or "
                            "run `meca-node ipfs gc`) and try again") from None
-        raise BlockStoreError(f"cannot write {what or f'block {cid}'} to {final}: {exc}") \
-            from exc
+        raise BlockStoreError(f"cannot write {name} to {final}: {exc}") from exc
     finally:
         if tmp is not None:
             try:
