@@ -104,9 +104,6 @@ async def fetch(args) -> None:
                             await trio.to_thread.run_sync(_drop_cache, store.root)
                         store = BlockStore(Path(args.dir) / f"blocks-{n}")
                         bitswap.blocks = store
-                        # its shard directories exist, as in any store after its first
-                        # few thousand blocks (and in a store emptied by gc)
-                        await trio.to_thread.run_sync(_make_shards, store.root)
                         await trio.to_thread.run_sync(store.sync)
                     else:  # opened before the clock starts, closed after it stops
                         stream = await net.open_stream(peer, COPY)
@@ -176,18 +173,9 @@ def _spread_subdirs(path: Path) -> None:
         os.close(fd)
 
 
-def _make_shards(root: Path) -> None:
-    """The 1,024 shard directories of a block store (next-to-last two base32 characters
-    of a block's key), which a store makes as its first blocks arrive."""
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-    for a in alphabet:
-        for b in alphabet:
-            (root / (a + b)).mkdir(exist_ok=True)
-
-
 def _drop_cache(root: Path) -> None:
-    """Drop the page cache of a finished pull's (synced) block files."""
-    for path in root.rglob("*.data"):
+    """Drop the page cache of a finished pull's (synced) pack files."""
+    for path in root.rglob("*.pack"):
         fd = os.open(path, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
