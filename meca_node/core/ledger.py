@@ -342,8 +342,8 @@ class Chains:
         if seq > nxt:
             return self._hold(key, env, nxt, None)
         verdict = self._evaluate(key, env)
-        if isinstance(verdict, Accepted):
-            return Accepted(env, self._release(key, entry_hash(env)))
+        if isinstance(verdict, Accepted):  # its hash is the chain's newest
+            return Accepted(env, self._release(key, self._accounts[key].hashes[-1]))
         return verdict
 
     def mark_forked(self, fork: Fork) -> bool:

@@ -218,10 +218,26 @@ def rank(candidates: list[Candidate], need: Need, weights: Weights = Weights(),
         score = sum((w_price * price, w_bench * benchmark, w_cached * cached,
                      w_queue * queue, w_lat * latency, w_rep * reputation))
         ranked.append(Ranked(c.peer_id, round(score, 9), parts, ad.price))
-    ranked.sort(key=lambda r: (-r.score, r.price,
-                               hashlib.sha256(salt + r.peer_id.encode()).digest() if salt
-                               else r.peer_id))
+    ranked.sort(key=lambda r: (-r.score, r.price))
+    _break_ties(ranked, salt)
     return ranked, unfits
+
+
+def _break_ties(ranked: list[Ranked], salt: bytes) -> None:
+    """Order each run of equal (score, price) in ``ranked`` (sorted by them) by
+    SHA-256(``salt`` + peer id), or by peer id with no salt: the order a sort on all three
+    gives, with the hash made only where two candidates tie."""
+    i, n = 0, len(ranked)
+    while i < n - 1:
+        r = ranked[i]
+        j = i + 1
+        while j < n and ranked[j].score == r.score and ranked[j].price == r.price:
+            j += 1
+        if j - i > 1:
+            ranked[i:j] = sorted(ranked[i:j], key=(
+                (lambda t: hashlib.sha256(salt + t.peer_id.encode()).digest()) if salt
+                else (lambda t: t.peer_id)))
+        i = j
 
 
 def summary(unfits: list[Unfit], total: int | None = None) -> str:

@@ -184,3 +184,19 @@ def test_a_host_short_only_of_free_resources_is_busy_not_unfit() -> None:
     _, unfits = rank([busy, small, dear], NEED)
     assert {u.peer_id: u.busy for u in unfits} == {"busy": True, "small": False,
                                                    "dear": False}
+
+
+@settings(max_examples=60, deadline=None)
+@given(prices=st.lists(st.integers(1, 3), min_size=1, max_size=12),
+       salt=st.sampled_from([b"", b"\x01" * 32, b"\x02" * 32]))
+def test_ties_are_broken_as_a_sort_on_score_price_and_salted_peer_id(prices, salt) -> None:
+    """The hash that orders equal candidates is made only for ties: the order must be the
+    one a sort on (score, price, SHA-256(salt + peer id)) gives."""
+    import hashlib
+
+    hosts = [host(f"p{i}", price=price) for i, price in enumerate(prices)]
+    ranked, _ = rank(hosts, NEED, salt=salt)
+    expect = sorted(ranked, key=lambda r: (
+        -r.score, r.price,
+        hashlib.sha256(salt + r.peer_id.encode()).digest() if salt else r.peer_id))
+    assert [r.peer_id for r in ranked] == [r.peer_id for r in expect]
