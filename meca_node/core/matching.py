@@ -33,6 +33,7 @@ failing.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -227,17 +228,16 @@ def _break_ties(ranked: list[Ranked], salt: bytes) -> None:
     """Order each run of equal (score, price) in ``ranked`` (sorted by them) by
     SHA-256(``salt`` + peer id), or by peer id with no salt: the order a sort on all three
     gives, with the hash made only where two candidates tie."""
-    i, n = 0, len(ranked)
-    while i < n - 1:
-        r = ranked[i]
-        j = i + 1
-        while j < n and ranked[j].score == r.score and ranked[j].price == r.price:
-            j += 1
-        if j - i > 1:
-            ranked[i:j] = sorted(ranked[i:j], key=(
-                (lambda t: hashlib.sha256(salt + t.peer_id.encode()).digest()) if salt
-                else (lambda t: t.peer_id)))
-        i = j
+    if len({(r.score, r.price) for r in ranked}) == len(ranked):
+        return  # no ties
+    by = ((lambda t: hashlib.sha256(salt + t.peer_id.encode()).digest()) if salt
+          else (lambda t: t.peer_id))
+    at = 0
+    for _, run in itertools.groupby(ranked, key=lambda r: (r.score, r.price)):
+        group = list(run)
+        if len(group) > 1:
+            ranked[at:at + len(group)] = sorted(group, key=by)
+        at += len(group)
 
 
 def summary(unfits: list[Unfit], total: int | None = None) -> str:
