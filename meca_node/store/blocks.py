@@ -423,11 +423,17 @@ class BlockStore:
         return f"{self._packs_s}/{pack}{PACK_SUFFIX}"
 
     def _fd(self, pack: int) -> int:
-        """The open file of ``pack`` (made when missing). Caller holds the lock."""
+        """The open file of ``pack``; a new pack's name is synced into the directory, so a
+        durable put in it survives a power cut. Caller holds the lock."""
         fd = self._fds.get(pack)
         if fd is None:
-            fd = self._fds[pack] = os.open(self._pack_path(pack),
-                                           os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            path = self._pack_path(pack)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                _fsync_dir(self._packs)
+            except FileExistsError:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            self._fds[pack] = fd
         return fd
 
     def _release(self, pack: int) -> None:
