@@ -365,3 +365,59 @@ def test_without_eviction_the_quota_refuses(tmp_path):
     s.put(raw(b"a" * 10), b"a" * 10)
     with pytest.raises(QuotaExceeded):
         s.put(raw(b"b" * 10), b"b" * 10)
+
+
+def test_threads_putting_reading_and_deleting_across_packs_never_see_a_wrong_block(
+        tmp_path, monkeypatch):
+    """Puts, reads and deletes at once over small packs, so packs fill, empty and go while
+    other threads read them: a read gives the right bytes or says the block is not there,
+    and what is left at the end is exactly what the index says."""
+    monkeypatch.setattr(blocks_module, "PACK_BYTES", 4096)
+    s = BlockStore(tmp_path, None)
+    datas = [os.urandom(700 + i) for i in range(60)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer(offset: int) -> None:
+        for n in range(300):
+            data = datas[(n * 7 + offset) % len(datas)]
+            try:
+                s.put(raw(data), data)
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+    def deleter() -> None:
+        n = 0
+        while not stop.is_set() and n < 5000:
+            s.delete(raw(datas[n % len(datas)]))
+            n += 1
+
+    def reader() -> None:
+        n = 0
+        while not stop.is_set() and n < 5000:
+            data = datas[(n * 3) % len(datas)]
+            try:
+                assert s.get(raw(data)) == data
+            except BlockNotFound:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+            n += 1
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
+    others = [threading.Thread(target=deleter), threading.Thread(target=reader),
+              threading.Thread(target=reader)]
+    for t in threads + others:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    stop.set()
+    for t in others:
+        t.join(timeout=60)
+    assert errors == [] and s.corrupt_removed == 0
+    kept = [d for d in datas if s.has(raw(d))]
+    assert all(s.get(raw(d)) == d for d in kept)
+    assert (s.count, s.used_bytes) == (len(kept), sum(map(len, kept)))
+    again = BlockStore(tmp_path, None)
+    assert (again.count, again.used_bytes) == (len(kept), sum(map(len, kept)))
+    assert all(again.get(raw(d)) == d for d in kept)
