@@ -94,10 +94,10 @@ async def fetch(args) -> None:
                 for kind in kinds:
                     if kind == "bitswap":
                         # a new, empty store for each pull (the harness removes them all
-                        # at the end), not the last pull's store emptied by gc: ext4 skips
-                        # inodes freed in the last minute or so when it makes new files,
-                        # and stepping past the 256 just freed cost a pull ~50 ms (perf).
-                        # The last pull's page cache is dropped instead, so this pull
+                        # at the end), not the last pull's store emptied by gc: every
+                        # pull then starts alike (with a file per block, stepping past
+                        # the inodes the last gc freed cost a pull ~50 ms; packs make far
+                        # fewer files). The last pull's page cache is dropped, so this pull
                         # writes into memory the VM has just freed, as after a gc (fresh
                         # guest memory cost ~100 ms more per 64 MiB here)
                         if n:

@@ -7,10 +7,10 @@ Layout::
     <data_dir>/blocks/packs/<N>.pack   blocks end to end, their bytes as they are (N = 1, 2..)
     <data_dir>/blocks/pins.json        {"version": 1, "pins": [CID strings]}
 
-Why packs and not kubo's file per block (flatfs): making a file per 256 KiB block cost
-about 0.16 ms here, as much as hashing it, and with the write and rename it was the largest
-part of a pull's cost beyond the stream itself (bench/README.md). An append costs the write
-alone. A store an earlier version made in the flatfs layout (a ``SHARDING`` file beside
+Why packs and not kubo's file per block (flatfs): making a file per 256 KiB block, then
+renaming it into place, cost 25-160 us per block on the machines measured (bench/README.md),
+up to as much as hashing it; an append costs the write alone, and a read is one ``pread``
+on an open file. A store an earlier version made in the flatfs layout (a ``SHARDING`` file beside
 two-letter shard directories) is moved into packs when it opens, each block checked.
 
 Blocks are keyed by their sha2-256 digest: the same bytes under a CIDv0 and a CIDv1, or as
@@ -355,23 +355,20 @@ class BlockStore:
     def _recover(self) -> None:
         """Count the indexed blocks; cut off what a crash left after a pack's last indexed
         block, remove packs no block is in, and drop the rows of packs that are gone."""
-        ends: dict[int, int] = {}
-        for pack, n, size, end in self._db.execute(
-                "SELECT pack, COUNT(*), SUM(size), MAX(off + size) FROM blocks GROUP BY pack"):
-            self._refs[pack], ends[pack] = n, end
-            self._count += n
-            self._used += size
+        packs = {pack: (n, size, end) for pack, n, size, end in self._db.execute(
+            "SELECT pack, COUNT(*), SUM(size), MAX(off + size) FROM blocks GROUP BY pack")}
         on_disk = {int(name[:-len(PACK_SUFFIX)]) for name in os.listdir(self._packs)
                    if name.endswith(PACK_SUFFIX) and name[:-len(PACK_SUFFIX)].isdigit()}
-        for pack in sorted(set(ends) - on_disk):
-            n, size = self._db.execute("SELECT COUNT(*), SUM(size) FROM blocks WHERE pack=?",
-                                       (pack,)).fetchone()
+        for pack in sorted(set(packs) - on_disk):
+            n, size, _ = packs.pop(pack)
             log.warning("pack %s is gone from %s: its %d block(s) (%d bytes) are dropped and "
                         "will be fetched again when needed", pack, self._packs, n, size)
             self._db.execute("DELETE FROM blocks WHERE pack=?", (pack,))
-            self._count -= n
-            self._used -= size
-            del self._refs[pack], ends[pack]
+        ends: dict[int, int] = {}
+        for pack, (n, size, end) in packs.items():
+            self._refs[pack], ends[pack] = n, end
+            self._count += n
+            self._used += size
         for pack in on_disk:
             if pack not in ends:
                 os.unlink(self._pack_path(pack))
@@ -422,17 +419,20 @@ class BlockStore:
     def _pack_path(self, pack: int) -> str:
         return f"{self._packs_s}/{pack}{PACK_SUFFIX}"
 
-    def _fd(self, pack: int) -> int:
-        """The open file of ``pack``; a new pack's name is synced into the directory, so a
-        durable put in it survives a power cut. Caller holds the lock."""
+    def _fd(self, pack: int, create: bool = False) -> int:
+        """The open file of ``pack``. With ``create`` (writes only) a missing pack is made,
+        its name synced into the directory so a durable put in it survives a power cut;
+        without, a missing pack raises FileNotFoundError. Caller holds the lock."""
         fd = self._fds.get(pack)
         if fd is None:
             path = self._pack_path(pack)
             try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                if not create:
+                    raise
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 _fsync_dir(self._packs)
-            except FileExistsError:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             self._fds[pack] = fd
         return fd
 
@@ -557,7 +557,7 @@ class BlockStore:
                     if self._pack == 0 or (self._end and self._end + size > PACK_BYTES):
                         self._begin_pack()
                     try:
-                        fd = self._fd(self._pack)
+                        fd = self._fd(self._pack, create=True)
                     except OSError as exc:
                         if exc.errno in _FULL:
                             raise _disk_full(self.root, f"block {cid}", exc.strerror) from None
@@ -634,7 +634,10 @@ class BlockStore:
             if row is None:
                 raise BlockNotFound(f"block {cid} is not in the store; fetch it first")
             pack, off, size, used = row
-            fd = self._fd(pack)
+            try:
+                fd = self._fd(pack)
+            except FileNotFoundError:  # the pack went behind our back: the check below
+                fd = -1
             self._refs[pack] += 1  # the pack stays while it is read
         try:
             data = os.pread(fd, size, off)
@@ -682,11 +685,10 @@ class BlockStore:
         """Drop a block: its bytes punched out first (the space is back even if the disk is
         too full for the index to change; a row left naming zeros fails its check on read
         and goes then), then its row. Caller holds the lock."""
-        fd = self._fds.get(pack)
-        if fd is None and os.path.exists(self._pack_path(pack)):
-            fd = self._fd(pack)
-        if fd is not None:
-            _punch(fd, off, size)
+        try:
+            _punch(self._fd(pack), off, size)
+        except FileNotFoundError:
+            pass  # the pack is gone already
         try:
             self._db.execute("DELETE FROM blocks WHERE digest=?", (key,))
         except sqlite3.Error as exc:

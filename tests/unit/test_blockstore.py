@@ -421,3 +421,19 @@ def test_threads_putting_reading_and_deleting_across_packs_never_see_a_wrong_blo
     again = BlockStore(tmp_path, None)
     assert (again.count, again.used_bytes) == (len(kept), sum(map(len, kept)))
     assert all(again.get(raw(d)) == d for d in kept)
+
+
+def test_a_pack_lost_while_the_node_was_down_drops_its_blocks_and_only_them(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(blocks_module, "PACK_BYTES", 100)
+    s = BlockStore(tmp_path, None)
+    first, second = b"1" * 60, b"2" * 60
+    s.put(raw(first), first)
+    s.put(raw(second), second)  # in the next pack
+    s.close()
+    (tmp_path / "packs" / "1.pack").unlink()
+    again = BlockStore(tmp_path, None)
+    assert not again.has(raw(first)) and again.get(raw(second)) == second
+    assert (again.count, again.used_bytes) == (1, 60)
+    with pytest.raises(BlockNotFound):
+        again.get(raw(first))
