@@ -195,6 +195,7 @@ def main() -> int:
             cpu_ms = {name: round((cpu_s(n) - cpu0[n.index]) * 1000 / args.jobs, 3)
                       for name, n in (("client", user), ("provider", warm),
                                       ("developer", dev))}
+            pool_stats = warm.status().get("warm_pool") or {}
             direct = direct_posts(url, spec.example_input, spec.example_output, args.jobs)
             cold_base = [docker_run_once(client, tag, spec, True) for _ in range(args.cold)]
             cold_plain = [docker_run_once(client, tag, spec, False) for _ in range(args.cold)]
@@ -211,7 +212,7 @@ def main() -> int:
         "cold_job_ms": cold_fig, "docker_run_with_task_limits_ms": base_fig,
         "docker_run_without_limits_ms": plain_fig,
         "cold_over_docker_run": round(cold_fig["p50"] / base_fig["p50"], 3),
-        "warm_cpu_ms_per_job": cpu_ms,
+        "warm_cpu_ms_per_job": cpu_ms, "warm_pool": pool_stats,
         "goals": {"warm_p50_within_3ms": warm_fig["p50"] - direct_fig["p50"] <= 3,
                   "paid_warm_p50_within_5ms": (warm_fig["p50"] - direct_fig["p50"] <= 5
                                                if args.paid else None),
@@ -225,6 +226,7 @@ def main() -> int:
           f"{'paid p50 <= 5' if args.paid else '<= 3 and <= 10'})")
     print(f"CPU per warm job (ms): client {cpu_ms['client']:.2f} (its control API "
           f"included), provider {cpu_ms['provider']:.2f}, developer {cpu_ms['developer']:.2f}")
+    print(f"warm pool of the provider: {pool_stats}")
     print(f"cold job (image cached)            p50 {cold_fig['p50']:8.1f} ms")
     print(f"docker run (task's cpu/mem limits) p50 {base_fig['p50']:8.1f} ms   ratio "
           f"{result['cold_over_docker_run']:.2f} (goal <= 1.10)")

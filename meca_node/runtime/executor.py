@@ -253,6 +253,21 @@ class Running:
     init_s: float
     container: Any = None  # the docker SDK Container, for stop()
     app_log: AppLog = field(default_factory=AppLog, repr=False, compare=False)
+    #: the next request's connection, opened ahead while the container idles in a warm
+    #: pool (:class:`apphttp.Ahead`); the next POST takes it
+    ahead: apphttp.Ahead | None = field(default=None, repr=False, compare=False)
+
+    async def connection(self):
+        """The connection opened ahead for this request, if any and still good (the
+        caller owns it); None: connect as usual."""
+        ahead, self.ahead = self.ahead, None
+        return await ahead.take() if ahead is not None else None
+
+    def drop_ahead(self) -> None:
+        """Close a connection opened ahead and not used (before the container stops)."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None:
+            ahead.close()
 
     def log_mark(self) -> int:
         """The position in the app's output now (bytes printed so far)."""
@@ -443,6 +458,7 @@ class DockerExecutor:
     async def stop(self, running: Running) -> None:
         """Remove the run's container and end its log follower; shielded from
         cancellation, so it completes even in a cancelled scope."""
+        running.drop_ahead()
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self._remove, running.container, running.app_log)
 
@@ -537,7 +553,9 @@ class DockerExecutor:
         while True:
             t0 = time.monotonic()
             try:
-                return await self._post(running.address, body), time.monotonic() - t0
+                return (await self._post(running.address, body,
+                                         stream=await running.connection()),
+                        time.monotonic() - t0)
             except apphttp.NoAnswer as exc:
                 late = trio.current_time() > deadline
                 if not late and trio.current_time() < next_check:
@@ -567,18 +585,21 @@ class DockerExecutor:
         :class:`TaskRunError`. Returns (reply, seconds for this request)."""
         t0 = time.monotonic()
         try:
-            return (await self._post(running.address, body, connect_timeout_s),
+            return (await self._post(running.address, body, connect_timeout_s,
+                                     await running.connection()),
                     time.monotonic() - t0)
         except apphttp.NoAnswer as exc:  # closed or reset before a reply
             raise AppUnreachable("request", f"the app at {running.address} gave no answer "
                                  f"({exc})") from None
 
-    async def _post(self, url: str, body: bytes, connect_timeout_s: float = 5.0) -> bytes:
-        """One POST (:mod:`apphttp`); NoAnswer passes through for the callers' retries."""
+    async def _post(self, url: str, body: bytes, connect_timeout_s: float = 5.0,
+                    stream=None) -> bytes:
+        """One POST (:mod:`apphttp`; ``stream``: a connection opened ahead); NoAnswer
+        passes through for the callers' retries."""
         try:
             return await apphttp.post(url, body, connect_timeout_s=connect_timeout_s,
                                       timeout_s=self.request_timeout_s,
-                                      max_output=self.max_output)
+                                      max_output=self.max_output, stream=stream)
         except apphttp.BadReply as exc:
             stage = "output" if isinstance(exc, apphttp.TooLarge) else "request"
             raise TaskRunError(stage, str(exc)) from None

@@ -41,6 +41,9 @@ Taking one makes no Docker API call, so a dead one is caught in two cheap ways:
    bind (:meth:`DockerExecutor.request_once`): a warm app that refuses the connection, lets
    it time out, or drops it before any byte of an answer came back is dead.
 
+A connection opened ahead (:class:`apphttp.Ahead`, held by ``Running.ahead``) to an app
+that has died finds itself closed when its job takes it, and the POST connects as usual.
+
 Either way the pool removes the dead container, starts a fresh one of the same key in its
 place (the caller's :class:`Running` is updated in place, so the lease's end handles the
 new one; its app log goes on from the dead one's, so the job's ``log_mark`` still holds)
@@ -48,6 +51,16 @@ and POSTs through :meth:`DockerExecutor.request`, which waits for the fresh app 
 It retries once only, so a job that itself kills its app runs at most twice. Pooled runs
 must use :meth:`WarmPool.request`; ``executor.request`` on one still works but reports
 a dead warm container as an error instead of replacing it.
+
+The next connection, opened ahead. A container put back idle gets its next request's
+connection opened at once (while ``serve`` runs), held for :data:`AHEAD_HOLD_S`: a repeat
+job within that time finds it accepted, which saves about 0.8 ms of the app's waking up
+here. The hold is short so that no app's idle-connection timeout ends it first (the
+shortest common ones are seconds), and one connection at most is held per container, so
+an app that serves one connection at a time is never kept from its job's: the job takes
+that very connection, waiting out an open still in flight. After the hold, or when the
+container stops, the connection is closed unused; the app sees a connection that sent
+nothing.
 """
 
 from __future__ import annotations
@@ -64,6 +77,7 @@ import docker.errors
 import trio
 
 from meca_node.core.task import TaskResources
+from meca_node.runtime import apphttp
 from meca_node.runtime.executor import AppUnreachable, DockerExecutor, Running
 
 log = logging.getLogger("meca_node.runtime.warmpool")
@@ -71,6 +85,8 @@ log = logging.getLogger("meca_node.runtime.warmpool")
 #: processes (and threads) a job may leave in its container over those it had when ready
 #: (a server's worker threads finishing) before the container is not kept warm
 PIDS_SLACK = 16
+#: how long a connection opened ahead to an idle container is held for its next job
+AHEAD_HOLD_S = 1.0
 
 Key = tuple[str, TaskResources]
 
@@ -109,9 +125,11 @@ class WarmPool:
         self._leases: dict[int, _Lease] = {}  # id(Running) -> its lease
         self._proc: dict[str, tuple[int, int] | None] = {}  # container id -> (pid, start)
         self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None  # serve's: connections opened ahead
         self._serving = False
         self._closed = False
         self._hits = self._misses = self._evicted = 0
+        self._ahead = 0  # warm runs whose POST used a connection opened ahead
         self.dead = 0  # warm containers found dead and replaced or dropped
         #: container id -> its process count when it was ready (pids cgroup)
         self._pids_ready: dict[str, int | None] = {}
@@ -126,9 +144,11 @@ class WarmPool:
 
     def stats(self) -> dict:
         """Idle containers now; runs that took a warm one (hits) or started one (misses);
-        idle ones removed for the bound or for idling longer than idle_s (evicted)."""
+        idle ones removed for the bound or for idling longer than idle_s (evicted); hits
+        whose POST found its connection opened ahead (ahead)."""
         return {"idle": len(self._idle), "hits": self._hits, "misses": self._misses,
-                "evicted": self._evicted, "not_kept_busy": self.not_kept_busy}
+                "evicted": self._evicted, "not_kept_busy": self.not_kept_busy,
+                "ahead": self._ahead}
 
     async def check_gpus(self, resources: TaskResources) -> None:
         """As :meth:`DockerExecutor.check_gpus` (so the pool can stand in for it)."""
@@ -184,13 +204,17 @@ class WarmPool:
             if not lease.warm:
                 return await self.executor.request(running, body)
             lease.warm = False
+            ahead = running.ahead
             try:  # _take saw its main process alive a moment ago (this job's own take)
-                return await self.executor.request_once(running, body,
-                                                        self.warm_connect_timeout_s)
+                answer = await self.executor.request_once(running, body,
+                                                          self.warm_connect_timeout_s)
             except AppUnreachable as exc:
                 self.dead += 1
                 log.info("warm container %s is dead (%s); starting a fresh one",
                          running.container_id[:12], exc)
+            else:
+                self._ahead += ahead is not None and ahead.used
+                return answer
             await self._replace(running, lease.key)
             return await self.executor.request(running, body)
         except BaseException:
@@ -205,20 +229,23 @@ class WarmPool:
             raise RuntimeError("WarmPool.serve runs once per pool")
         self._serving = True
         try:
-            task_status.started()
-            while True:
-                now = trio.current_time()
-                expired = [e for e in self._idle if now - e.since >= self.idle_s]
-                if expired:
-                    self._idle = [e for e in self._idle if now - e.since < self.idle_s]
-                    await self._stop_all([e.running for e in expired])
-                    self._evicted += len(expired)  # counted once removed
-                    continue
-                self._wake = trio.Event()
-                oldest = min((e.since for e in self._idle), default=math.inf)
-                with trio.move_on_at(oldest + self.idle_s):
-                    await self._wake.wait()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                while True:
+                    now = trio.current_time()
+                    expired = [e for e in self._idle if now - e.since >= self.idle_s]
+                    if expired:
+                        self._idle = [e for e in self._idle if now - e.since < self.idle_s]
+                        await self._stop_all([e.running for e in expired])
+                        self._evicted += len(expired)  # counted once removed
+                        continue
+                    self._wake = trio.Event()
+                    oldest = min((e.since for e in self._idle), default=math.inf)
+                    with trio.move_on_at(oldest + self.idle_s):
+                        await self._wake.wait()
         finally:
+            self._nursery = None
             self._closed = True
             idle, self._idle = self._idle, []
             await self._stop_all([e.running for e in idle])
@@ -248,10 +275,26 @@ class WarmPool:
         """Back into the pool, idle from now; over max_idle the oldest idle one goes."""
         self._idle.append(_Idle(key, running, trio.current_time()))
         self._wake.set()
+        if self._nursery is not None and running.ahead is None:
+            running.ahead = apphttp.Ahead()
+            self._nursery.start_soon(self._hold_ahead, running, running.ahead)
         if len(self._idle) > self.max_idle:
             oldest = self._idle.pop(0)
             await self._stop(oldest.running)
             self._evicted += 1  # counted once removed
+
+    async def _hold_ahead(self, running: Running, ahead: apphttp.Ahead) -> None:
+        """Open ``running``'s next connection and hold it for AHEAD_HOLD_S; closed unused
+        unless a job took it by then (the job owns it)."""
+        try:
+            await ahead.open(running.address, self.warm_connect_timeout_s)
+            with trio.move_on_after(AHEAD_HOLD_S):
+                await ahead.taken.wait()
+        finally:
+            if running.ahead is ahead:
+                running.ahead = None
+            if not ahead.taken.is_set():
+                ahead.close()
 
     async def _start(self, key: Key) -> Running:
         running = await self.executor.start(*key)

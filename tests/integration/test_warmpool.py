@@ -19,6 +19,7 @@ import trio
 
 from conftest import docker_engine
 from meca_node.core.task import TaskResources
+from meca_node.runtime import apphttp, warmpool
 from meca_node.runtime.executor import DockerExecutor
 from meca_node.runtime.sandbox import LABEL
 from meca_node.runtime.warmpool import WarmPool
@@ -52,6 +53,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
 print("meca-init-done", flush=True)
 http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
 """
+#: the same app serving one connection at a time, closing a connection that sends nothing
+#: for 0.3 s: the hard case for a connection opened ahead
+ONE_AT_A_TIME_APP = SHELL_APP.replace(
+    "ThreadingHTTPServer", "HTTPServer").replace(
+    '"HTTP/1.1"\n', '"HTTP/1.1"\n    timeout = 0.3\n')
+assert ONE_AT_A_TIME_APP.count("timeout = 0.3") == 1 and "Threading" not in ONE_AT_A_TIME_APP
 KILL_APP = ("import os\n"
             "for p in filter(str.isdigit, os.listdir('/proc')):\n"
             "    if open(f'/proc/{p}/cmdline', 'rb').read() == b'python\\0/app/app.py\\0':\n"
@@ -75,6 +82,13 @@ def images(client, tmp_path_factory) -> dict[str, str]:
         COPY app.py /app/app.py
         CMD ["sh", "-c", "python /app/app.py; sleep 3600"]
         """))
+    single = tmp_path_factory.mktemp("singleapp")
+    (single / "app.py").write_text(ONE_AT_A_TIME_APP)
+    (single / "Dockerfile").write_text(textwrap.dedent("""\
+        FROM python:3.9-slim
+        COPY app.py /app/app.py
+        CMD ["python", "/app/app.py"]
+        """))
     executor = DockerExecutor(client)
     echo_tag = "meca-task/warmpool-echo:" + folder_digest(ECHO)[:12]
 
@@ -82,9 +96,11 @@ def images(client, tmp_path_factory) -> dict[str, str]:
         await executor.prepare()
         await executor.build(ECHO, echo_tag)
         await executor.build(shell, "meca-task/warmpool-shellapp:test")
+        await executor.build(single, "meca-task/warmpool-single:test")
 
     trio.run(build)
-    return {"echo": echo_tag, "shell": "meca-task/warmpool-shellapp:test"}
+    return {"echo": echo_tag, "shell": "meca-task/warmpool-shellapp:test",
+            "single": "meca-task/warmpool-single:test"}
 
 
 def ours(client) -> list[str]:
@@ -137,14 +153,17 @@ async def test_second_run_of_the_same_image_takes_the_warm_container(client, ima
         first, reply = await job(pool, images["echo"])
         cold_s = time.perf_counter() - t0
         assert reply == b"hello"
-        assert pool.stats() == {"idle": 1, "hits": 0, "misses": 1, "evicted": 0, "not_kept_busy": 0}
+        assert pool.stats() == {"idle": 1, "hits": 0, "misses": 1,
+                                "evicted": 0, "not_kept_busy": 0, "ahead": 0}
         assert ours(client) == [first]  # kept, not removed
 
         t0 = time.perf_counter()
         second, reply = await job(pool, images["echo"])
         warm_s = time.perf_counter() - t0
         assert reply == b"hello" and second == first
-        assert pool.stats() == {"idle": 1, "hits": 1, "misses": 1, "evicted": 0, "not_kept_busy": 0}
+        # its POST used the connection the pool had opened ahead when the first one ended
+        assert pool.stats() == {"idle": 1, "hits": 1, "misses": 1,
+                                "evicted": 0, "not_kept_busy": 0, "ahead": 1}
         assert ours(client) == [first]  # no new container
         assert warm_s < cold_s / 10
 
@@ -170,12 +189,52 @@ async def test_second_run_of_the_same_image_takes_the_warm_container(client, ima
         assert pool.stats()["misses"] == 1
 
 
+async def test_the_connection_opened_ahead_serves_an_app_of_one_connection_at_a_time(
+        client, images, monkeypatch):
+    """The next job's connection is opened when a container goes back idle. An app that
+    serves one connection at a time gets its job on that very connection (a second one
+    would wait behind it); one the app has closed, or one held past AHEAD_HOLD_S, is not
+    used, and the job connects as before."""
+    monkeypatch.setattr(warmpool, "AHEAD_HOLD_S", 2.0)
+    async with serving(client) as pool:
+        async with pool.run(images["single"], RES) as running:
+            assert (await pool.request(running, b"{}"))[0] == b"pong"  # cold
+        ahead = running.ahead
+        assert ahead is not None  # opened as the container went back
+        t0 = time.perf_counter()
+        async with pool.run(images["single"], RES) as again:
+            assert again is running
+            assert (await pool.request(running, b"{}"))[0] == b"pong"
+        took = time.perf_counter() - t0
+        assert ahead.used and pool.stats()["ahead"] == 1
+        assert took < 0.3  # not held up by the app's 0.3 s wait on an idle connection
+
+        # the app closes an idle connection after 0.3 s: the pool still holds it (2 s),
+        # the next job finds it closed and connects anew
+        ahead = running.ahead
+        await wait_for(lambda: ahead.ready.is_set() and ahead.stream is not None
+                       and not apphttp._quiet(ahead.stream))
+        monkeypatch.setattr(warmpool, "AHEAD_HOLD_S", 0.05)
+        assert (await job(pool, images["single"], b"{}"))[1] == b"pong"
+        assert not ahead.used and pool.stats()["ahead"] == 1
+
+        # held past AHEAD_HOLD_S: closed by the pool, not used
+        ahead = running.ahead
+        await wait_for(lambda: running.ahead is None)
+        assert ahead.stream is None and not ahead.used
+        assert (await job(pool, images["single"], b"{}"))[1] == b"pong"
+        assert pool.stats() == {"idle": 1, "hits": 3, "misses": 1,
+                                "evicted": 0, "not_kept_busy": 0, "ahead": 1}
+        assert pool.dead == 0
+
+
 async def test_other_resources_do_not_share_a_container(client, images):
     async with serving(client) as pool:
         small, _ = await job(pool, images["echo"], resources=RES)
         big, reply = await job(pool, images["echo"], resources=RES_BIG)
         assert reply == b"hello" and big != small
-        assert pool.stats() == {"idle": 2, "hits": 0, "misses": 2, "evicted": 0, "not_kept_busy": 0}
+        assert pool.stats() == {"idle": 2, "hits": 0, "misses": 2,
+                                "evicted": 0, "not_kept_busy": 0, "ahead": 0}
         assert set(ours(client)) == {small, big}
 
 
@@ -191,7 +250,8 @@ async def test_concurrent_jobs_get_their_own_containers_and_the_bound_evicts_the
                 assert pool.stats()["idle"] == 1  # c went back first
             assert pool.stats()["idle"] == 2  # then b: the pool is full
         # a's return pushes out the oldest idle one, c
-        assert pool.stats() == {"idle": 2, "hits": 0, "misses": 3, "evicted": 1, "not_kept_busy": 0}
+        assert pool.stats() == {"idle": 2, "hits": 0, "misses": 3,
+                                "evicted": 1, "not_kept_busy": 0, "ahead": 0}
         assert not exists(client, c.container_id)
         assert set(ours(client)) == {a.container_id, b.container_id}
         # the next job takes the most recently returned one
@@ -234,7 +294,8 @@ async def test_a_container_killed_while_idle_is_replaced(client, images):
         fresh, reply = await job(pool, images["echo"])
         assert reply == b"hello" and fresh != dead
         assert pool.dead == 1 and not exists(client, dead)
-        assert pool.stats() == {"idle": 1, "hits": 0, "misses": 2, "evicted": 0, "not_kept_busy": 0}
+        assert pool.stats() == {"idle": 1, "hits": 0, "misses": 2,
+                                "evicted": 0, "not_kept_busy": 0, "ahead": 0}
 
 
 async def test_a_warm_container_killed_before_its_request_is_replaced_in_place(client, images):
@@ -248,7 +309,8 @@ async def test_a_warm_container_killed_before_its_request_is_replaced_in_place(c
             fresh = running.container_id
         assert pool.dead == 1 and not exists(client, dead)
         assert ours(client) == [fresh]
-        assert pool.stats() == {"idle": 1, "hits": 1, "misses": 1, "evicted": 0, "not_kept_busy": 0}
+        assert pool.stats() == {"idle": 1, "hits": 1, "misses": 1,
+                                "evicted": 0, "not_kept_busy": 0, "ahead": 0}
 
 
 async def test_a_warm_container_whose_app_died_is_replaced_at_once(client, images):
