@@ -45,19 +45,26 @@ class Ahead:
     opener sets ``stream`` (None when the connect failed) and then ``ready``; whoever
     :meth:`take` s it owns the stream, else :meth:`close` ends it unused."""
 
-    __slots__ = ("stream", "ready", "taken", "used")
+    __slots__ = ("stream", "ready", "taken", "used", "opening")
 
     def __init__(self) -> None:
         self.stream: trio.SocketStream | None = None
         self.ready = trio.Event()
         self.taken = trio.Event()
         self.used = False  # taken, and still good then
+        self.opening = False  # the connect has begun
 
-    async def open(self, url: str, connect_timeout_s: float) -> None:
-        """Connect to ``url``'s host and port (a failure leaves ``stream`` None: the
-        request then connects itself and finds out); sets ``ready`` on every path."""
+    async def open(self, url: str, connect_timeout_s: float, after_s: float = 0.0) -> None:
+        """Connect to ``url``'s host and port ``after_s`` from now, unless taken first (a
+        failure leaves ``stream`` None: the request then connects itself and finds out);
+        sets ``ready`` on every path."""
         parts = urlsplit(url)
         try:
+            with trio.move_on_after(after_s):
+                await self.taken.wait()
+            if self.taken.is_set():
+                return
+            self.opening = True
             with trio.move_on_after(connect_timeout_s):
                 self.stream = await _connect(parts.hostname or "", parts.port or 80)
         except OSError:
@@ -67,8 +74,11 @@ class Ahead:
 
     async def take(self) -> trio.SocketStream | None:
         """The open connection, now the caller's, if the app has neither closed it nor
-        written to it; else None (and it is closed)."""
+        written to it; else None (and it is closed). Taken before the connect began:
+        None at once."""
         self.taken.set()
+        if not self.opening:
+            return None
         await self.ready.wait()  # the opener's connect is bounded by its timeout
         stream, self.stream = self.stream, None
         if stream is not None and not _quiet(stream):

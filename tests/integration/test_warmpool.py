@@ -157,6 +157,7 @@ async def test_second_run_of_the_same_image_takes_the_warm_container(client, ima
                                 "evicted": 0, "not_kept_busy": 0, "ahead": 0}
         assert ours(client) == [first]  # kept, not removed
 
+        await wait_for(lambda: all(e.running.ahead.ready.is_set() for e in pool._idle))
         t0 = time.perf_counter()
         second, reply = await job(pool, images["echo"])
         warm_s = time.perf_counter() - t0
@@ -191,39 +192,54 @@ async def test_second_run_of_the_same_image_takes_the_warm_container(client, ima
 
 async def test_the_connection_opened_ahead_serves_an_app_of_one_connection_at_a_time(
         client, images, monkeypatch):
-    """The next job's connection is opened when a container goes back idle. An app that
-    serves one connection at a time gets its job on that very connection (a second one
-    would wait behind it); one the app has closed, or one held past AHEAD_HOLD_S, is not
-    used, and the job connects as before."""
+    """The next job's connection is opened AHEAD_AFTER_S after a container goes back idle.
+    An app that serves one connection at a time gets its job on that very connection (a
+    second one would wait behind it); a job that comes before the connect began, one the
+    app has closed, or one held past AHEAD_HOLD_S is not used: the job connects itself."""
     monkeypatch.setattr(warmpool, "AHEAD_HOLD_S", 2.0)
-    async with serving(client) as pool:
-        async with pool.run(images["single"], RES) as running:
-            assert (await pool.request(running, b"{}"))[0] == b"pong"  # cold
-        ahead = running.ahead
-        assert ahead is not None  # opened as the container went back
+    monkeypatch.setattr(warmpool, "AHEAD_AFTER_S", 0.0)
+
+    async def timed_job() -> float:
         t0 = time.perf_counter()
         async with pool.run(images["single"], RES) as again:
             assert again is running
             assert (await pool.request(running, b"{}"))[0] == b"pong"
-        took = time.perf_counter() - t0
+        return time.perf_counter() - t0
+
+    async with serving(client) as pool:
+        async with pool.run(images["single"], RES) as running:
+            assert (await pool.request(running, b"{}"))[0] == b"pong"  # cold
+        ahead = running.ahead
+        assert ahead is not None  # made as the container went back
+        await wait_for(ahead.ready.is_set)
+        monkeypatch.setattr(warmpool, "AHEAD_AFTER_S", 30.0)
+        # not held up by the app's 0.3 s wait on an idle connection
+        assert await timed_job() < 0.3
         assert ahead.used and pool.stats()["ahead"] == 1
-        assert took < 0.3  # not held up by the app's 0.3 s wait on an idle connection
+
+        # taken before its connect began (30 s): the job connects itself at once
+        ahead = running.ahead
+        assert not ahead.opening
+        assert await timed_job() < 0.3
+        assert not ahead.used and ahead.stream is None and pool.stats()["ahead"] == 1
 
         # the app closes an idle connection after 0.3 s: the pool still holds it (2 s),
         # the next job finds it closed and connects anew
+        monkeypatch.setattr(warmpool, "AHEAD_AFTER_S", 0.0)
+        assert await timed_job() < 0.3
         ahead = running.ahead
         await wait_for(lambda: ahead.ready.is_set() and ahead.stream is not None
                        and not apphttp._quiet(ahead.stream))
         monkeypatch.setattr(warmpool, "AHEAD_HOLD_S", 0.05)
-        assert (await job(pool, images["single"], b"{}"))[1] == b"pong"
+        assert await timed_job() < 0.3
         assert not ahead.used and pool.stats()["ahead"] == 1
 
         # held past AHEAD_HOLD_S: closed by the pool, not used
         ahead = running.ahead
         await wait_for(lambda: running.ahead is None)
         assert ahead.stream is None and not ahead.used
-        assert (await job(pool, images["single"], b"{}"))[1] == b"pong"
-        assert pool.stats() == {"idle": 1, "hits": 3, "misses": 1,
+        assert await timed_job() < 0.3
+        assert pool.stats() == {"idle": 1, "hits": 5, "misses": 1,
                                 "evicted": 0, "not_kept_busy": 0, "ahead": 1}
         assert pool.dead == 0
 
