@@ -11,10 +11,12 @@ providers have its image cached in their engine.
          included), next to --jobs direct HTTP POSTs from this process to the very same
          warm container's address (keep-alive, like the provider's own client).
   cold:  --cold jobs on the provider without a warm pool (image cached: create, start,
-         meca-init-done, first answer), next to plain `docker run -d` of the same image on
-         the same network with the task's declared cpu and memory (`--cpus`, `--memory`)
-         + POST until it answers (the Docker CLI), as many times; and without limits, for
-         scale (the limits alone slow a CPU-bound app start).
+         meca-init-done, first answer; each starts once the provider has removed the
+         previous one's container, as the baseline removes its own between runs), next
+         to plain `docker run -d` of the same image on the same network with the task's
+         declared cpu and memory (`--cpus`, `--memory`) + POST until it answers (the
+         Docker CLI), as many times; and without limits, for scale (the limits alone
+         slow a CPU-bound app start).
 
 Prints p50/p99 for each with the difference and ratio to its baseline, and writes JSON to
 bench/results/job-<UTC timestamp>.json. Goals (issue "network path"): warm p50 within 3 ms
@@ -184,8 +186,13 @@ def main() -> int:
             # provider has seen (by gossip) every receipt the client paid the other one
             print(f"cold: {args.cold} jobs on a provider without a warm pool, {args.cold} "
                   f"docker run + first answer", flush=True)
-            cold_ours = [run_job(user, offer_id, spec, cold.peer_id)
-                         for _ in range(args.cold)]
+            cold_ours = []
+            for _ in range(args.cold):
+                # like the docker run baseline, which removes its container before the
+                # next run: the provider removes a job's container after answering
+                wait_for("the cold provider's last container removed",
+                         lambda: not (cold.status().get("warm_pool") or {}).get("removing"))
+                cold_ours.append(run_job(user, offer_id, spec, cold.peer_id))
             print(f"warm: {args.jobs} jobs client -> provider, {args.jobs} direct POSTs to "
                   f"{url}", flush=True)
             cpu0 = {n.index: cpu_s(n) for n in (user, warm, dev)}

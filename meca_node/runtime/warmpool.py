@@ -14,7 +14,11 @@ at once. A lease that ends cleanly, with every request made through
 :meth:`WarmPool.request` answered, puts the container back, timestamped (when the pool is
 full the oldest idle one is removed); an exception, a cancellation or a failed request
 removes it, shielded from cancellation. Once ``serve`` has returned the pool is closed:
-leases still running then remove their container at the end. Pooled containers keep the
+leases still running then remove their container at the end. A container that a job ended
+cleanly but the pool does not keep (pooling off, the pool full, closed, or processes left
+running) is removed in the background while ``serve`` runs: removal takes ~0.1 s here and
+the job's answer does not wait for it (the container is killed at once; the rest is the
+engine's cleanup, during which its memory may still be counted by the kernel). Pooled containers keep the
 executor's labels (``meca-node=1``, ``meca-node.pid``), so the orphan sweep of
 :meth:`DockerExecutor.prepare` removes them after a crash. Idle containers hold memory that
 a provider's per-job reservations do not count; ``max_idle`` bounds it.
@@ -134,6 +138,7 @@ class WarmPool:
         self._closed = False
         self._hits = self._misses = self._evicted = 0
         self._ahead = 0  # warm runs whose POST used a connection opened ahead
+        self._removing = 0  # containers being removed in the background
         self.dead = 0  # warm containers found dead and replaced or dropped
         #: container id -> its process count when it was ready (pids cgroup)
         self._pids_ready: dict[str, int | None] = {}
@@ -149,10 +154,11 @@ class WarmPool:
     def stats(self) -> dict:
         """Idle containers now; runs that took a warm one (hits) or started one (misses);
         idle ones removed for the bound or for idling longer than idle_s (evicted); hits
-        whose POST found its connection opened ahead (ahead)."""
+        whose POST found its connection opened ahead (ahead); containers being removed in
+        the background (removing)."""
         return {"idle": len(self._idle), "hits": self._hits, "misses": self._misses,
                 "evicted": self._evicted, "not_kept_busy": self.not_kept_busy,
-                "ahead": self._ahead}
+                "ahead": self._ahead, "removing": self._removing}
 
     async def check_gpus(self, resources: TaskResources) -> None:
         """As :meth:`DockerExecutor.check_gpus` (so the pool can stand in for it)."""
@@ -165,14 +171,20 @@ class WarmPool:
         Takes an idle container of the same (image, resources) if one is there, else starts
         one through the executor. On a clean exit the container goes back to the pool (idle,
         timestamped) instead of being removed; on any exception or cancellation it is
-        removed (removal shielded from cancellation).
+        removed (removal shielded from cancellation). One not kept after a clean exit is
+        removed in the background (:meth:`_discard`).
 
         ``running.init_s`` is the container's own start, so a warm run shows its first
         job's start time; POST with :meth:`request`."""
         if not self.enabled or self._closed:
             self._misses += 1
-            async with self.executor.run(image, resources) as running:
+            running = await self.executor.start(image, resources)
+            clean = False
+            try:
                 yield running
+                clean = True
+            finally:
+                await (self._discard(running) if clean else self._stop(running))
             return
         key = (image, resources)
         running = await self._take(key)
@@ -190,11 +202,12 @@ class WarmPool:
             clean = True
         finally:
             del self._leases[id(running)]
-            if clean and not lease.failed and not self._closed \
-                    and not self._left_processes(running):
-                await self._put(key, running)
-            else:
+            if not clean or lease.failed:
                 await self._stop(running)
+            elif self._closed or self._left_processes(running):
+                await self._discard(running)
+            else:
+                await self._put(key, running)
 
     async def request(self, running: Running, body: bytes) -> tuple[bytes, float]:
         """POST ``body`` as :meth:`DockerExecutor.request` does; returns (reply, seconds).
@@ -284,8 +297,8 @@ class WarmPool:
             self._nursery.start_soon(self._hold_ahead, running, running.ahead)
         if len(self._idle) > self.max_idle:
             oldest = self._idle.pop(0)
-            await self._stop(oldest.running)
-            self._evicted += 1  # counted once removed
+            self._evicted += 1
+            await self._discard(oldest.running)
 
     async def _hold_ahead(self, running: Running, ahead: apphttp.Ahead) -> None:
         """Open ``running``'s next connection and hold it for AHEAD_HOLD_S; closed unused
@@ -335,6 +348,24 @@ class WarmPool:
         self._pids_ready.pop(running.container_id, None)
         self._pids_file.pop(running.container_id, None)
         await self.executor.stop(running)  # shielded
+
+    async def _discard(self, running: Running) -> None:
+        """Remove a container that no job needs any more, in the background while
+        ``serve`` runs: removal takes ~0.1 s here, which a job's answer should not wait
+        for (its container is killed at once; the rest is the engine's cleanup). When the
+        pool is closed it is removed here. ``serve`` waits for background removals."""
+        if self._nursery is None:
+            await self._stop(running)
+            return
+        self._removing += 1
+
+        async def remove() -> None:
+            try:
+                await self._stop(running)  # shielded
+            finally:
+                self._removing -= 1
+
+        self._nursery.start_soon(remove)
 
     async def _stop_all(self, runs: list[Running]) -> None:
         with trio.CancelScope(shield=True):

@@ -154,7 +154,8 @@ async def test_second_run_of_the_same_image_takes_the_warm_container(client, ima
         cold_s = time.perf_counter() - t0
         assert reply == b"hello"
         assert pool.stats() == {"idle": 1, "hits": 0, "misses": 1,
-                                "evicted": 0, "not_kept_busy": 0, "ahead": 0}
+                                "evicted": 0, "not_kept_busy": 0, "ahead": 0,
+                                "removing": 0}
         assert ours(client) == [first]  # kept, not removed
 
         await wait_for(lambda: all(e.running.ahead.ready.is_set() for e in pool._idle))
@@ -164,7 +165,8 @@ async def test_second_run_of_the_same_image_takes_the_warm_container(client, ima
         assert reply == b"hello" and second == first
         # its POST used the connection the pool had opened ahead when the first one ended
         assert pool.stats() == {"idle": 1, "hits": 1, "misses": 1,
-                                "evicted": 0, "not_kept_busy": 0, "ahead": 1}
+                                "evicted": 0, "not_kept_busy": 0, "ahead": 1,
+                                "removing": 0}
         assert ours(client) == [first]  # no new container
         assert warm_s < cold_s / 10
 
@@ -240,7 +242,8 @@ async def test_the_connection_opened_ahead_serves_an_app_of_one_connection_at_a_
         assert ahead.stream is None and not ahead.used
         assert await timed_job() < 0.3
         assert pool.stats() == {"idle": 1, "hits": 5, "misses": 1,
-                                "evicted": 0, "not_kept_busy": 0, "ahead": 1}
+                                "evicted": 0, "not_kept_busy": 0, "ahead": 1,
+                                "removing": 0}
         assert pool.dead == 0
 
 
@@ -250,7 +253,8 @@ async def test_other_resources_do_not_share_a_container(client, images):
         big, reply = await job(pool, images["echo"], resources=RES_BIG)
         assert reply == b"hello" and big != small
         assert pool.stats() == {"idle": 2, "hits": 0, "misses": 2,
-                                "evicted": 0, "not_kept_busy": 0, "ahead": 0}
+                                "evicted": 0, "not_kept_busy": 0, "ahead": 0,
+                                "removing": 0}
         assert set(ours(client)) == {small, big}
 
 
@@ -265,9 +269,12 @@ async def test_concurrent_jobs_get_their_own_containers_and_the_bound_evicts_the
                         assert (await pool.request(running, ECHO_INPUT))[0] == b"hello"
                 assert pool.stats()["idle"] == 1  # c went back first
             assert pool.stats()["idle"] == 2  # then b: the pool is full
-        # a's return pushes out the oldest idle one, c
+        # a's return pushes out the oldest idle one, c: removed in the background
+        assert pool.stats()["evicted"] == 1
+        await wait_for(lambda: pool.stats()["removing"] == 0)
         assert pool.stats() == {"idle": 2, "hits": 0, "misses": 3,
-                                "evicted": 1, "not_kept_busy": 0, "ahead": 0}
+                                "evicted": 1, "not_kept_busy": 0, "ahead": 0,
+                                "removing": 0}
         assert not exists(client, c.container_id)
         assert set(ours(client)) == {a.container_id, b.container_id}
         # the next job takes the most recently returned one
@@ -311,7 +318,8 @@ async def test_a_container_killed_while_idle_is_replaced(client, images):
         assert reply == b"hello" and fresh != dead
         assert pool.dead == 1 and not exists(client, dead)
         assert pool.stats() == {"idle": 1, "hits": 0, "misses": 2,
-                                "evicted": 0, "not_kept_busy": 0, "ahead": 0}
+                                "evicted": 0, "not_kept_busy": 0, "ahead": 0,
+                                "removing": 0}
 
 
 async def test_a_warm_container_killed_before_its_request_is_replaced_in_place(client, images):
@@ -326,7 +334,8 @@ async def test_a_warm_container_killed_before_its_request_is_replaced_in_place(c
         assert pool.dead == 1 and not exists(client, dead)
         assert ours(client) == [fresh]
         assert pool.stats() == {"idle": 1, "hits": 1, "misses": 1,
-                                "evicted": 0, "not_kept_busy": 0, "ahead": 0}
+                                "evicted": 0, "not_kept_busy": 0, "ahead": 0,
+                                "removing": 0}
 
 
 async def test_a_warm_container_whose_app_died_is_replaced_at_once(client, images):
@@ -381,8 +390,17 @@ async def test_cancelling_serve_removes_every_idle_container_and_closes_the_pool
 async def test_zero_idle_s_or_max_idle_turns_pooling_off(client, images):
     for kw in ({"idle_s": 0}, {"max_idle": 0}):
         async with serving(client, **kw) as pool:
+            t0 = time.perf_counter()
             first, reply = await job(pool, images["echo"])
-            assert reply == b"hello" and ours(client) == []
+            answered = time.perf_counter() - t0
+            assert reply == b"hello"
+            # removed after the job, in the background: the job did not wait for it
+            assert pool.stats()["removing"] == 1 and exists(client, first)
+            t0 = time.perf_counter()
+            await wait_for(lambda: pool.stats()["removing"] == 0)
+            assert ours(client) == [] and not exists(client, first)
+            print(f"\njob without a pool {answered:.3f} s, then its container's removal "
+                  f"{time.perf_counter() - t0:.3f} s more")
             second, _ = await job(pool, images["echo"])
             assert second != first and pool.stats()["idle"] == 0
             assert pool.stats()["hits"] == 0
