@@ -58,6 +58,8 @@ class OfferBook:
         self.capacity = capacity
         self.per_developer = per_developer
         self._offers: OrderedDict[tuple[bytes, str], KnownOffer] = OrderedDict()
+        #: offer id -> its key in ``_offers``: a job's admission finds its offer at once
+        self._by_id: dict[bytes, tuple[bytes, str]] = {}
         self._withdrawn: OrderedDict[tuple[bytes, str], int] = OrderedDict()
 
     def observe(self, env: Envelope, now_ms: int) -> bool:
@@ -82,10 +84,14 @@ class OfferBook:
                 return False  # the same offer re-announced: still live
         elif sum(1 for s, _ in self._offers if s == env.signer) >= self.per_developer:
             return False
+        if old is not None:
+            self._by_id.pop(old.offer_id, None)  # superseded
         self._offers[key] = KnownOffer(offer_id, env.signer, env.ts, body, now_ms)
+        self._by_id[offer_id] = key
         self._offers.move_to_end(key)
         while len(self._offers) > self.capacity:
-            self._offers.popitem(last=False)
+            _, dropped = self._offers.popitem(last=False)
+            self._by_id.pop(dropped.offer_id, None)
         return True
 
     def _withdraw(self, signer: bytes, name: str, ts: int) -> bool:
@@ -97,8 +103,17 @@ class OfferBook:
         old = self._offers.get(key)
         if old is not None and old.ts <= ts:
             del self._offers[key]
+            self._by_id.pop(old.offer_id, None)
             return True
         return False
+
+    def get(self, offer_id: bytes, now_ms: int) -> KnownOffer | None:
+        """The live offer with this id, or None (without a look at the others)."""
+        key = self._by_id.get(offer_id)
+        offer = self._offers.get(key) if key is not None else None
+        if offer is None or offer.offer_id != offer_id or now_ms - offer.seen_ms > self.ttl_ms:
+            return None
+        return offer
 
     def live(self, now_ms: int) -> list[KnownOffer]:
         """Offers announced within the last ``ttl_ms``, newest first."""
@@ -109,8 +124,15 @@ class OfferBook:
         """An offer by id (hex, or a unique prefix of at least 8 hex digits), by
         ``name@key-prefix``, or by a name only one developer offers. AmbiguousOffer when
         the name is offered by several; None when nothing matches."""
-        live = self.live(now_ms)
         ref = ref.strip()
+        if len(ref) == 64:  # a whole offer id: no need to look at the others
+            try:
+                offer = self.get(bytes.fromhex(ref), now_ms)
+            except ValueError:
+                offer = None
+            if offer is not None:
+                return offer
+        live = self.live(now_ms)
         if len(ref) >= 8 and all(c in "0123456789abcdef" for c in ref.lower()):
             hits = [o for o in live if o.offer_id.hex().startswith(ref.lower())]
             if len(hits) == 1:

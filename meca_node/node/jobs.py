@@ -536,8 +536,7 @@ class JobHost:
             self.done += 1
             await self._send(stream, accept)
             return await self._release(stream, job_id, kept, kept.commit)
-        offer = next((o for o in self.node.offers.live(self.node.clock.now_ms())
-                      if o.offer_id == req.offer_id), None)
+        offer = self.node.offers.get(req.offer_id, self.node.clock.now_ms())
         if offer is None:
             await self._send(stream, wire.JobReject(job_id=job_id, reason="unknown_offer",
                                                     detail="the job's offer is withdrawn"))
@@ -558,8 +557,7 @@ class JobHost:
         now = self.node.clock.now_ms()
         if req.deadline and req.deadline < now:
             raise JobFailed("deadline", "the job's deadline has passed")
-        offer = next((o for o in self.node.offers.live(now) if o.offer_id == req.offer_id),
-                     None)
+        offer = self.node.offers.get(req.offer_id, now)
         if offer is None:
             raise JobFailed("unknown_offer", f"this provider knows no live offer "
                                              f"{req.offer_id.hex()[:16]}")

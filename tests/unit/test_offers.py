@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from meca_node import wire
@@ -114,3 +116,34 @@ def test_bounded_per_developer_and_in_total():
 def test_only_offers_and_withdrawals():
     with pytest.raises(TypeError):
         OfferBook(ttl_ms=1).observe(env(wire.JobAccept(bytes(16), 1, 0)), T0)
+
+
+def scan(book, offer_id, now):
+    """What ``get`` must answer: the live offer of that id, found the slow way."""
+    return next((o for o in book.live(now) if o.offer_id == offer_id), None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["offer", "offer", "withdraw"]),
+                          st.sampled_from([ALICE, BOB]), st.sampled_from(["a", "b", "c"]),
+                          st.integers(0, 3), st.integers(-5, 40), st.integers(0, 700)),
+                max_size=25))
+def test_get_by_id_agrees_with_a_scan_of_the_live_offers(ops):
+    """Supersedes, late copies, withdrawals, the caps and expiry keep the id index true."""
+    book = OfferBook(ttl_ms=1000, capacity=4, per_developer=3)
+    seen, now = set(), T0
+    for kind, key, name, fee, dts, step in ops:
+        now += step
+        if kind == "offer":
+            e = env(offer(name=name, fee=fee), key=key, ts=now + dts)
+            seen.add(offer_id_of(e))
+        else:
+            ids = sorted(seen) or [bytes(32)]
+            e = env(wire.TaskWithdraw(name, ids[fee % len(ids)]), key=key, ts=now + dts)
+        book.observe(e, now)
+        assert len(book._by_id) == len(book)  # the index holds no stale ids: bounded
+        for offer_id in seen:
+            assert book.get(offer_id, now) == scan(book, offer_id, now)
+            if book.get(offer_id, now) is not None:  # and find() by the whole id
+                assert book.find(offer_id.hex(), now).offer_id == offer_id
+    assert book.get(bytes(32), now) is None
