@@ -80,10 +80,9 @@ class Ahead:
         if not self.opening:
             return None
         await self.ready.wait()  # the opener's connect is bounded by its timeout
+        if self.stream is not None and not _quiet(self.stream):
+            self.close()
         stream, self.stream = self.stream, None
-        if stream is not None and not _quiet(stream):
-            stream.socket.close()
-            stream = None
         self.used = stream is not None
         return stream
 

@@ -18,10 +18,10 @@ leases still running then remove their container at the end. A container that a 
 cleanly but the pool does not keep (pooling off, the pool full, closed, or processes left
 running) is removed in the background while ``serve`` runs: removal takes ~0.1 s here and
 the job's answer does not wait for it (the container is killed at once; the rest is the
-engine's cleanup, during which its memory may still be counted by the kernel). Pooled containers keep the
-executor's labels (``meca-node=1``, ``meca-node.pid``), so the orphan sweep of
-:meth:`DockerExecutor.prepare` removes them after a crash. Idle containers hold memory that
-a provider's per-job reservations do not count; ``max_idle`` bounds it.
+engine's cleanup, during which its memory may still be counted by the kernel). Pooled
+containers keep the executor's labels (``meca-node=1``, ``meca-node.pid``), so the orphan
+sweep of :meth:`DockerExecutor.prepare` removes them after a crash. Idle containers hold
+memory that a provider's per-job reservations do not count; ``max_idle`` bounds it.
 
 Privacy. Consecutive jobs of the same image may share a container, as with a Lambda warm
 start: a job can see what an earlier job of the *same task* left in the container's
@@ -65,7 +65,10 @@ shortest common ones are seconds), and one connection at most is held per contai
 an app that serves one connection at a time is never kept from its job's: the job takes
 that very connection, waiting out an open still in flight. After the hold, or when the
 container stops, the connection is closed unused; the app sees a connection that sent
-nothing.
+nothing. An app that closes idle connections after about AHEAD_HOLD_S may close ours just
+as a job sends on it: that POST gets no answer, the pool takes the app for dead, and the
+job runs on a fresh container (its answer is right, and later). Common servers wait
+seconds or more for a first request, so this stays rare.
 """
 
 from __future__ import annotations
