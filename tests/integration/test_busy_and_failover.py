@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import docker_engine, wait_for
-from test_run_job import EXAMPLES, cli, wait_offer
+from test_run_job import EXAMPLES, cli, wait_advert, wait_offer
 from test_wallet import wait_balances
 from meca_node.sim import Cluster
 from meca_node.sim.cluster import child_env
@@ -100,6 +100,9 @@ def test_a_job_whose_only_provider_is_busy_waits_and_completes(tmp_path, queue, 
         first = start_run(user, {"input": "first", "sleep": 6})
         try:
             wait_line(first, b"==> running", 120)  # the provider is busy from here
+            # and the client knows it from the provider's advert (sent within a second
+            # of the change): the second job then joins a busy provider's queue
+            wait_advert(user, cluster.nodes[1].peer_id, lambda ad: ad["free"]["cpu"] < 0.5)
             t0 = time.monotonic()
             second = start_run(user, {"input": "second"}, "--timeout", "60")
             out, err = second.communicate(timeout=120)
