@@ -155,6 +155,9 @@ def sample_bodies() -> dict[str, Any]:
                                       second=fork_b),
         "EntryRequest": wire.EntryRequest(account=PUB["alice"], from_seq=3, count=64),
         "PaymentRefusal": wire.PaymentRefusal(job_id=JOB_ID, commits=(commit_env,)),
+        # relayed by bob: alice's transfer and one of her entries at seq 7
+        "Entries": wire.Entries(entries=(wire.SignedEntry(raw=transfer_env),
+                                         wire.SignedEntry(raw=fork_a))),
     }
 
 
@@ -632,7 +635,8 @@ def gate_vectors() -> list[dict]:
     topic_of = {"HostAdvert": wire.TOPIC_ADVERTS, "TaskOffer": wire.TOPIC_OFFERS,
                 "TaskWithdraw": wire.TOPIC_OFFERS,
                 "Receipt": wire.TOPIC_RECEIPTS, "Transfer": wire.TOPIC_RECEIPTS,
-                "Receive": wire.TOPIC_RECEIPTS, "FraudProof": wire.TOPIC_RECEIPTS}
+                "Receive": wire.TOPIC_RECEIPTS, "FraudProof": wire.TOPIC_RECEIPTS,
+                "Entries": wire.TOPIC_RECEIPTS}
 
     def run(steps: list[tuple[bytes, str, int]]) -> list[Any]:
         gate = GossipGate(GateConfig(network_id=NET))
@@ -667,16 +671,41 @@ def gate_vectors() -> list[dict]:
         vs.append(v)
 
     for label in ("HostAdvert", "HostAdvert.minimal", "TaskOffer", "TaskWithdraw", "Receipt",
-                  "Transfer", "Receive", "FraudProof"):
+                  "Transfer", "Receive", "FraudProof", "Entries"):
         body = BODIES[label]
         signer = {"HostAdvert": "bob", "TaskOffer": "carol", "TaskWithdraw": "carol",
-                  "Receive": "bob"}.get(type(body).TYPE, "alice")
+                  "Receive": "bob", "Entries": "bob"}.get(type(body).TYPE, "alice")
         add(f"accept_{label}", sealed(body, signer=signer, label=f"gate-{label}"),
             f"a valid {wire.type_id(type(body))} on {topic_of[type(body).TYPE]}", None,
             topic=topic_of[type(body).TYPE])
 
     receipt = BODIES["Receipt"]
     good = sealed(receipt, label="gate-receipt")
+
+    # an Entries message: each entry is checked as if gossiped alone
+    def entries(*raws: bytes) -> wire.Entries:
+        return wire.Entries(entries=tuple(wire.SignedEntry(raw=r) for r in raws))
+
+    good_env = wire.cbor_decode(good)
+    add("entries_inner_bad_signature",
+        sealed(entries(enc({**good_env, "sig": flip(good_env["sig"], 63)})), signer="bob",
+               label="gate-entries-bad-sig"),
+        "an Entries message signed by bob whose entry's signature is broken", "bad_signature")
+    add("entries_inner_other_network",
+        sealed(entries(good, sealed(receipt, net=OTHER_NET, label="gate-entries-net")),
+               signer="bob", label="gate-entries-other-net"),
+        "an Entries message whose second entry is signed for another network",
+        "wrong_network")
+    add("entries_inner_not_an_entry",
+        sealed(entries(sealed(BODIES["TaskOffer"], signer="carol", label="gate-entries-offer")),
+               signer="bob", label="gate-entries-offer-in"),
+        "an Entries message that carries a TaskOffer, not an account chain entry",
+        "wrong_topic")
+    add("entries_inner_stale_is_fine",
+        sealed(entries(sealed(receipt, ts=NOW_MS - 10 * SKEW, label="gate-entries-old")),
+               signer="bob", label="gate-entries-old-in"),
+        "an entry signed long ago, passed on in a fresh Entries message: entries carry no "
+        "clock or replay check of their own", None)
 
     # signature
     env = wire.cbor_decode(good)

@@ -263,6 +263,8 @@ def status(data_dir: DataDir = None, config: ConfigFile = None, json_out: JsonOu
     table = Table("gossip", "count", title=None)
     for kind, n in sorted(s["gossip"]["accepted"].items()):
         table.add_row(f"accepted {kind}", str(n))
+    for kind, n in sorted(s["gossip"].get("entries", {}).items()):
+        table.add_row(f"  {kind} in Entries", str(n))
     for reason, n in sorted(s["gossip"]["dropped"].items()):
         table.add_row(f"[red]dropped {reason}[/]", str(n))
     if table.row_count:

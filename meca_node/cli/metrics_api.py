@@ -111,6 +111,9 @@ async def collect(node, net, ipfs, routes: Routes) -> bytes:
     out.add("meca_gossip_received", "counter",
             "gossip messages from other peers accepted, by message kind",
             _by("kind", s["gossip"]["accepted"]))
+    out.add("meca_gossip_entries_received", "counter",
+            "account chain entries in accepted Entries gossip messages, by entry kind",
+            _by("kind", s["gossip"].get("entries", {})))
     dropped = dict(s["gossip"]["dropped"])
     faults = getattr(net, "faults", None)
     if faults is not None and faults.stats.get("gossip_dropped"):

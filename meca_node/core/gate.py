@@ -3,6 +3,12 @@
 Order matters: cheap structural checks first, then the signature, and only then
 anything that changes state (replay cache, rate buckets), so forged messages can
 neither fill the replay cache nor drain an honest signer's bucket.
+
+An ``Entries`` message (account chain entries gossiped together) costs its signer one rate
+token per ``ENTRIES_PER_TOKEN`` entries; then each entry is opened and checked as a message
+of its own would be (structure, signature, network, an entry type), and one bad entry drops
+the whole message, whose signer vouched for it. Entries carry no replay or clock check of
+their own: a chain entry passed on again is a duplicate to the ledger, not a new payment.
 """
 
 from __future__ import annotations
@@ -38,11 +44,17 @@ class GateConfig:
     replay_capacity: int = 100_000
 
 
+#: an ``Entries`` message costs one rate token per this many entries it carries (rounded up)
+ENTRIES_PER_TOKEN = 8
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     envelope: Envelope | None
     reason: str | None
     detail: str = ""
+    #: for an ``Entries`` message: its entries, each opened and checked
+    entries: tuple[Envelope, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -53,6 +65,7 @@ class Verdict:
 class GateStats:
     accepted: Counter = field(default_factory=Counter)  # by message kind
     dropped: Counter = field(default_factory=Counter)   # by reason
+    entries: Counter = field(default_factory=Counter)   # in accepted Entries, by kind
 
 
 class GossipGate:
@@ -77,6 +90,8 @@ class GossipGate:
         if verdict.ok:
             assert verdict.envelope is not None
             self.stats.accepted[verdict.envelope.kind] += 1
+            for entry in verdict.entries:
+                self.stats.entries[entry.kind] += 1
         else:
             self.stats.dropped[verdict.reason] += 1
         return verdict
@@ -103,7 +118,23 @@ class GossipGate:
             return Verdict(None, "banned", "signer is banned for flooding")
         if not self._replay.check_and_add(env.signer, env.nonce, env.ts, now_ms):
             return Verdict(None, "replay", "nonce already seen")
-        refused = limits.allow(env.signer, now_ms)
+        batch = env.body.entries if isinstance(env.body, wire.Entries) else ()
+        refused = limits.allow(env.signer, now_ms,
+                               cost=1 + (len(batch) - 1) // ENTRIES_PER_TOKEN if batch else 1)
         if refused is not None:
             return Verdict(None, refused, "signer exceeds its gossip rate")
-        return Verdict(env, None)
+        if not batch:
+            return Verdict(env, None)
+        entries = []
+        for i, item in enumerate(batch):
+            try:
+                entry = wire.open_envelope(item.raw, max_size=cfg.max_message)
+            except WireError as exc:
+                return Verdict(None, exc.reason, f"entry {i}: {exc.detail}")
+            if type(entry.body) not in wire.ENTRY_TYPES:
+                return Verdict(None, "wrong_topic", f"entry {i} is a {entry.kind}, not an "
+                               "account chain entry")
+            if entry.net != cfg.network_id:
+                return Verdict(None, "wrong_network", f"entry {i} is of another network")
+            entries.append(entry)
+        return Verdict(env, None, entries=tuple(entries))

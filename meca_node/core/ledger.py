@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,7 +230,9 @@ class Chains:
         self._alloc = {a.key: a.amount for a in genesis.alloc}
         self._accounts: dict[bytes, _Account] = {}
         self._applied: dict[bytes, tuple[bytes, int]] = {}       # entry hash -> (key, seq)
-        self._unclaimed: dict[tuple[bytes, bytes], int] = {}     # (source, payee) -> amount
+        # payee -> {source: amount}, each payee's in the order applied
+        self._unclaimed: dict[bytes, dict[bytes, int]] = {}
+        self._outstanding = 0
         self._waiting: dict[bytes, list[bytes]] = {}             # source -> accounts waiting
         self._rejected: OrderedDict[tuple[bytes, int], Envelope] = OrderedDict()
         self._pending_total = 0
@@ -247,16 +250,28 @@ class Chains:
 
     def outstanding(self) -> int:
         """Sent but not yet received: the sum of every payment no Receive has claimed."""
-        return sum(self._unclaimed.values())
+        return self._outstanding
 
     def unclaimed(self, key: bytes) -> list[Claim]:
         """Payments to ``key`` it has not received, in the order they were applied."""
-        out = []
-        for (source, payee), amount in self._unclaimed.items():
-            if payee == key:
-                payer, payer_seq = self._applied[source]
-                out.append(Claim(source, payer, payer_seq, amount))
-        return out
+        return list(self.iter_unclaimed(key))
+
+    def iter_unclaimed(self, key: bytes) -> Iterator[Claim]:
+        """``unclaimed(key)`` one at a time (do not change the chains while iterating)."""
+        for source, amount in self._unclaimed.get(key, {}).items():
+            yield self._claim(source, amount)
+
+    def unclaimed_count(self, key: bytes) -> int:
+        return len(self._unclaimed.get(key, {}))
+
+    def claim(self, key: bytes, source: bytes) -> Claim | None:
+        """The payment of entry ``source`` to ``key`` if ``key`` has not received it."""
+        amount = self._unclaimed.get(key, {}).get(source)
+        return None if amount is None else self._claim(source, amount)
+
+    def _claim(self, source: bytes, amount: int) -> Claim:
+        payer, payer_seq = self._applied[source]
+        return Claim(source, payer, payer_seq, amount)
 
     def head(self, key: bytes) -> tuple[int, bytes]:
         """(seq, prev) of the next entry ``key`` would sign."""
@@ -411,7 +426,7 @@ class Chains:
             if where != (body.payer, body.payer_seq):
                 return self._refuse(key, env, "wrong_payer",
                                     "payer and payer_seq do not name the source entry")
-            owed = self._unclaimed.get((body.source, key))
+            owed = self._unclaimed.get(key, {}).get(body.source)
             if owed is None:
                 paid = key in payouts(self.entry(body.source).body)  # type: ignore[union-attr]
                 return self._refuse(key, env, "already_received" if paid else "not_paid",
@@ -421,7 +436,11 @@ class Chains:
                 return self._refuse(key, env, "wrong_amount",
                                     f"the source entry pays this account {owed}, "
                                     f"not {body.amount}")
-            del self._unclaimed[(body.source, key)]
+            mine = self._unclaimed[key]
+            del mine[body.source]
+            if not mine:
+                del self._unclaimed[key]
+            self._outstanding -= owed
             acct = self._account(key)
             acct.balance += owed
         else:
@@ -433,7 +452,8 @@ class Chains:
             acct = self._account(key)
             acct.balance -= spend
             for payee, amount in payouts(body).items():
-                self._unclaimed[(h, payee)] = amount
+                self._unclaimed.setdefault(payee, {})[h] = amount
+                self._outstanding += amount
         acct.entries.append(env)
         acct.hashes.append(h)
         self._applied[h] = (key, body.seq)

@@ -33,8 +33,9 @@ class SignerRateLimiter:
         self.max_signers = max_signers
         self._buckets: OrderedDict[bytes, _Bucket] = OrderedDict()
 
-    def allow(self, signer: bytes, now_ms: int) -> str | None:
-        """None when allowed; otherwise the refusal reason ``rate_limited`` or ``banned``."""
+    def allow(self, signer: bytes, now_ms: int, cost: float = 1.0) -> str | None:
+        """None when allowed (``cost`` tokens taken: a message that weighs more than one);
+        otherwise the refusal reason ``rate_limited`` or ``banned``."""
         b = self._buckets.get(signer)
         if b is None:
             b = _Bucket(tokens=float(self.burst), updated_ms=now_ms)
@@ -48,8 +49,8 @@ class SignerRateLimiter:
         elapsed = max(0, now_ms - b.updated_ms)
         b.tokens = min(float(self.burst), b.tokens + elapsed * self.rate_per_ms)
         b.updated_ms = now_ms
-        if b.tokens >= 1.0:
-            b.tokens -= 1.0
+        if b.tokens >= cost:
+            b.tokens -= cost
             b.strikes = 0
             return None
         b.strikes += 1

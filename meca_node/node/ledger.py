@@ -53,6 +53,8 @@ MAX_SEEN = 8192  # entry hashes remembered as seen on gossip
 REGOSSIP_AFTER_S = 2.0  # a payment taken in a job is gossiped by us if not seen by then
 RECEIVE_AFTER_S = 5.0  # a payment is received into our chain this long after it applied
 OUTBOX = 1024  # entries waiting to be gossiped; over it they are dropped (peers fetch them)
+BATCH_BYTES = 48 * 1024  # entries in one Entries message: room for its envelope in 64 KiB
+ANNOUNCE_GAP_S = 0.1  # between two of our Entries messages (what waits meanwhile goes in one)
 MAX_BEHIND = 1024  # accounts remembered as having entries too far ahead to keep
 
 
@@ -102,6 +104,8 @@ class NodeLedger:
         self._watch_send, self._watch = trio.open_memory_channel[tuple](OUTBOX)
         self._on_gossip: OrderedDict[bytes, None] = OrderedDict()  # entry hashes seen there
         self._announcing = False
+        #: the announcer's pause between two gossip messages (``ANNOUNCE_GAP_S``)
+        self.announce_gap_s = ANNOUNCE_GAP_S
         #: providers proven to have lied about an output (bad_output proofs), oldest first
         self.cheats: OrderedDict[bytes, BadOutput] = OrderedDict()
 
@@ -161,7 +165,7 @@ class NodeLedger:
                 "pending": self.chains.pending_count,
                 "forked": len(self.chains.forks()),
                 "cheats": len(self.cheats),
-                "unclaimed": len(self.chains.unclaimed(self.public_key)),
+                "unclaimed": self.chains.unclaimed_count(self.public_key),
                 "intake": dict(self.stats)}
 
     # -- start: replay what is stored -----------------------------------------------------
@@ -173,7 +177,10 @@ class NodeLedger:
         self.faults = replay(self.chains, rows, self.cheats)[:1000]
         for fault in self.faults[:20]:
             log.warning("ledger replay: %s", fault)
-        self._paid_us.set()  # payments applied but not received before a restart
+        now = trio.current_time()  # payments applied but not received before a restart
+        for c in self.chains.iter_unclaimed(self.public_key):
+            self._paid_at.setdefault(c.source, now)
+        self._paid_us.set()
         return len(rows)
 
     # -- intake -----------------------------------------------------------------------
@@ -190,6 +197,12 @@ class NodeLedger:
                 self._on_gossip.popitem(last=False)
             async with self._lock:
                 await self._take(env)
+
+    async def on_gossip_entries(self, envs: tuple[wire.Envelope, ...]) -> None:
+        """The entries of one ``Entries`` message from ``meca/receipts/1`` (each already
+        checked by the gossip gate), in their order."""
+        for env in envs:
+            await self.on_gossip(env)
 
     async def take_payment(self, env: wire.Envelope, wait_s: float = 5.0,
                            peer: str | None = None) -> str | None:
@@ -312,7 +325,7 @@ class NodeLedger:
             return f"not provable to others ({exc})"
         if not await self.on_proof(proof):
             return "not provable to others"
-        self.announce(self._seal(proof).raw)
+        await self._publish(wire.TOPIC_RECEIPTS, self._seal(proof).raw)
         return "the fraud proof was gossiped"
 
     def is_cheat(self, key: bytes) -> bool:
@@ -359,6 +372,8 @@ class NodeLedger:
                      durable: bool = True) -> None:
         if self.store is None:
             return
+        if not durable and self.store.add_nowait(key, seq, kind, raw) is not None:
+            return  # no fsync to wait for: cheaper here than handing it to a thread
         await trio.to_thread.run_sync(self.store.add, key, seq, kind, raw, durable,
                                       limiter=self._db_limiter)
 
@@ -390,7 +405,7 @@ class NodeLedger:
         if self._announcing:
             self.announce(raw)
         else:
-            await self._gossip(raw)
+            await self._gossip([raw])
 
     async def _append(self, body: Any, gossip: bool = True) -> wire.Envelope:
         if type(body) not in wire.ENTRY_TYPES:
@@ -403,8 +418,7 @@ class NodeLedger:
         seq, prev = self.chains.head(me)
         body = dataclasses.replace(body, seq=seq, prev=prev)
         if isinstance(body, wire.Receive):
-            claims = {c.source: c for c in self.chains.unclaimed(me)}
-            claim = claims.get(body.source)
+            claim = self.chains.claim(me, body.source)
             if claim is None or (claim.payer, claim.payer_seq, claim.amount) != (
                     body.payer, body.payer_seq, body.amount):
                 raise LedgerRefused("no unclaimed payment to us matches this Receive")
@@ -436,20 +450,45 @@ class NodeLedger:
 
     async def announcer(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Run forever: gossip what ``announce`` queued (our own entries once stored, the
-        payments handed to us in jobs once applied)."""
+        payments handed to us in jobs once applied), all that waits in one ``Entries``
+        message (up to ``MAX_GOSSIP_ENTRIES`` entries, ``BATCH_BYTES`` bytes), then
+        pause ``announce_gap_s``: an entry alone goes out at once, a busy node's entries
+        in a few messages a second whatever its job rate."""
         self._announcing = True
         task_status.started()
+        carry: bytes | None = None
         try:
-            async for raw in self._outbox:
-                await self._gossip(raw)
+            while True:
+                first = carry if carry is not None else await self._outbox.receive()
+                carry = None
+                batch, size = {first: None}, len(first)
+                while len(batch) < wire.MAX_GOSSIP_ENTRIES:
+                    try:
+                        raw = self._outbox.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    if size + len(raw) > BATCH_BYTES:
+                        carry = raw
+                        break
+                    if raw not in batch:
+                        batch[raw] = None
+                        size += len(raw)
+                await self._gossip(list(batch))
+                await trio.sleep(self.announce_gap_s)
         finally:
             self._announcing = False
 
-    async def _gossip(self, raw: bytes) -> None:
+    async def _gossip(self, raws: list[bytes]) -> None:
+        """Publish stored entries (ours, or others' we pass on) in one ``Entries`` message
+        that we sign: passing an entry on is then never a replay of its own envelope."""
+        body = wire.Entries(entries=tuple(wire.SignedEntry(raw=r) for r in raws))
         try:
-            await self._publish(wire.TOPIC_RECEIPTS, raw)
+            await self._publish(wire.TOPIC_RECEIPTS, self._seal(body).raw)
         except Exception as exc:  # stored: it is ours whatever the network does
-            log.warning("a stored entry was not gossiped: %s", exc)
+            log.warning("%d stored entries were not gossiped: %s", len(raws), exc)
+            return
+        self.stats["gossip_messages"] += 1
+        self.stats["gossip_entries"] += len(raws)
 
     async def send(self, to: bytes, amount: int, memo: str = "") -> wire.Envelope:
         """``wallet send``: a Transfer from our account."""
@@ -486,16 +525,15 @@ class NodeLedger:
                 await trio.sleep_until(wake)
 
     def _next_claim(self, now: float) -> tuple[Any, float | None]:
-        """The oldest payment due to be received now, else when the next one is due."""
-        wake = None
-        for c in self.chains.unclaimed(self.public_key):
+        """The oldest payment due to be received now, else when the next one is due.
+        Payments are applied, and so come due, in the order ``iter_unclaimed`` gives: the
+        first one not due yet is the next to come due."""
+        for c in self.chains.iter_unclaimed(self.public_key):
             if self.chains.fork(c.payer) is not None:
                 continue
             due = self._paid_at.setdefault(c.source, now) + self.receive_after_s
-            if due <= now:
-                return c, None
-            wake = due if wake is None else min(wake, due)
-        return None, wake
+            return (c, None) if due <= now else (None, due)
+        return None, None
 
     # -- verify -------------------------------------------------------------------------
     async def verify(self) -> dict:

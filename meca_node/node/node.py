@@ -90,7 +90,10 @@ class Node:
         self.adverts_sent = 0
         self.advert_seen = trio.Event()  # set whenever a new advert arrives (then replaced)
         self._started_mono = time.monotonic()
-        self._accepted: OrderedDict[bytes, wire.Envelope] = OrderedDict()
+        #: what the gate accepted, by message bytes, until consumed: the envelope, or an
+        #: ``Entries`` message's checked entries
+        self._accepted: OrderedDict[bytes, wire.Envelope | tuple[wire.Envelope, ...]] = (
+            OrderedDict())
         self._logged: set[tuple[str, str]] = set()
         self._strikes: Counter[str] = Counter()
         self._cut_off: dict[str, str] = {}
@@ -123,7 +126,7 @@ class Node:
                 log.warning("dropped a fraud proof from %s: %s", origin, exc)
                 return False
         if verdict.ok:
-            self._accepted[data] = verdict.envelope  # type: ignore[assignment]
+            self._accepted[data] = verdict.entries or verdict.envelope  # type: ignore
             while len(self._accepted) > self.settings.caps.queue:
                 self._accepted.popitem(last=False)
             return True
@@ -156,7 +159,9 @@ class Node:
             env = self._accepted.pop(msg.data, None)
             if env is None:
                 continue  # evicted under load; it was counted when validated
-            if topic == wire.TOPIC_RECEIPTS:
+            if isinstance(env, tuple):  # an Entries message
+                await self.ledger.on_gossip_entries(env)
+            elif topic == wire.TOPIC_RECEIPTS:
                 await self.ledger.on_gossip(env)
             else:
                 self._handle(env)
@@ -381,6 +386,7 @@ class Node:
             "adverts_known": len(self.peerbook.fresh(now, self._advert_ttl_ms())),
             "adverts_sent": self.adverts_sent,
             "gossip": {"accepted": dict(self.gate.stats.accepted),
+                       "entries": dict(self.gate.stats.entries),
                        "dropped": dict(self.gate.stats.dropped)},
             "cut_off": dict(self._cut_off),
             "jobs_running": len(self.capacity.reserved) if self.capacity is not None else 0,

@@ -18,8 +18,11 @@ from peers (other accounts' entries seen on gossip or fetched) may be added with
 made durable by the next FULL commit (the WAL is one file written in order, so a durable
 row never survives without the rows committed before it). One small insert plus one fsync
 takes about a millisecond on an SSD; the node still calls ``add`` from a worker thread
-(``trio.to_thread``) so the fsync never blocks its event loop. The connection is made with
-``check_same_thread=False`` and guarded by a lock, so any single thread may use it at a time.
+(``trio.to_thread``) so the fsync never blocks its event loop. A row without an fsync takes
+about 40 us, less than handing it to a thread: ``add_nowait`` stores it on the caller's
+thread when the database is free, and does nothing when another thread holds it. The
+connection is made with ``check_same_thread=False`` and guarded by a lock, so any single
+thread may use it at a time.
 
 **Bounds.** At most ``max_per_account`` rows per account (default 100,000: an honest
 account signs one entry per paid job, so this is years of a busy node; a key that fills it
@@ -109,23 +112,37 @@ class LedgerDB:
         against a killed process until the next durable commit makes it durable too (the
         WAL is flushed in order). ``True`` when stored or already there; ``False`` when a
         cap refused it."""
-        digest = hashlib.sha256(raw).digest()
         with self._lock:
-            if not self.room_for(account):
-                return False
+            return self._add(account, seq, kind, raw, durable)
+
+    def _add(self, account: bytes, seq: int, kind: str, raw: bytes, durable: bool) -> bool:
+        """``add`` with the lock held."""
+        if not self.room_for(account):
+            return False
+        if not durable:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO entries (account, seq, sha256, kind, raw) "
+                "VALUES (?, ?, ?, ?, ?)", (account, seq, hashlib.sha256(raw).digest(), kind, raw))
+        finally:
             if not durable:
-                self._db.execute("PRAGMA synchronous=NORMAL")
-            try:
-                cur = self._db.execute(
-                    "INSERT OR IGNORE INTO entries (account, seq, sha256, kind, raw) "
-                    "VALUES (?, ?, ?, ?, ?)", (account, seq, digest, kind, raw))
-            finally:
-                if not durable:
-                    self._db.execute("PRAGMA synchronous=FULL")
-            if cur.rowcount:
-                self._counts[account] += 1
-                self._total += 1
+                self._db.execute("PRAGMA synchronous=FULL")
+        if cur.rowcount:
+            self._counts[account] += 1
+            self._total += 1
         return True
+
+    def add_nowait(self, account: bytes, seq: int, kind: str, raw: bytes) -> bool | None:
+        """``add(..., durable=False)`` if no other thread uses the database right now (no
+        fsync, no waiting: about 40 us, cheap enough for an event loop), else ``None``
+        and nothing done (the caller uses ``add`` from a worker thread)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._add(account, seq, kind, raw, durable=False)
+        finally:
+            self._lock.release()
 
     # -- reading ----------------------------------------------------------------------
     def rows(self) -> list[Row]:

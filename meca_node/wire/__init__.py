@@ -14,9 +14,10 @@ from ._errors import WireError
 from ._genesis import Alloc, Genesis, genesis_from_json, make_genesis
 from ._messages import (
     BODY_TYPES, ENTRY_TYPES, FRAUD_KINDS, JOB_REJECT_REASONS, JOB_STAGES, MAX_ENTRY_REQUEST,
-    MAX_JOB_LOG, MAX_REPLICAS, ROLES, EntryRequest, Environment, FraudProof, Gpu, Hardware,
+    MAX_GOSSIP_ENTRIES, MAX_JOB_LOG, MAX_REPLICAS, ROLES, Entries, EntryRequest, Environment,
+    FraudProof, Gpu, Hardware,
     HostAdvert, JobAccept, JobProgress, JobReject, JobRequest, JobResult, PaymentRefusal,
-    Receipt, Receive, Resources, ResultCommit, TaskOffer, TaskWithdraw, Transfer,
+    Receipt, Receive, Resources, ResultCommit, SignedEntry, TaskOffer, TaskWithdraw, Transfer,
 )
 
 TOPIC_ADVERTS = "meca/adverts/1"
@@ -27,17 +28,19 @@ TOPICS = (TOPIC_ADVERTS, TOPIC_OFFERS, TOPIC_RECEIPTS)
 TOPIC_TYPES: dict[str, frozenset[str]] = {
     TOPIC_ADVERTS: frozenset({"HostAdvert"}),
     TOPIC_OFFERS: frozenset({"TaskOffer", "TaskWithdraw"}),
-    TOPIC_RECEIPTS: frozenset({"Receipt", "Transfer", "Receive", "FraudProof"}),
+    TOPIC_RECEIPTS: frozenset({"Receipt", "Transfer", "Receive", "FraudProof", "Entries"}),
 }
 
 __all__ = [
     "Alloc", "BODY_TYPES", "BODY_VERSION", "Caps", "ENTRY_TYPES", "ENVELOPE_VERSION",
-    "Envelope", "EntryRequest", "MAX_ENTRY_REQUEST", "MAX_JOB_LOG", "MAX_REPLICAS",
+    "Entries", "Envelope", "EntryRequest", "MAX_ENTRY_REQUEST", "MAX_GOSSIP_ENTRIES",
+    "MAX_JOB_LOG", "MAX_REPLICAS",
     "PaymentRefusal",
     "Environment", "FRAUD_KINDS", "FraudProof", "Genesis", "GiB", "Gpu", "Hardware",
     "HostAdvert", "JOB_REJECT_REASONS", "JOB_STAGES", "JobAccept", "JobProgress", "JobReject",
     "JobRequest", "JobResult", "KiB", "MiB", "ROLES", "Receipt", "Receive", "Resources",
-    "ResultCommit", "TOPICS", "TOPIC_ADVERTS", "TOPIC_OFFERS", "TOPIC_RECEIPTS", "TOPIC_TYPES",
+    "ResultCommit", "SignedEntry", "TOPICS", "TOPIC_ADVERTS", "TOPIC_OFFERS", "TOPIC_RECEIPTS",
+    "TOPIC_TYPES",
     "TaskOffer", "TaskWithdraw", "Transfer",
     "WireError", "cbor_decode", "cbor_encode", "decode_body", "encode_body", "genesis_from_json",
     "make_genesis", "open_envelope", "seal", "seal_envelope", "seal_with_sig", "type_id",

@@ -345,6 +345,32 @@ class FraudProof:
             raise ValueError(f"unknown fraud kind {self.kind!r}")
 
 
+#: the most entries one ``Entries`` gossip message carries
+MAX_GOSSIP_ENTRIES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class SignedEntry:
+    """One account chain entry (a Receipt, Transfer or Receive envelope, as encoded)."""
+
+    raw: bytes = capped(16384)
+
+
+@dataclass(frozen=True, slots=True)
+class Entries:
+    """``meca/receipts/1``: account chain entries gossiped in one message, each checked as
+    if it came alone (its own signature, network and type). The sender signs the message:
+    its own new entries, or entries of others it passes on (a payment handed to it in a
+    job, entries announced again), so passing an entry on is never a replay."""
+
+    TYPE: ClassVar[str] = "Entries"
+    entries: tuple[SignedEntry, ...] = capped(MAX_GOSSIP_ENTRIES)
+
+    def __post_init__(self) -> None:
+        if not self.entries:
+            raise ValueError("an Entries message carries at least one entry")
+
+
 #: the most entries one EntryRequest asks for
 MAX_ENTRY_REQUEST = 64
 
@@ -368,7 +394,7 @@ class EntryRequest:
 
 BODY_TYPES: tuple[type, ...] = (
     HostAdvert, TaskOffer, TaskWithdraw, JobRequest, JobAccept, JobReject, JobProgress, ResultCommit,
-    JobResult, Receipt, Transfer, Receive, FraudProof, EntryRequest, PaymentRefusal,
+    JobResult, Receipt, Transfer, Receive, FraudProof, EntryRequest, PaymentRefusal, Entries,
 )
 #: the bodies of account chain entries (each has ``seq`` and ``prev``)
 ENTRY_TYPES: tuple[type, ...] = (Receipt, Transfer, Receive)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 
 import trio
+import trio.testing
 from nacl.signing import SigningKey
 
 from meca_node import wire
@@ -32,6 +33,13 @@ def _publish_to(sink: list):
     async def publish(topic: str, raw: bytes) -> None:
         sink.append((topic, raw))
     return publish
+
+
+def _gossiped(raw: bytes) -> list[wire.Envelope]:
+    """The entries of one ``Entries`` message we published, each opened."""
+    env = wire.open_envelope(raw, max_size=10**5)
+    assert isinstance(env.body, wire.Entries)
+    return [wire.open_envelope(e.raw, max_size=10**5) for e in env.body.entries]
 
 
 def _node_ledger(db, who: int, sink: list) -> NodeLedger:
@@ -65,7 +73,7 @@ def test_node_ledger_sends_receives_refuses_overdraft_and_survives_restart(tmp_p
                 while b.balance(PUB[1]) != 800:
                     await b.changed.wait()
                 nursery.cancel_scope.cancel()
-            receive_env = wire.open_envelope(sent[-1][1], max_size=10**5)
+            receive_env, = _gossiped(sent[-1][1])
             assert isinstance(receive_env.body, wire.Receive)
             try:  # the same payment again is not ours to claim
                 await b.append_own(receive_env.body)
@@ -149,3 +157,44 @@ def test_a_bad_output_is_proven_gossiped_honoured_and_kept(tmp_path):
             assert c2.is_cheat(PUB[1])
 
     trio.run(main)
+
+
+def test_the_announcer_gossips_what_waits_in_one_signed_message():
+    """Entries announced while the announcer pauses go out together, once each, in one
+    Entries message that we sign; an entry announced when idle goes out at once."""
+    async def main():
+        sent: list = []
+        published = trio.Event()
+        # no database: nothing runs in a thread, so the mock clock jumps only when every
+        # task waits (here: on the announcer's pause)
+        a = _node_ledger(None, 0, sent)
+        a.announce_gap_s = 10.0
+
+        async def publish(topic: str, raw: bytes) -> None:
+            nonlocal published
+            sent.append((topic, raw))
+            published.set()
+            published = trio.Event()
+        a._publish = publish
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.announcer)
+            first = await a.send(PUB[1], 1)
+            with trio.fail_after(5):
+                await published.wait()  # alone: at once, not after the gap
+            assert [e.raw for e in _gossiped(sent[0][1])] == [first.raw]
+            envs = [await a.send(PUB[1], 1) for _ in range(5)]
+            a.announce(envs[0].raw)  # announced twice: gossiped once
+            passed_on = sign(1, wire.Transfer(seq=0, prev=ZERO, to=PUB[0], amount=3,
+                                              memo=""))
+            a.announce(passed_on.raw)  # another's entry we pass on
+            assert len(sent) == 1  # the announcer still pauses
+            with trio.fail_after(15):
+                await published.wait()
+            nursery.cancel_scope.cancel()
+        topic, raw = sent[1]
+        outer = wire.open_envelope(raw, max_size=10**5)
+        assert topic == wire.TOPIC_RECEIPTS and outer.signer == PUB[0]
+        assert [e.raw for e in _gossiped(raw)] == [e.raw for e in envs] + [passed_on.raw]
+        assert a.stats["gossip_messages"] == 2 and a.stats["gossip_entries"] == 7
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

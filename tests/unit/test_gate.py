@@ -117,3 +117,41 @@ def test_each_topic_has_its_own_buckets_and_entries_a_larger_one():
     assert verdicts == [None] * 5 + ["rate_limited", "rate_limited", "banned", "banned"]
     # banned for flooding entries, the same key's advert still passes (its own bucket)
     assert g.check(seal(nonce=b"\x77" * 16), wire.TOPIC_ADVERTS, NOW).ok
+
+
+def _entries(n: int, *, key=KEY, net=NET) -> wire.Entries:
+    return wire.Entries(entries=tuple(
+        wire.SignedEntry(raw=seal(wire.Transfer(seq=i, prev=bytes(32), to=bytes(32), amount=1,
+                                                memo=""), key=key, net=net,
+                                  ts=NOW - 10**9, nonce=bytes([i]) * 16))
+        for i in range(n)))
+
+
+def test_an_entries_message_opens_each_entry_and_costs_a_token_per_eight():
+    g = gate(entry_rate_per_s=0.001, entry_burst=10, ban_after=100)
+    relay = SigningKey(b"\x05" * 32)
+    body = _entries(wire.MAX_GOSSIP_ENTRIES)  # signed by KEY long ago, passed on by relay
+    first = g.check(seal(body, key=relay, nonce=b"\x31" * 16), wire.TOPIC_RECEIPTS, NOW)
+    assert first.ok and [e.raw for e in first.entries] == [e.raw for e in body.entries]
+    assert {e.signer for e in first.entries} == {bytes(KEY.verify_key)}
+    assert g.stats.accepted["Entries"] == 1 and g.stats.entries["Transfer"] == 64
+    # 64 entries cost 8 of the relay's 10 tokens: a second full message is refused,
+    # one of up to 8 entries still passes
+    assert g.check(seal(body, key=relay, nonce=b"\x32" * 16), wire.TOPIC_RECEIPTS,
+                   NOW).reason == "rate_limited"
+    assert g.check(seal(_entries(8), key=relay, nonce=b"\x33" * 16), wire.TOPIC_RECEIPTS,
+                   NOW).ok
+
+
+@pytest.mark.parametrize("inner,reason", [
+    (lambda: seal(ADVERT, nonce=b"\x41" * 16), "wrong_topic"),
+    (lambda: _entries(1, net=b"\x22" * 32).entries[0].raw, "wrong_network"),
+    (lambda: forged(), "bad_signature"),
+    (lambda: b"\xff\x00junk", "malformed"),
+])
+def test_one_bad_entry_drops_the_whole_entries_message(inner, reason):
+    good = _entries(2).entries
+    body = wire.Entries(entries=(*good, wire.SignedEntry(raw=inner())))
+    v = gate().check(seal(body, key=SigningKey(b"\x05" * 32)), wire.TOPIC_RECEIPTS, NOW)
+    assert v.reason == reason and v.envelope is None and v.entries == ()
+    assert "entry 2" in v.detail

@@ -109,7 +109,7 @@ def rand_value(rng: random.Random, tp: Any, name: str, cap: int | None) -> Any:
         n = rng.randrange(0, min(cap or 256, 4) + 1)
         if name == "roles":
             return tuple(rng.sample(ENUMS["roles"], min(n, 3)))
-        n = max(n, 1) if name == "commits" else n  # a refusal carries at least one
+        n = max(n, 1) if name in ("commits", "entries") else n  # never empty
         return tuple(rand_value(rng, item, "", None) for _ in range(n))
     if dataclasses.is_dataclass(tp):
         return rand_body(rng, tp)

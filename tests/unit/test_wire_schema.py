@@ -58,9 +58,11 @@ VALID: dict[type, dict[str, Any]] = {
     wire.FraudProof: dict(kind="fork", account=H32, first=b"a", second=b"b"),
     wire.EntryRequest: dict(account=H32, from_seq=3, count=64),
     wire.PaymentRefusal: dict(job_id=JOB, commits=(b"commit",)),
+    wire.SignedEntry: dict(raw=b"entry"),
+    wire.Entries: dict(entries=(wire.SignedEntry(raw=b"entry"),)),
 }
 CLASSES = tuple(VALID)
-NESTED = (wire.Resources, wire.Gpu, wire.Hardware, wire.Environment)
+NESTED = (wire.Resources, wire.Gpu, wire.Hardware, wire.Environment, wire.SignedEntry)
 assert set(CLASSES) == set(wire.BODY_TYPES) | set(NESTED)
 
 
@@ -149,6 +151,7 @@ REFUSED += [
     pytest.param(wire.JobRequest, {"replicas": 17}, "replicas must be 1..16", id="replicas17"),
     pytest.param(wire.PaymentRefusal, {"commits": ()}, "carries the majority's commitments",
                  id="refusal_empty"),
+    pytest.param(wire.Entries, {"entries": ()}, "at least one entry", id="entries_empty"),
     pytest.param(wire.TaskOffer, {"name": ""}, "name must not be empty", id="offer_name"),
     pytest.param(wire.TaskWithdraw, {"name": ""}, "name must not be empty", id="withdraw_name"),
     pytest.param(wire.JobResult, {"output": b"x", "output_cid": "bafy"}, "not both",
@@ -244,6 +247,8 @@ CAPS: list[tuple[type, str, str, int]] = [
     (wire.Transfer, "memo", "text", 256),
     (wire.FraudProof, "first", "bytes", 16384),
     (wire.FraudProof, "second", "bytes", 16384),
+    (wire.SignedEntry, "raw", "bytes", 16384),
+    (wire.Entries, "entries", "list", wire.MAX_GOSSIP_ENTRIES),
 ]
 
 
@@ -383,6 +388,8 @@ def _wrap_nested(inner: Any) -> Any:
         return make(wire.HostAdvert, environments=(inner,))
     if type(inner) is wire.Resources:
         return make(wire.HostAdvert, free=inner)
+    if type(inner) is wire.SignedEntry:
+        return make(wire.Entries, entries=(inner,))
     return inner
 
 
@@ -605,6 +612,11 @@ STRATEGIES: dict[type, st.SearchStrategy] = {
     wire.PaymentRefusal: st.builds(wire.PaymentRefusal, job_id=exact(16), commits=st.lists(
         st.binary(max_size=512), min_size=1, max_size=wire.MAX_REPLICAS - 1).map(tuple)),
 }
+# an Entries message carries signed chain entries (the gate opens each one)
+STRATEGIES[wire.Entries] = st.builds(wire.Entries, entries=st.lists(
+    st.one_of(STRATEGIES[wire.Transfer], STRATEGIES[wire.Receive]).map(
+        lambda b: wire.SignedEntry(raw=wire.seal(b, key=KEY, net=NET, ts=TS, nonce=H32[:16]))),
+    min_size=1, max_size=8).map(tuple))
 assert set(STRATEGIES) == set(wire.BODY_TYPES)
 GOSSIP_TOPIC = {t: topic for topic, types in wire.TOPIC_TYPES.items() for t in types}
 
