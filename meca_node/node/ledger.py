@@ -21,7 +21,8 @@ that cannot be applied yet set ``missing``: ``ledger_sync`` fetches what they wa
 **Auto-receive.** One task waits on an event that intake sets when an applied entry pays
 us, then signs one Receive per payment still unclaimed (``Chains.unclaimed``) until none is
 left, each once it has been applied here for ``RECEIVE_AFTER_S`` and never one from a
-forked payer (so a double spend that surfaces within seconds never enters our chain). It works from the chains' own state, so it is idempotent (a claimed payment is no
+forked payer (so a double spend that surfaces within seconds never enters our chain). It
+works from the chains' own state, so it is idempotent (a claimed payment is no
 longer unclaimed, also after a restart: the Receive is stored before it is gossiped) and
 bounded (one task, no queue; the set of unclaimed payments is bounded by the chains).
 """
@@ -325,7 +326,11 @@ class NodeLedger:
             return f"not provable to others ({exc})"
         if not await self.on_proof(proof):
             return "not provable to others"
-        await self._publish(wire.TOPIC_RECEIPTS, self._seal(proof).raw)
+        try:  # a proof travels alone (an Entries message carries only chain entries)
+            await self._publish(wire.TOPIC_RECEIPTS, self._seal(proof).raw)
+        except Exception as exc:  # stored: this node avoids the cheat whatever the network does
+            log.warning("a fraud proof was not gossiped: %s", exc)
+            return f"the fraud proof is stored here but was not gossiped ({exc})"
         return "the fraud proof was gossiped"
 
     def is_cheat(self, key: bytes) -> bool:

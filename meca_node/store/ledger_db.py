@@ -45,6 +45,9 @@ from meca_node.store.schema import migrate_sqlite
 FILE = "ledger.sqlite3"
 MAX_PER_ACCOUNT = 100_000
 MAX_ROWS = 2_000_000
+#: commits between two WAL checkpoints; ``add`` runs them (in a worker thread), never
+#: ``add_nowait``, which leaves the work to ``add`` until 4 times as many have gone by
+CHECKPOINT_EVERY = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -86,6 +89,10 @@ class LedgerDB:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        # a checkpoint copies the WAL into the database and fsyncs it: never on an event
+        # loop (``add_nowait``), so SQLite's own automatic checkpoints are off
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._since_checkpoint = 0
         migrate_sqlite(self._db, self.path, _MIGRATIONS)
         self._counts: Counter[bytes] = Counter(dict(self._db.execute(
             "SELECT account, count(*) FROM entries GROUP BY account").fetchall()))
@@ -113,7 +120,11 @@ class LedgerDB:
         WAL is flushed in order). ``True`` when stored or already there; ``False`` when a
         cap refused it."""
         with self._lock:
-            return self._add(account, seq, kind, raw, durable)
+            added = self._add(account, seq, kind, raw, durable)
+            if self._since_checkpoint >= CHECKPOINT_EVERY:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self._since_checkpoint = 0
+            return added
 
     def _add(self, account: bytes, seq: int, kind: str, raw: bytes, durable: bool) -> bool:
         """``add`` with the lock held."""
@@ -131,15 +142,18 @@ class LedgerDB:
         if cur.rowcount:
             self._counts[account] += 1
             self._total += 1
+            self._since_checkpoint += 1
         return True
 
     def add_nowait(self, account: bytes, seq: int, kind: str, raw: bytes) -> bool | None:
         """``add(..., durable=False)`` if no other thread uses the database right now (no
-        fsync, no waiting: about 40 us, cheap enough for an event loop), else ``None``
-        and nothing done (the caller uses ``add`` from a worker thread)."""
+        fsync, no checkpoint, no waiting: about 40 us, cheap enough for an event loop),
+        else ``None`` and nothing done (the caller uses ``add`` from a worker thread)."""
         if not self._lock.acquire(blocking=False):
             return None
         try:
+            if self._since_checkpoint >= 4 * CHECKPOINT_EVERY:
+                return None  # a checkpoint is overdue: ``add`` runs it first
             return self._add(account, seq, kind, raw, durable=False)
         finally:
             self._lock.release()

@@ -18,6 +18,7 @@ from nacl.signing import SigningKey
 from meca_node import wire
 from meca_node.core.ledger import Chains, Fork, entry_hash
 from meca_node.node.ledger import replay
+from meca_node.store import ledger_db
 from meca_node.store.ledger_db import LedgerDB
 
 TS = 1_700_000_000_000
@@ -134,3 +135,22 @@ def test_a_proof_of_a_fork_is_checkable_alone():
     fresh = Chains(GENESIS)
     assert fresh.mark_forked(fork) and not fresh.mark_forked(fork)
     assert fresh.fork(PUB[1]) is not None and fresh.balance(PUB[1]) == 500
+
+
+def test_add_nowait_never_checkpoints_and_add_does(tmp_path, monkeypatch):
+    """A checkpoint (the WAL copied into the database file, then an fsync) never runs in
+    ``add_nowait``, which the node calls on its event loop, not even past SQLite's own
+    automatic checkpoint (1000 pages); ``add`` runs it when due, and ``add_nowait`` hands
+    over to ``add`` once one is overdue."""
+    monkeypatch.setattr(ledger_db, "CHECKPOINT_EVERY", 300)
+    with LedgerDB(tmp_path) as db:
+        size = os.path.getsize(db.path)
+        for seq in range(1200):  # a page each at least: past 1000 pages of WAL
+            assert db.add_nowait(PUB[0], seq, "Transfer", os.urandom(3000)) is True
+        assert os.path.getsize(db.path) == size  # all still in the WAL only
+        assert db.add_nowait(PUB[0], 1200, "Transfer", os.urandom(3000)) is None
+        assert db.count() == 1200
+        assert db.add(PUB[0], 1200, "Transfer", os.urandom(3000), durable=False)
+        assert os.path.getsize(db.path) > size + 1200 * 3000  # checkpointed into the file
+        assert db.add_nowait(PUB[0], 1201, "Transfer", os.urandom(3000)) is True
+        assert db.count() == 1202
