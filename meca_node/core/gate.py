@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meca_node import wire
+from meca_node.core.ledger import open_entry
 from meca_node.core.ratelimit import SignerRateLimiter
 from meca_node.core.replay import ReplayWindow
 from meca_node.wire import Envelope, WireError
@@ -128,13 +129,7 @@ class GossipGate:
         entries = []
         for i, item in enumerate(batch):
             try:
-                entry = wire.open_envelope(item.raw, max_size=cfg.max_message)
+                entries.append(open_entry(item.raw, cfg.network_id))
             except WireError as exc:
                 return Verdict(None, exc.reason, f"entry {i}: {exc.detail}")
-            if type(entry.body) not in wire.ENTRY_TYPES:
-                return Verdict(None, "wrong_topic", f"entry {i} is a {entry.kind}, not an "
-                               "account chain entry")
-            if entry.net != cfg.network_id:
-                return Verdict(None, "wrong_network", f"entry {i} is of another network")
-            entries.append(entry)
         return Verdict(env, None, entries=tuple(entries))

@@ -67,6 +67,18 @@ MAX_REJECTED = 4096
 MAX_ENTRY = 16384
 
 
+def open_entry(raw: bytes, network_id: bytes) -> Envelope:
+    """An account chain entry of our network, opened with its signature checked; else
+    ``WireError``: the envelope's own reasons, ``wrong_topic`` (not a Receipt, Transfer or
+    Receive) or ``wrong_network``."""
+    env = wire.open_envelope(raw, max_size=MAX_ENTRY)
+    if type(env.body) not in wire.ENTRY_TYPES:
+        raise WireError("wrong_topic", f"a {env.kind}, not an account chain entry")
+    if env.net != network_id:
+        raise WireError("wrong_network", "an entry of another network")
+    return env
+
+
 def entry_hash(env: Envelope) -> bytes:
     """SHA-256 of an entry's whole envelope: the next entry's ``prev``, a Receive's ``source``."""
     return hashlib.sha256(env.raw).digest()

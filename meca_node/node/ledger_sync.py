@@ -42,7 +42,7 @@ import trio
 
 from meca_node import wire
 from meca_node.core.identity import peer_id_of
-from meca_node.core.ledger import MAX_ENTRY, Want
+from meca_node.core.ledger import MAX_ENTRY, Want, open_entry
 from meca_node.node.ledger import NodeLedger
 from meca_node.node.ports import Network
 
@@ -137,10 +137,8 @@ class LedgerSync:
                     data = await stream.receive()
                     if data is None:
                         break
-                    env = wire.open_envelope(data, max_size=MAX_ENTRY)
-                    if (env.net != self._network_id or env.signer != want.account
-                            or type(env.body) not in wire.ENTRY_TYPES
-                            or env.body.seq != want.from_seq + i):
+                    env = open_entry(data, self._network_id)
+                    if env.signer != want.account or env.body.seq != want.from_seq + i:
                         raise wire.WireError("bad_answer", "not the entry asked for")
                     out.append(env)
             finally:
