@@ -24,7 +24,10 @@ left, each once it has been applied here for ``RECEIVE_AFTER_S`` and never one f
 forked payer (so a double spend that surfaces within seconds never enters our chain). It
 works from the chains' own state, so it is idempotent (a claimed payment is no
 longer unclaimed, also after a restart: the Receive is stored before it is gossiped) and
-bounded (one task, no queue; the set of unclaimed payments is bounded by the chains).
+bounded (one task, no queue; the set of unclaimed payments is bounded by the chains). The
+Receives of all payments due at one time (up to ``RECEIVE_BATCH``) are signed together and
+stored in one durable commit; the task wakes ``RECEIVE_LINGER_S`` after the next payment is
+due, so a busy provider makes about one such commit a second, not one per payment.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ MAX_CHEATS = 4096  # proven cheats remembered (the oldest forgotten first)
 MAX_SEEN = 8192  # entry hashes remembered as seen on gossip
 REGOSSIP_AFTER_S = 2.0  # a payment taken in a job is gossiped by us if not seen by then
 RECEIVE_AFTER_S = 5.0  # a payment is received into our chain this long after it applied
+RECEIVE_LINGER_S = 0.5  # auto-receive waits this much past a due time: more come due with it
+RECEIVE_BATCH = 64  # Receives signed together and stored in one durable commit
 OUTBOX = 1024  # entries waiting to be gossiped; over it they are dropped (peers fetch them)
 BATCH_BYTES = 48 * 1024  # entries in one Entries message: room for its envelope in 64 KiB
 ANNOUNCE_GAP_S = 0.1  # between two of our Entries messages (what waits meanwhile goes in one)
@@ -413,12 +418,24 @@ class NodeLedger:
             await self._gossip([raw])
 
     async def _append(self, body: Any, gossip: bool = True) -> wire.Envelope:
+        env, applied = self._sign_own(body)
+        await self._store(self.public_key, env.body.seq, env.kind, env.raw)
+        self._applied(applied)
+        self.stats["own"] += 1
+        if gossip:
+            await self.gossip_own(env.raw)
+        return env
+
+    def _sign_own(self, body: Any, unstored: int = 0) -> tuple[wire.Envelope, list]:
+        """Seal ``body`` as our next entry and apply it (lock held); the entries it applied
+        (itself first). The caller stores it durably before anyone sees it; ``unstored``:
+        our entries signed before it and not stored yet (the store's caps count them)."""
         if type(body) not in wire.ENTRY_TYPES:
             raise LedgerRefused(f"{type(body).__name__} is not an account chain entry")
         me = self.public_key
         if self.chains.fork(me) is not None:
             raise LedgerRefused("our own account is forked: it can sign no entry")
-        if self.store is not None and not self.store.room_for(me):
+        if self.store is not None and not self.store.room_for(me, unstored + 1):
             raise LedgerRefused("our account has as many stored entries as the ledger keeps")
         seq, prev = self.chains.head(me)
         body = dataclasses.replace(body, seq=seq, prev=prev)
@@ -438,12 +455,7 @@ class NodeLedger:
         verdict = self.chains.add(env)
         if not isinstance(verdict, Accepted):  # the checks above make this a bug
             raise RuntimeError(f"our own entry was not accepted: {verdict}")
-        await self._store(me, seq, env.kind, raw)
-        self._applied([env, *(e for e, v in verdict.resolved if isinstance(v, Accepted))])
-        self.stats["own"] += 1
-        if gossip:
-            await self.gossip_own(raw)
-        return env
+        return env, [env, *(e for e, v in verdict.resolved if isinstance(v, Accepted))]
 
     def announce(self, raw: bytes) -> None:
         """Gossip a stored entry in the background (``announcer``); dropped, and counted,
@@ -513,21 +525,48 @@ class NodeLedger:
                 async with self._lock:
                     if self.chains.fork(self.public_key) is not None:
                         break
-                    claim, wake = self._next_claim(trio.current_time())
-                    if claim is not None:
-                        try:
-                            await self._append(wire.Receive(
-                                seq=0, prev=bytes(32), source=claim.source, payer=claim.payer,
-                                payer_seq=claim.payer_seq, amount=claim.amount))
-                        except LedgerRefused as exc:  # our store is full: nothing more
-                            log.error("cannot receive a payment of %d: %s", claim.amount, exc)
-                            break
-                        self._paid_at.pop(claim.source, None)
-                        self.stats["auto_received"] += 1
-                        continue
+                    signed, wake, full = await self._receive_due(trio.current_time())
+                if full:
+                    break
+                if signed == RECEIVE_BATCH:
+                    continue  # more may be due already
                 if wake is None:
                     break
-                await trio.sleep_until(wake)
+                await trio.sleep_until(wake + RECEIVE_LINGER_S)
+
+    async def _receive_due(self, now: float) -> tuple[int, float | None, bool]:
+        """Sign a Receive for each payment due now (at most ``RECEIVE_BATCH``; lock held),
+        store them in one durable commit, then gossip them: how many, when the next one
+        is due, and whether our store refused more."""
+        signed: list[wire.Envelope] = []
+        applied: list[wire.Envelope] = []
+        wake, full = None, False
+        while len(signed) < RECEIVE_BATCH:
+            claim, wake = self._next_claim(now)
+            if claim is None:
+                break
+            try:
+                env, done = self._sign_own(wire.Receive(
+                    seq=0, prev=bytes(32), source=claim.source, payer=claim.payer,
+                    payer_seq=claim.payer_seq, amount=claim.amount), len(signed))
+            except LedgerRefused as exc:  # our store is full: nothing more
+                log.error("cannot receive a payment of %d: %s", claim.amount, exc)
+                full = True
+                break
+            signed.append(env)
+            applied += done
+            self._paid_at.pop(claim.source, None)
+        if signed:
+            if self.store is not None and not await trio.to_thread.run_sync(
+                    self.store.add_many, self.public_key,
+                    [(e.body.seq, e.kind, e.raw) for e in signed], limiter=self._db_limiter):
+                raise RuntimeError("the store refused Receives that room_for let us sign")
+            self._applied(applied)
+            self.stats["own"] += len(signed)
+            self.stats["auto_received"] += len(signed)
+            for env in signed:
+                await self.gossip_own(env.raw)
+        return len(signed), wake, full
 
     def _next_claim(self, now: float) -> tuple[Any, float | None]:
         """The oldest payment due to be received now, else when the next one is due.

@@ -37,6 +37,7 @@ import hashlib
 import sqlite3
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,9 +110,10 @@ class LedgerDB:
         self.close()
 
     # -- writing ----------------------------------------------------------------------
-    def room_for(self, account: bytes) -> bool:
-        """Whether one more row of ``account`` fits under the caps."""
-        return self._counts[account] < self.max_per_account and self._total < self.max_rows
+    def room_for(self, account: bytes, n: int = 1) -> bool:
+        """Whether ``n`` more rows of ``account`` fit under the caps."""
+        return (self._counts[account] + n <= self.max_per_account
+                and self._total + n <= self.max_rows)
 
     def add(self, account: bytes, seq: int, kind: str, raw: bytes, durable: bool = True
             ) -> bool:
@@ -121,10 +123,38 @@ class LedgerDB:
         cap refused it."""
         with self._lock:
             added = self._add(account, seq, kind, raw, durable)
-            if self._since_checkpoint >= CHECKPOINT_EVERY:
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                self._since_checkpoint = 0
+            self._checkpoint_if_due()
             return added
+
+    def add_many(self, account: bytes, rows: Sequence[tuple[int, str, bytes]]) -> bool:
+        """Store rows ``(seq, kind, raw)`` of ``account`` in one durable commit (one fsync
+        for all: our own entries signed together). All or none: ``False``, and nothing
+        stored, when the caps cannot take them all."""
+        with self._lock:
+            if not self.room_for(account, len(rows)):
+                return False
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for seq, kind, raw in rows:
+                    self._insert(account, seq, kind, raw)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._recount(account)
+                raise
+            self._db.execute("COMMIT")
+            self._checkpoint_if_due()
+            return True
+
+    def _checkpoint_if_due(self) -> None:
+        if self._since_checkpoint >= CHECKPOINT_EVERY:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._since_checkpoint = 0
+
+    def _recount(self, account: bytes) -> None:
+        """The row counts again from the table (after a rolled-back transaction)."""
+        self._counts[account] = self._db.execute(
+            "SELECT count(*) FROM entries WHERE account = ?", (account,)).fetchone()[0]
+        self._total = self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
 
     def _add(self, account: bytes, seq: int, kind: str, raw: bytes, durable: bool) -> bool:
         """``add`` with the lock held."""
@@ -133,17 +163,20 @@ class LedgerDB:
         if not durable:
             self._db.execute("PRAGMA synchronous=NORMAL")
         try:
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO entries (account, seq, sha256, kind, raw) "
-                "VALUES (?, ?, ?, ?, ?)", (account, seq, hashlib.sha256(raw).digest(), kind, raw))
+            self._insert(account, seq, kind, raw)
         finally:
             if not durable:
                 self._db.execute("PRAGMA synchronous=FULL")
+        return True
+
+    def _insert(self, account: bytes, seq: int, kind: str, raw: bytes) -> None:
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO entries (account, seq, sha256, kind, raw) "
+            "VALUES (?, ?, ?, ?, ?)", (account, seq, hashlib.sha256(raw).digest(), kind, raw))
         if cur.rowcount:
             self._counts[account] += 1
             self._total += 1
             self._since_checkpoint += 1
-        return True
 
     def add_nowait(self, account: bytes, seq: int, kind: str, raw: bytes) -> bool | None:
         """``add(..., durable=False)`` if no other thread uses the database right now (no

@@ -198,3 +198,39 @@ def test_the_announcer_gossips_what_waits_in_one_signed_message():
         assert a.stats["gossip_messages"] == 2 and a.stats["gossip_entries"] == 7
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_payments_due_together_are_received_in_one_durable_commit(tmp_path):
+    """Auto-receive signs a Receive for each payment due and stores them in one commit
+    (one fsync), then gossips them; a restart replays the same chain."""
+    class CountingDB(LedgerDB):
+        def __init__(self, *a, **kw) -> None:
+            super().__init__(*a, **kw)
+            self.commits: list[int] = []
+
+        def add_many(self, account, rows):
+            self.commits.append(len(rows))
+            return super().add_many(account, rows)
+
+    async def main():
+        sent: list = []
+        with LedgerDB(tmp_path / "a") as db_a, CountingDB(tmp_path / "b") as db_b:
+            a, b = _node_ledger(db_a, 0, sent), _node_ledger(db_b, 1, sent)
+            pays = [await a.send(PUB[1], 10 + i) for i in range(7)]
+            for env in pays:  # applied at b before its auto-receive runs: all due at once
+                await b.on_gossip(env)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(b.auto_receive)
+                with trio.fail_after(10):
+                    while b.balance(PUB[1]) != 500 + sum(range(10, 17)):
+                        await b.changed.wait()
+                nursery.cancel_scope.cancel()
+            assert db_b.commits == [7] and b.stats["auto_received"] == 7
+            assert b.next_entry()[0] == 7 and not b.chains.unclaimed(PUB[1])
+        with LedgerDB(tmp_path / "b") as db_b:
+            b2 = _node_ledger(db_b, 1, [])
+            await b2.load()
+            assert b2.balance(PUB[1]) == 500 + sum(range(10, 17))
+            assert [e["kind"] for e in b2.history()] == ["Receive"] * 7
+
+    trio.run(main)

@@ -154,3 +154,16 @@ def test_add_nowait_never_checkpoints_and_add_does(tmp_path, monkeypatch):
         assert os.path.getsize(db.path) > size + 1200 * 3000  # checkpointed into the file
         assert db.add_nowait(PUB[0], 1201, "Transfer", os.urandom(3000)) is True
         assert db.count() == 1202
+
+
+def test_add_many_stores_all_rows_in_one_commit_or_none(tmp_path):
+    rows = [(seq, "Receive", os.urandom(200)) for seq in range(3)]
+    with LedgerDB(tmp_path, max_per_account=4) as db:
+        assert db.room_for(PUB[0], 4) and not db.room_for(PUB[0], 5)
+        assert db.add_many(PUB[0], rows)
+        assert [r.raw for r in db.rows()] == [raw for _, _, raw in rows]
+        more = [(seq, "Receive", os.urandom(200)) for seq in range(3, 5)]
+        assert not db.add_many(PUB[0], more)  # 5 > 4: none of them
+        assert db.count(PUB[0]) == 3 and db.add_many(PUB[0], more[:1])
+    with LedgerDB(tmp_path, max_per_account=4) as db:  # durable: back after a restart
+        assert db.count(PUB[0]) == 4 and not db.room_for(PUB[0])
