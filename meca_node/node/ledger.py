@@ -384,6 +384,8 @@ class NodeLedger:
             return
         if not durable and self.store.add_nowait(key, seq, kind, raw) is not None:
             return  # no fsync to wait for: cheaper here than handing it to a thread
+        if durable and self.store.add_inline(key, seq, kind, raw) is not None:
+            return  # a fast disk: the fsync costs less than the hand-off to a thread
         await trio.to_thread.run_sync(self.store.add, key, seq, kind, raw, durable,
                                       limiter=self._db_limiter)
 

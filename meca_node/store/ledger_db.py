@@ -17,10 +17,16 @@ from peers (other accounts' entries seen on gossip or fetched) may be added with
 ``durable=False``: committed with ``NORMAL``, no fsync, safe against a killed process, and
 made durable by the next FULL commit (the WAL is one file written in order, so a durable
 row never survives without the rows committed before it). One small insert plus one fsync
-takes about a millisecond on an SSD; the node still calls ``add`` from a worker thread
-(``trio.to_thread``) so the fsync never blocks its event loop. A row without an fsync takes
-about 40 us, less than handing it to a thread: ``add_nowait`` stores it on the caller's
-thread when the database is free, and does nothing when another thread holds it. The
+takes 0.2-1 ms on an SSD, and seconds on a struggling SD card. Handing it to a worker thread
+(``trio.to_thread``) keeps a slow fsync off the node's event loop, but the hand-off itself
+(waking a thread, then the loop again, often on an idle CPU) costs about as much as a fast
+fsync. So ``add_inline`` makes the durable commit on the caller's thread while the database
+is free and the recent durable commits were fast (``commit_s``, a moving average of every
+durable commit's time, below ``INLINE_COMMIT_S``), and does nothing otherwise (the caller
+uses ``add`` in a worker thread); one slow commit raises the average and sends the next
+ones to the thread until the disk is fast again. A row without an fsync takes about 40 us:
+``add_nowait`` stores it on the caller's thread when the database is free, and does nothing
+when another thread holds it. The
 connection is made with ``check_same_thread=False`` and guarded by a lock, so any single
 thread may use it at a time.
 
@@ -36,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +56,11 @@ MAX_ROWS = 2_000_000
 #: commits between two WAL checkpoints; ``add`` runs them (in a worker thread), never
 #: ``add_nowait``, which leaves the work to ``add`` until 4 times as many have gone by
 CHECKPOINT_EVERY = 500
+#: ``add_inline`` commits on the caller's thread while durable commits average less than
+#: this (a fast disk); a stall of this long on an event loop is one slow gossip message
+INLINE_COMMIT_S = 0.002
+#: weight of the newest durable commit in ``commit_s``
+_COMMIT_WEIGHT = 0.2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -94,6 +106,8 @@ class LedgerDB:
         # loop (``add_nowait``), so SQLite's own automatic checkpoints are off
         self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._since_checkpoint = 0
+        #: moving average of a durable commit's seconds (None until one is measured)
+        self.commit_s: float | None = None
         migrate_sqlite(self._db, self.path, _MIGRATIONS)
         self._counts: Counter[bytes] = Counter(dict(self._db.execute(
             "SELECT account, count(*) FROM entries GROUP BY account").fetchall()))
@@ -133,6 +147,7 @@ class LedgerDB:
         with self._lock:
             if not self.room_for(account, len(rows)):
                 return False
+            start = time.perf_counter()
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for seq, kind, raw in rows:
@@ -142,6 +157,7 @@ class LedgerDB:
                 self._recount(account)
                 raise
             self._db.execute("COMMIT")
+            self._timed(time.perf_counter() - start)
             self._checkpoint_if_due()
             return True
 
@@ -160,14 +176,39 @@ class LedgerDB:
         """``add`` with the lock held."""
         if not self.room_for(account):
             return False
-        if not durable:
-            self._db.execute("PRAGMA synchronous=NORMAL")
+        if durable:
+            start = time.perf_counter()
+            self._insert(account, seq, kind, raw)
+            self._timed(time.perf_counter() - start)
+            return True
+        self._db.execute("PRAGMA synchronous=NORMAL")
         try:
             self._insert(account, seq, kind, raw)
         finally:
-            if not durable:
-                self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA synchronous=FULL")
         return True
+
+    def _timed(self, seconds: float) -> None:
+        """Fold one durable commit's time into ``commit_s``."""
+        last = self.commit_s
+        self.commit_s = (seconds if last is None
+                         else last + _COMMIT_WEIGHT * (seconds - last))
+
+    def add_inline(self, account: bytes, seq: int, kind: str, raw: bytes) -> bool | None:
+        """``add(...)`` (durable) on the caller's thread when that is cheap: the database is
+        free, no checkpoint is due, and durable commits have averaged under
+        ``INLINE_COMMIT_S``. Else ``None`` and nothing done (the caller uses ``add`` from a
+        worker thread, which also measures the disk again)."""
+        if self.commit_s is None or self.commit_s >= INLINE_COMMIT_S:
+            return None
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._since_checkpoint >= CHECKPOINT_EVERY:
+                return None  # ``add`` runs the checkpoint, in a worker thread
+            return self._add(account, seq, kind, raw, durable=True)
+        finally:
+            self._lock.release()
 
     def _insert(self, account: bytes, seq: int, kind: str, raw: bytes) -> None:
         cur = self._db.execute(

@@ -167,3 +167,36 @@ def test_add_many_stores_all_rows_in_one_commit_or_none(tmp_path):
         assert db.count(PUB[0]) == 3 and db.add_many(PUB[0], more[:1])
     with LedgerDB(tmp_path, max_per_account=4) as db:  # durable: back after a restart
         assert db.count(PUB[0]) == 4 and not db.room_for(PUB[0])
+
+
+def test_add_inline_commits_durably_only_while_commits_are_fast(tmp_path, monkeypatch):
+    """``add_inline`` (a durable commit on the event loop) runs only once a durable commit
+    was measured and they average under ``INLINE_COMMIT_S``; a slow average sends commits
+    to ``add`` (a worker thread), whose fast commits bring the average down again. It never
+    runs a due checkpoint, nor waits for another thread's use of the database."""
+    monkeypatch.setattr(ledger_db, "INLINE_COMMIT_S", 1.0)
+    raws = [os.urandom(300) for _ in range(40)]
+    with LedgerDB(tmp_path) as db:
+        assert db.commit_s is None
+        assert db.add_inline(PUB[0], 0, "Transfer", raws[0]) is None  # nothing measured yet
+        assert db.add(PUB[0], 0, "Transfer", raws[0]) and db.commit_s < 1.0
+        assert db.add_inline(PUB[0], 1, "Transfer", raws[1]) is True
+        db.commit_s = 3.0  # as after a stall of the disk
+        assert db.add_inline(PUB[0], 2, "Transfer", raws[2]) is None
+        seq = 2
+        while db.commit_s >= 1.0 and seq < 30:  # each fast commit pulls the average down
+            assert db.add(PUB[0], seq, "Transfer", raws[seq])
+            seq += 1
+        assert db.commit_s < 1.0 and db.add_inline(PUB[0], seq, "Transfer", raws[seq])
+        seq += 1
+        db._lock.acquire()  # another thread is using the database
+        try:
+            assert db.add_inline(PUB[0], seq, "Transfer", raws[seq]) is None
+        finally:
+            db._lock.release()
+        monkeypatch.setattr(ledger_db, "CHECKPOINT_EVERY", db._since_checkpoint)
+        assert db.add_inline(PUB[0], seq, "Transfer", raws[seq]) is None  # add() runs it
+        stored = db.count()
+    with LedgerDB(tmp_path) as db:  # what add_inline stored is there after a reopen
+        assert db.count() == stored == seq
+        assert {r.raw for r in db.rows()} == set(raws[:seq])
