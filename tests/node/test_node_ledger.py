@@ -234,3 +234,38 @@ def test_payments_due_together_are_received_in_one_durable_commit(tmp_path):
             assert [e["kind"] for e in b2.history()] == ["Receive"] * 7
 
     trio.run(main)
+
+
+def test_the_announcer_does_not_pause_after_a_full_message():
+    """A full Entries message (MAX_GOSSIP_ENTRIES entries) is followed at once by the next
+    one: the pause only bounds the message rate of a node whose entries all fit, so no
+    backlog builds up however fast it signs."""
+    async def main():
+        sent: list = []
+        a = _node_ledger(None, 0, sent)
+        a.announce_gap_s = 10.0
+
+        two = trio.Event()
+
+        async def publish(topic: str, raw: bytes) -> None:
+            sent.append((topic, raw))
+            if len(sent) == 2:
+                two.set()
+        a._publish = publish
+        n = wire.MAX_GOSSIP_ENTRIES + 5
+        envs = [sign(1, wire.Transfer(seq=i, prev=ZERO, to=PUB[0], amount=1, memo=""))
+                for i in range(n)]
+        for env in envs:  # queued before the announcer runs: they wait together
+            a.announce(env.raw)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.announcer)
+            start = trio.current_time()
+            with trio.fail_after(30):
+                await two.wait()
+            assert trio.current_time() - start < 1.0  # not after the 10 s pause
+            nursery.cancel_scope.cancel()
+        got = [[e.raw for e in _gossiped(raw)] for _, raw in sent]
+        assert [len(g) for g in got] == [wire.MAX_GOSSIP_ENTRIES, 5]
+        assert got[0] + got[1] == [e.raw for e in envs]
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
