@@ -1,6 +1,7 @@
-"""Three fixes to py-libp2p 0.8.1's hot path for small messages: go-yamux's window
-updates, buffered TCP reads and signed peer records checked once per peer, not once per
-pubsub RPC. :func:`install` applies them, once per process.
+"""Four fixes to py-libp2p 0.8.1's hot path for small messages: go-yamux's window
+updates, buffered TCP reads, signed peer records checked once per peer, not once per
+pubsub RPC, and no per-frame timeout scope or environment lookups in yamux's reader.
+:func:`install` applies them, once per process.
 
 **Window updates.** py-libp2p's yamux credits the sender with a WINDOW_UPDATE frame after
 nearly every read of a stream: any read that leaves the window short of its target by less
@@ -28,7 +29,16 @@ receipts. The record changes only when the peer's addresses do, so
 :data:`RECORD_RECHECK_S` (then checks it again, which also refreshes the peerstore's
 2-hour address TTL) and :func:`_record_to_send` reuses our own for :data:`RECORD_REUSE_S`.
 
-The semantics stay those of ``trio.SocketStream.receive_some``: up to ``n`` bytes, at
+**Yamux's reader.** For every DATA frame py-libp2p opens a ``trio.fail_after`` scope
+around the read of its body (so a peer that announces a body and never sends it cannot
+hold the connection), and reads its ``PY_YAMUX_*`` tuning variables from the environment
+again (``os.getenv``) on every frame and every window check: about 10% of a node's CPU
+while it echoes small messages. The body of a small frame is almost always in the Noise
+layer's buffer already, decrypted with the frame's header; :func:`_read_data_body` reads
+such a body without the scope (it cannot wait) and keeps the timeout for a body still on
+its way. The tuning variables are read once, at :func:`install`.
+
+The semantics of the buffered reads stay those of ``trio.SocketStream.receive_some``: up to ``n`` bytes, at
 least one, ``b""`` at the end of the stream; a read that has buffered bytes returns at
 once. At most :data:`CHUNK` bytes per connection wait in the buffer, so memory stays
 bounded; the reader above still takes only what it asked for.
@@ -43,6 +53,8 @@ import weakref
 import trio
 from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.io.trio import TrioTCPStream
+from libp2p.io.utils import read_exactly
+from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 
 #: the most one recv reads, and so the most a connection buffers
@@ -106,6 +118,36 @@ async def _window_update(self: YamuxStream, *, bytes_read: int = 0) -> None:
         await self.send_window_update(increment, skip_lock=True)
 
 
+#: yamux's tuning variables, read from the environment once (:func:`install`)
+_ENV_KNOBS = ("_yamux_disable_hysteresis", "_yamux_batch_threshold_divisor",
+              "_yamux_release_on_read", "_yamux_data_read_timeout",
+              "_perf_yamux_debug_enabled")
+_data_read_timeout_s = 60.0
+
+
+async def _read_data_body(self: Yamux, length: int) -> bytes:
+    """``Yamux._read_data_body``: a DATA frame's body, from the Noise layer's buffer when
+    it is all there (no waiting, so no timeout scope), else read within py-libp2p's
+    data-read timeout."""
+    conn = self.secured_conn
+    buffered = getattr(conn, "high_watermark", 0) - getattr(conn, "low_watermark", 0)
+    if buffered >= length:
+        return await read_exactly(conn, length)
+    with trio.fail_after(_data_read_timeout_s):
+        return await read_exactly(conn, length)
+
+
+def _freeze_env_knobs() -> None:
+    """Replace yamux's per-call environment lookups with the values they give now."""
+    global _data_read_timeout_s
+    for name in _ENV_KNOBS:
+        read = getattr(_yamux, name, None)
+        if callable(read):
+            value = read()
+            setattr(_yamux, name, lambda value=value: value)
+    _data_read_timeout_s = _yamux._yamux_data_read_timeout()
+
+
 async def _write_frame(self: Yamux, data: bytes) -> None:
     """``Yamux._write_frame`` without what py-libp2p adds around the write on every frame:
     a debug line formatted whether or not debug logging is on, and an extra checkpoint
@@ -155,6 +197,8 @@ def install() -> None:
     TrioTCPStream.read = _buffered_read  # type: ignore[method-assign]
     YamuxStream._auto_tune_and_send_window_update = _window_update  # type: ignore
     Yamux._write_frame = _write_frame  # type: ignore[method-assign]
+    Yamux._read_data_body = _read_data_body  # type: ignore[method-assign]
+    _freeze_env_knobs()
     # the modules themselves: each holds its own reference to the two functions
     pubsub = importlib.import_module("libp2p.pubsub.pubsub")
     gossipsub = importlib.import_module("libp2p.pubsub.gossipsub")

@@ -196,3 +196,23 @@ async def test_signed_peer_records_are_checked_once_not_per_gossip_rpc(monkeypat
                                                                  for i in range(30)]
         assert checked_before >= 1  # b's record was checked (once) ...
         assert calls[b.peer_id] - checked_before <= 1  # ... and not again per RPC
+
+
+async def test_a_data_body_that_never_comes_still_times_out(monkeypatch):
+    """The reader skips the timeout scope only for a body already buffered: a peer that
+    announces a DATA frame and never sends its body is still cut off after the data-read
+    timeout, and the connection is closed."""
+    fastpath.install()
+    monkeypatch.setattr(fastpath, "_data_read_timeout_s", 0.5)
+    async with open_net(SEED_A, cfg()) as a, open_net(SEED_B, cfg()) as b:
+        with trio.fail_after(30):
+            await _connected_pair(a, b)
+            conn, = b._host.get_network().get_connections(
+                b._host.get_connected_peers()[0])
+            muxed = conn.muxed_conn
+            header = struct.pack(yamux_module.YAMUX_HEADER_FORMAT, 0,
+                                 yamux_module.TYPE_DATA, 0, 1, 1000)
+            async with muxed._write_lock:  # 1000 bytes announced, none sent
+                await muxed.secured_conn.write(header)
+            while b.peer_id in {p.peer_id for p in a.connected_peers()}:
+                await trio.sleep(0.05)  # real sockets: poll the host's state, bounded
