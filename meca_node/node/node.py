@@ -106,6 +106,7 @@ class Node:
                                  ledger_store)
         #: missing entries fetched from peers, ours served (``/meca/ledger/1.0.0``)
         self.ledger_sync = LedgerSync(net, self.ledger, self.seal, genesis.network_id)
+        self.gate.known_entry = lambda source: self.ledger.chains.entry(source)
         #: smoothed ping round trips to connected providers (``/ipfs/ping/1.0.0``)
         self.latency = Latency(net, self._provider_peers)
 

@@ -155,3 +155,33 @@ def test_one_bad_entry_drops_the_whole_entries_message(inner, reason):
     v = gate().check(seal(body, key=SigningKey(b"\x05" * 32)), wire.TOPIC_RECEIPTS, NOW)
     assert v.reason == reason and v.envelope is None and v.entries == ()
     assert "entry 2" in v.detail
+
+
+def test_entries_the_node_has_are_not_checked_again(monkeypatch):
+    """An entry whose exact bytes the node holds (``known_entry`` by SHA-256) is taken as
+    the node's checked envelope; only the others are opened and checked."""
+    import hashlib
+
+    from meca_node.core import gate as gate_module
+
+    body = _entries(4)
+    held = {hashlib.sha256(e.raw).digest(): wire.open_envelope(e.raw, max_size=10**5)
+            for e in body.entries[:3]}
+    opened: list[bytes] = []
+    real = gate_module.open_entry
+
+    def counting(raw: bytes, network_id: bytes):
+        opened.append(raw)
+        return real(raw, network_id)
+    monkeypatch.setattr(gate_module, "open_entry", counting)
+    g = gate()
+    g.known_entry = held.get
+    v = g.check(seal(body, key=SigningKey(b"\x05" * 32)), wire.TOPIC_RECEIPTS, NOW)
+    assert v.ok and [e.raw for e in v.entries] == [e.raw for e in body.entries]
+    assert opened == [body.entries[3].raw]
+    assert v.entries[0] is held[hashlib.sha256(body.entries[0].raw).digest()]
+    # a bad entry among known ones still drops the message
+    bad = wire.Entries(entries=(*body.entries[:3], wire.SignedEntry(raw=forged())))
+    v = g.check(seal(bad, key=SigningKey(b"\x05" * 32), nonce=b"\x61" * 16),
+                wire.TOPIC_RECEIPTS, NOW)
+    assert v.reason == "bad_signature" and "entry 3" in v.detail
