@@ -128,6 +128,9 @@ class IpfsImages:
     async def ensure(self, image_cid: str, progress) -> str:
         from meca_node.runtime import images
 
+        tag = self.loaded.get(image_cid)
+        if tag and trio.current_time() - self._checked.get(image_cid, -1e9) < RECHECK_S:
+            return tag  # a warm job: no engine call, and no wait on the pull lock either
         try:
             cid = CID.parse(image_cid)
         except CidError as exc:
