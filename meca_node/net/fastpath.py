@@ -1,7 +1,8 @@
-"""Four fixes to py-libp2p 0.8.1's hot path for small messages: go-yamux's window
+"""Five fixes to py-libp2p 0.8.1's hot path for small messages: go-yamux's window
 updates, buffered TCP reads, signed peer records checked once per peer, not once per
-pubsub RPC, and no per-frame timeout scope or environment lookups in yamux's reader.
-:func:`install` applies them, once per process.
+pubsub RPC, no per-frame timeout scope or environment lookups in yamux's reader, and
+stream locks that take no scheduler turn when they are free. :func:`install` applies
+them, once per process.
 
 **Window updates.** py-libp2p's yamux credits the sender with a WINDOW_UPDATE frame after
 nearly every read of a stream: any read that leaves the window short of its target by less
@@ -38,6 +39,18 @@ layer's buffer already, decrypted with the frame's header; :func:`_read_data_bod
 such a body without the scope (it cannot wait) and keeps the timeout for a body still on
 its way. The tuning variables are read once, at :func:`install`.
 
+**Locks that are free.** Every trio ``Lock`` and ``Semaphore`` acquire is a scheduler
+turn, taken or not: the task is put back on the run queue and every other ready task of the
+node runs first. One small message written through py-libp2p takes eight of them (the
+NetStream's state lock, our whole-write lock, yamux's read-write lock and window lock, the
+connection's frame lock, the TCP stream's write lock) and a read about as many, almost
+always with every lock free. A node's other work (gossip, the warm pool, the control API)
+then runs inside a job's exchange: traced, 9 task steps between a job request sealed and
+written. :class:`QuickLock` wraps those locks: it takes a free one at once and waits as
+trio's own does for one that is held; ``install`` puts it on the locks of each new
+NetStream, yamux stream and connection, and TCP stream. The write or read that follows
+still checkpoints (its socket call does).
+
 The semantics of the buffered reads stay those of ``trio.SocketStream.receive_some``: up to ``n`` bytes, at
 least one, ``b""`` at the end of the stream; a read that has buffered bytes returns at
 once. At most :data:`CHUNK` bytes per connection wait in the buffer, so memory stays
@@ -56,6 +69,8 @@ from libp2p.io.trio import TrioTCPStream
 from libp2p.io.utils import read_exactly
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+
+from meca_node.net import streamsafety
 
 #: the most one recv reads, and so the most a connection buffers
 CHUNK = 256 * 1024
@@ -116,6 +131,54 @@ async def _window_update(self: YamuxStream, *, bytes_read: int = 0) -> None:
         self._pending_recv_release = 0
     if increment > 0:  # never with window_lock held: the reader of updates takes it
         await self.send_window_update(increment, skip_lock=True)
+
+
+class QuickLock:
+    """A trio ``Lock`` or ``Semaphore`` that is taken without a scheduler turn when free
+    (``acquire_nowait``) and waited for as usual when held; otherwise the same object."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    async def acquire(self) -> None:
+        try:
+            self._inner.acquire_nowait()
+        except trio.WouldBlock:
+            await self._inner.acquire()
+
+    def acquire_nowait(self) -> None:
+        self._inner.acquire_nowait()
+
+    def release(self) -> None:
+        self._inner.release()
+
+    def locked(self) -> bool:
+        return self._inner.locked() if hasattr(self._inner, "locked") else self._inner.value == 0
+
+    def __getattr__(self, name: str):  # value, statistics(), ...
+        return getattr(self._inner, name)
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc) -> None:
+        self.release()
+
+
+def _quick_locks(cls, *names: str) -> None:
+    """Wrap the locks ``names`` of every new ``cls`` object in :class:`QuickLock`."""
+    original = cls.__init__
+
+    def __init__(self, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        for name in names:
+            lock = getattr(self, name, None)
+            if lock is not None and not isinstance(lock, QuickLock):
+                setattr(self, name, QuickLock(lock))
+    __init__.__wrapped__ = original  # type: ignore[attr-defined]
+    cls.__init__ = __init__
 
 
 #: yamux's tuning variables, read from the environment once (:func:`install`)
@@ -199,6 +262,14 @@ def install() -> None:
     Yamux._write_frame = _write_frame  # type: ignore[method-assign]
     Yamux._read_data_body = _read_data_body  # type: ignore[method-assign]
     _freeze_env_knobs()
+    net_stream = importlib.import_module("libp2p.network.stream.net_stream")
+    rw_lock = importlib.import_module("libp2p.stream_muxer.rw_lock")
+    _quick_locks(net_stream.NetStream, "_state_lock")
+    _quick_locks(YamuxStream, "window_lock")
+    _quick_locks(Yamux, "_write_lock", "streams_lock")
+    _quick_locks(TrioTCPStream, "read_lock", "write_lock")
+    _quick_locks(rw_lock.ReadWriteLock, "_readers_lock", "_writer_lock")
+    streamsafety.make_lock = lambda: QuickLock(trio.Lock())
     # the modules themselves: each holds its own reference to the two functions
     pubsub = importlib.import_module("libp2p.pubsub.pubsub")
     gossipsub = importlib.import_module("libp2p.pubsub.gossipsub")

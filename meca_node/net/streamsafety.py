@@ -28,13 +28,16 @@ log = logging.getLogger("meca_node.net")
 
 _installed = False
 _originals: dict[str, object] = {}
+#: makes each stream's whole-write lock (``fastpath`` puts in one that takes no scheduler
+#: turn when free)
+make_lock = trio.Lock
 
 
 async def _whole_write(self: YamuxStream, data: bytes) -> None:
     """``YamuxStream.write`` with the stream held for the whole write."""
     lock = getattr(self, "_meca_write_lock", None)
     if lock is None:
-        lock = self._meca_write_lock = trio.Lock()  # type: ignore[attr-defined]
+        lock = self._meca_write_lock = make_lock()  # type: ignore[attr-defined]
     async with lock:
         await _originals["write"](self, data)  # type: ignore[operator]
 
