@@ -48,12 +48,13 @@ always with every lock free. A node's other work (gossip, the warm pool, the con
 then runs inside a job's exchange: traced, 9 task steps between a job request sealed and
 written. :class:`QuickLock` wraps those locks: it takes a free one at once and waits as
 trio's own does for one that is held; ``install`` puts it on the locks of each new
-NetStream, yamux stream and connection, and TCP stream. The write or read that follows
-still checkpoints (its socket call does).
+NetStream, yamux stream and connection, read-write lock and TCP stream, and on our
+whole-write lock (``streamsafety``). The write or read that follows still checkpoints
+(its socket call does).
 
-The semantics of the buffered reads stay those of ``trio.SocketStream.receive_some``: up to ``n`` bytes, at
-least one, ``b""`` at the end of the stream; a read that has buffered bytes returns at
-once. At most :data:`CHUNK` bytes per connection wait in the buffer, so memory stays
+The buffered reads keep the semantics of ``trio.SocketStream.receive_some``: up to ``n``
+bytes, at least one, ``b""`` at the end of the stream; a read that has buffered bytes
+returns at once. At most :data:`CHUNK` bytes per connection wait in the buffer, so memory stays
 bounded; the reader above still takes only what it asked for.
 """
 

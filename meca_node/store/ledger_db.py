@@ -201,12 +201,20 @@ class LedgerDB:
         worker thread, which also measures the disk again)."""
         if self.commit_s is None or self.commit_s >= INLINE_COMMIT_S:
             return None
+        return self._add_here(account, seq, kind, raw, durable=True,
+                              checkpoint_after=CHECKPOINT_EVERY)
+
+    def _add_here(self, account: bytes, seq: int, kind: str, raw: bytes, durable: bool,
+                  checkpoint_after: int) -> bool | None:
+        """``_add`` on the caller's thread if no other thread uses the database and fewer
+        than ``checkpoint_after`` commits went by since the last checkpoint (``add`` runs
+        it, in a worker thread); else ``None`` and nothing done."""
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            if self._since_checkpoint >= CHECKPOINT_EVERY:
-                return None  # ``add`` runs the checkpoint, in a worker thread
-            return self._add(account, seq, kind, raw, durable=True)
+            if self._since_checkpoint >= checkpoint_after:
+                return None
+            return self._add(account, seq, kind, raw, durable)
         finally:
             self._lock.release()
 
@@ -223,14 +231,9 @@ class LedgerDB:
         """``add(..., durable=False)`` if no other thread uses the database right now (no
         fsync, no checkpoint, no waiting: about 40 us, cheap enough for an event loop),
         else ``None`` and nothing done (the caller uses ``add`` from a worker thread)."""
-        if not self._lock.acquire(blocking=False):
-            return None
-        try:
-            if self._since_checkpoint >= 4 * CHECKPOINT_EVERY:
-                return None  # a checkpoint is overdue: ``add`` runs it first
-            return self._add(account, seq, kind, raw, durable=False)
-        finally:
-            self._lock.release()
+        # no fsync here, so the checkpoint may wait until it is overdue
+        return self._add_here(account, seq, kind, raw, durable=False,
+                              checkpoint_after=4 * CHECKPOINT_EVERY)
 
     # -- reading ----------------------------------------------------------------------
     def rows(self) -> list[Row]:
