@@ -46,16 +46,16 @@ NetStream's state lock, our whole-write lock, yamux's read-write lock and window
 connection's frame lock, the TCP stream's write lock) and a read about as many, almost
 always with every lock free. A node's other work (gossip, the warm pool, the control API)
 then runs inside a job's exchange: traced, 9 task steps between a job request sealed and
-written. :class:`QuickLock` wraps those locks: it takes a free one at once and waits as
-trio's own does for one that is held; ``install`` puts it on the locks of each new
+written. :class:`~meca_node.node.quicklock.QuickLock` takes a free lock at once and waits
+as trio's own does for one that is held; ``install`` puts it on the locks of each new
 NetStream, yamux stream and connection, read-write lock and TCP stream, and on our
 whole-write lock (``streamsafety``). The write or read that follows still checkpoints
 (its socket call does).
 
 The buffered reads keep the semantics of ``trio.SocketStream.receive_some``: up to ``n``
 bytes, at least one, ``b""`` at the end of the stream; a read that has buffered bytes
-returns at once. At most :data:`CHUNK` bytes per connection wait in the buffer, so memory stays
-bounded; the reader above still takes only what it asked for.
+returns at once. At most :data:`CHUNK` bytes per connection wait in the buffer, so memory
+stays bounded; the reader above still takes only what it asked for.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 
 from meca_node.net import streamsafety
+from meca_node.node.quicklock import QuickLock
 
 #: the most one recv reads, and so the most a connection buffers
 CHUNK = 256 * 1024
@@ -132,40 +133,6 @@ async def _window_update(self: YamuxStream, *, bytes_read: int = 0) -> None:
         self._pending_recv_release = 0
     if increment > 0:  # never with window_lock held: the reader of updates takes it
         await self.send_window_update(increment, skip_lock=True)
-
-
-class QuickLock:
-    """A trio ``Lock`` or ``Semaphore`` that is taken without a scheduler turn when free
-    (``acquire_nowait``) and waited for as usual when held; otherwise the same object."""
-
-    __slots__ = ("_inner",)
-
-    def __init__(self, inner) -> None:
-        self._inner = inner
-
-    async def acquire(self) -> None:
-        try:
-            self._inner.acquire_nowait()
-        except trio.WouldBlock:
-            await self._inner.acquire()
-
-    def acquire_nowait(self) -> None:
-        self._inner.acquire_nowait()
-
-    def release(self) -> None:
-        self._inner.release()
-
-    def locked(self) -> bool:
-        return self._inner.locked() if hasattr(self._inner, "locked") else self._inner.value == 0
-
-    def __getattr__(self, name: str):  # value, statistics(), ...
-        return getattr(self._inner, name)
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc) -> None:
-        self.release()
 
 
 def _quick_locks(cls, *names: str) -> None:

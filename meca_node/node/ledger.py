@@ -49,6 +49,7 @@ from meca_node.core.ledger import (
 )
 from meca_node.ipfs.cid import RAW, CID, CidError
 from meca_node.node.ports import LedgerStore
+from meca_node.node.quicklock import QuickLock
 
 log = logging.getLogger("meca_node.ledger")
 
@@ -96,7 +97,8 @@ class NodeLedger:
         self.store = store
         self._seal = seal
         self._publish = publish
-        self._lock = trio.Lock()
+        # taken on every payment in a job: no scheduler turn when free (node.quicklock)
+        self._lock = QuickLock(trio.Lock())
         self._db_limiter = trio.CapacityLimiter(1)
         self._paid_us = trio.Event()
         self.changed = trio.Event()  # set whenever an entry is applied (then replaced)
