@@ -102,13 +102,19 @@ CREATE TABLE IF NOT EXISTS events (
 """
 #: schema migrations (``store.schema.migrate_sqlite``): entry i takes version i to i + 1;
 #: version 1 is the baseline (an unversioned database of an older release already has it)
-_MIGRATIONS = (_SCHEMA,)
+_MIGRATIONS = (
+    _SCHEMA,
+    # version 2: the kept outputs in age order, so pruning them reads only what goes
+    "CREATE INDEX IF NOT EXISTS jobs_kept ON jobs (output_kept, seq);",
+)
 
 
 _COLUMNS = ("id", "task", "offer", "input_size", "max_price", "detached", "state", "provider",
             "price", "paid", "receipt", "wire_job", "error", "output_size", "output_kept",
             "log_size", "seconds", "pull_seconds", "events_dropped", "created", "finished")
-_ID = re.compile(r"[0-9a-f]{1,16}")
+#: hex digits of a job id
+ID_DIGITS = 16
+_ID = re.compile(r"[0-9a-f]{1,%d}" % ID_DIGITS)
 
 
 class JobNotFound(LookupError):
@@ -179,6 +185,12 @@ class JobsDB:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         migrate_sqlite(self._db, self.path, _MIGRATIONS)
+        #: bytes of the outputs kept: pruning them is needed only once this passes the cap
+        self._kept_bytes = self._sum_kept()
+
+    def _sum_kept(self) -> int:
+        return self._db.execute("SELECT COALESCE(SUM(output_size), 0) FROM jobs "
+                                "WHERE output_kept = 1").fetchone()[0]
 
     def close(self) -> None:
         with self._lock:
@@ -204,6 +216,7 @@ class JobsDB:
                     yield self._db
                 except BaseException:
                     self._db.execute("ROLLBACK")
+                    self._kept_bytes = self._sum_kept()  # as the table says again
                     raise
                 self._db.execute("COMMIT")
             finally:
@@ -266,6 +279,7 @@ class JobsDB:
                  seconds, pull_seconds, self.clock(), job_id))
             if not cur.rowcount:
                 raise JobNotFound(f"no job {job_id} in the history to finish")
+            self._kept_bytes += 0 if output is None else len(output)
             dropped = self._prune_outputs()
         for old in dropped:
             (self.dir / old / "output").unlink(missing_ok=True)
@@ -289,7 +303,7 @@ class JobsDB:
 
     def _fresh_id(self) -> str:
         for _ in range(8):  # a clash of 64 random bits is not expected even once
-            job_id = secrets.token_hex(8)
+            job_id = secrets.token_hex(ID_DIGITS // 2)
             if self._db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
                 return job_id
         raise RuntimeError("could not draw a job id that is not taken")
@@ -324,24 +338,32 @@ class JobsDB:
         total = self._db.execute("SELECT count(*) FROM jobs").fetchone()[0]
         if total <= self.max_jobs:
             return []
-        old = [r[0] for r in self._db.execute(
-            "SELECT id FROM jobs WHERE state NOT IN ('queued', 'running') ORDER BY seq "
-            "LIMIT ?", (total - self.max_jobs,))]
-        for job_id in old:
+        old = self._db.execute(
+            "SELECT id, output_kept, output_size FROM jobs WHERE state NOT IN "
+            "('queued', 'running') ORDER BY seq LIMIT ?", (total - self.max_jobs,)).fetchall()
+        for job_id, kept, size in old:
             self._db.execute("DELETE FROM events WHERE job = ?", (job_id,))
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-        return old
+            if kept:
+                self._kept_bytes -= size or 0
+        return [job_id for job_id, _, _ in old]
 
     def _prune_outputs(self) -> list[str]:
-        """Mark the oldest kept outputs past ``max_output_bytes`` as gone (the newest is
-        always kept); their ids, whose output files the caller deletes after the commit."""
-        kept = self._db.execute("SELECT id, output_size FROM jobs WHERE output_kept = 1 "
-                                "ORDER BY seq DESC").fetchall()
-        total, gone = 0, []
-        for i, (job_id, size) in enumerate(kept):
-            total += size or 0
-            if i and total > self.max_output_bytes:
-                gone.append(job_id)
+        """Mark the oldest kept outputs as gone while they take more than
+        ``max_output_bytes`` in all (the newest is always kept); their ids, whose output
+        files the caller deletes after the commit. Reads nothing while under the cap, and
+        only the outputs that go when over it."""
+        if self._kept_bytes <= self.max_output_bytes:
+            return []
+        newest = self._db.execute(
+            "SELECT max(seq) FROM jobs WHERE output_kept = 1").fetchone()[0]
+        gone = []
+        for seq, job_id, size in self._db.execute(
+                "SELECT seq, id, output_size FROM jobs WHERE output_kept = 1 ORDER BY seq"):
+            if self._kept_bytes <= self.max_output_bytes or seq == newest:
+                break
+            gone.append(job_id)
+            self._kept_bytes -= size or 0
         for job_id in gone:
             self._db.execute("UPDATE jobs SET output_kept = 0 WHERE id = ?", (job_id,))
         return gone
@@ -354,10 +376,12 @@ class JobsDB:
         if not _ID.fullmatch(ref):
             raise JobNotFound(f"{ref!r} is not a job id: ids are 16 hex digits (a unique "
                               "prefix will do); `meca-node job list` shows them")
+        exact = len(ref) == ID_DIGITS  # a whole id: the index, not a scan of the history
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id LIKE ? ORDER BY seq DESC "
-                "LIMIT 6", (ref + "%",)).fetchall()
+                f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE "
+                + ("id = ?" if exact else "id LIKE ? ORDER BY seq DESC LIMIT 6"),
+                (ref if exact else ref + "%",)).fetchall()
         if not rows:
             raise JobNotFound(f"no job {ref} in this node's history (`meca-node job list` "
                               f"shows the ids; the history keeps the newest {self.max_jobs} "

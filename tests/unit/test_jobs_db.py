@@ -219,3 +219,38 @@ def test_the_database_is_a_plain_sqlite_file_in_wal_mode(tmp_path):
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert con.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1
     con.close()
+
+
+def test_finishing_a_job_reads_no_other_job_while_outputs_are_under_the_cap(tmp_path):
+    """The work per job does not grow with the history: a whole id is looked up through
+    the index, and the kept outputs are read only once they pass the byte cap (then only
+    those that go)."""
+    with JobsDB(tmp_path, max_output_bytes=1000) as db:
+        for _ in range(20):
+            db.finish(db.create("echo", "", 1).id, "done", output=b"x" * 10)
+        statements: list[str] = []
+        db._db.set_trace_callback(statements.append)
+        job = db.create("echo", "", 1)
+        db.finish(job.id, "done", output=b"y" * 10)
+        db._db.set_trace_callback(None)
+        reads = [q for q in statements if q.startswith("SELECT")]
+        assert not [q for q in reads if "LIKE" in q or "output_kept = 1" in q], reads
+        plan = db._db.execute(f"EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE id = '{job.id}'"
+                              ).fetchall()
+        assert "INDEX" in str(plan)
+
+
+def test_the_output_cap_holds_across_deleted_jobs_and_a_restart(tmp_path):
+    with JobsDB(tmp_path, max_jobs=3, max_output_bytes=25) as db:
+        ids = []
+        for i in range(6):  # the oldest jobs go, their kept outputs with them
+            job = db.create("echo", "", 1)
+            db.finish(job.id, "done", output=bytes([65 + i]) * 10)
+            ids.append(job.id)
+        assert db.count() == 3
+        assert [db.get(i).output_kept for i in ids[3:]] == [False, True, True]
+    with JobsDB(tmp_path, max_jobs=3, max_output_bytes=25) as db:  # counted again at start
+        job = db.create("echo", "", 1)
+        db.finish(job.id, "done", output=b"z" * 10)
+        assert [db.get(i).output_kept for i in ids[4:]] == [False, True]
+        assert db.get(job.id).output_kept and db.output(ids[4]) is None
