@@ -26,9 +26,8 @@ durable commit's time, below ``INLINE_COMMIT_S``), and does nothing otherwise (t
 uses ``add`` in a worker thread); one slow commit raises the average and sends the next
 ones to the thread until the disk is fast again. A row without an fsync takes about 40 us:
 ``add_nowait`` stores it on the caller's thread when the database is free, and does nothing
-when another thread holds it. The
-connection is made with ``check_same_thread=False`` and guarded by a lock, so any single
-thread may use it at a time.
+when another thread holds it. The connection is made with ``check_same_thread=False`` and
+guarded by a lock, so any single thread may use it at a time.
 
 **Bounds.** At most ``max_per_account`` rows per account (default 100,000: an honest
 account signs one entry per paid job, so this is years of a busy node; a key that fills it
